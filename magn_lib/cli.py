@@ -1,0 +1,90 @@
+"""The ``magn`` command: ``magn study``, ``magn generate``, ``magn predict``, ``magn doctor``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from magn_lib.errors import ConfigError, InputError
+
+__all__ = ["main"]
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from magn_lib.repro import check_environment
+
+    versions = check_environment()
+    width = max(map(len, versions))
+    for dist, version in versions.items():
+        print(f"  {dist:<{width}}  {version}")
+    print(f"environment OK: {len(versions)} key packages import")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from magn_lib.config import load_profile
+
+    print(json.dumps(load_profile(args.profile).to_dict(), indent=2))
+    return 0
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from magn_lib.pipeline import run_study
+
+    result = run_study(
+        profile=args.profile,
+        manifest_dir=args.manifest,
+        run_dir=args.out,
+        work_dir=args.work,
+        force=args.force,
+        kernel_name=args.kernel,
+    )
+    return 0 if result.succeeded else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="magn",
+        description="Multi-view attention-guided network study (Chen et al. 2022).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    study = sub.add_parser(
+        "study", help="run every notebook of the study in order and write the HTML report"
+    )
+    study.add_argument("--profile", default="demo",
+                       help="smoke, demo, paper, or a YAML file of one's own (default: demo)")
+    study.add_argument("--manifest", default=None,
+                       help="data_manifest folder of your cohort (default: the embedded cohort)")
+    study.add_argument("--out", default=None,
+                       help="report folder of this run (default: reports/<profile>)")
+    study.add_argument("--work", default=None,
+                       help="folder for intermediate data (default: work/<name of --out>)")
+    study.add_argument("--force", action="store_true",
+                       help="re-run every notebook even if its inputs are unchanged")
+    study.add_argument("--kernel", default="magn", help="Jupyter kernel name (default: magn)")
+    study.set_defaults(func=_cmd_study)
+
+    config = sub.add_parser("config", help="print a profile's resolved parameters")
+    config.add_argument("--profile", default="demo")
+    config.set_defaults(func=_cmd_config)
+
+    doctor = sub.add_parser("doctor", help="import every key package and print its version")
+    doctor.set_defaults(func=_cmd_doctor)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, InputError, RuntimeError) as exc:
+        print(f"magn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
