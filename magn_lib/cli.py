@@ -40,6 +40,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         work_dir=args.work,
         force=args.force,
         kernel_name=args.kernel,
+        notebooks_dir=args.notebooks,
     )
     return 0 if result.succeeded else 1
 
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--force", action="store_true",
                        help="re-run every notebook even if its inputs are unchanged")
     study.add_argument("--kernel", default="magn", help="Jupyter kernel name (default: magn)")
+    study.add_argument("--notebooks", default=None,
+                       help="folder of NN_name.ipynb notebooks (default: the study's notebooks/)")
     study.set_defaults(func=_cmd_study)
 
     config = sub.add_parser("config", help="print a profile's resolved parameters")

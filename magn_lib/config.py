@@ -110,7 +110,7 @@ class Profile:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.n_folds < 2:
-            raise ConfigError(f"n_folds: cross-validation needs at least 2 folds, got {self.n_folds}")
+            raise ConfigError(f"n_folds: cross-validation needs >= 2 folds, got {self.n_folds}")
         if self.radiomics_keep > self.radiomics_top_k:
             raise ConfigError(
                 f"radiomics_keep: {self.radiomics_keep} exceeds radiomics_top_k "
@@ -262,6 +262,10 @@ class RunPaths:
     @property
     def html_dir(self) -> Path:
         return self.report_dir / "html"
+
+    @property
+    def full_html_dir(self) -> Path:
+        return self.report_dir / "html-full"
 
     @property
     def artifacts_dir(self) -> Path:
