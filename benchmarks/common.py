@@ -43,7 +43,8 @@ class Result:
         note = f"  {self.note}" if self.note else ""
         return (
             f"{self.name}: {self.value:.4g} {self.unit} vs {self.reference} "
-            f"{self.reference_value:.4g} {self.unit} -> ratio {self.ratio:.3f}{target}{verdict}{note}"
+            f"{self.reference_value:.4g} {self.unit} -> ratio {self.ratio:.3f}"
+            f"{target}{verdict}{note}"
         )
 
 
