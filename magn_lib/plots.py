@@ -1,0 +1,509 @@
+"""Every figure of the study, and the Table 2 builder.
+
+Figures are built on ``matplotlib.figure.Figure`` objects directly (no pyplot state): each
+function returns its Figure, never shows it and closes nothing; a Figure that is no longer
+referenced is simply garbage-collected. Jupyter displays a returned Figure inline.
+``save_figure`` writes PNG and SVG atomically.
+
+Figures follow Chen et al. 2022 (Front. Oncol. 12:981769): Fig. 4 (ROC per fold and pooled,
+radiomics curve, readers as points) and Fig. 5 (CAMs with and without attention guidance in
+three views), plus ROC comparison, calibration and decision curves beyond the paper.
+
+Configuration names: MAGN and radiomics configs are ``"<view>"`` or ``"<view>+attention"``
+with view in ``sagittal, axial, coronal, multi-view``; readers are method ``"reader"`` with
+config ``"reader1"``, ``"reader2"``. ``PAPER_TABLE2`` is matched to these names.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from magn_lib import stats
+from magn_lib.config import VIEWS
+
+__all__ = [
+    "PAPER_TABLE2",
+    "format_table2",
+    "paper_table2",
+    "plot_calibration",
+    "plot_cam_grid",
+    "plot_crops_grid",
+    "plot_decision_curve",
+    "plot_roc_comparison",
+    "plot_roc_folds",
+    "save_figure",
+    "table2",
+]
+
+# Reference values, copied from Chen et al. 2022, Front. Oncol. 12:981769, Table 2 ("The
+# Comparison of Classification Performance among Different Methods and Configurations on 5-fold
+# Cross-validation"): ACC, AUC as mean ± SD over the 5 folds (readers: one value), F1-score.
+# Columns: method, view, attention, acc, auc, auc_sd, f1. For orientation only: another cohort.
+PAPER_TABLE2: tuple[tuple[str, str, bool, float, float, float, float], ...] = (
+    ("magn", "sagittal", False, 0.7692, 0.7546, 0.1011, 0.6696),
+    ("magn", "sagittal", True, 0.8061, 0.7492, 0.0671, 0.6893),
+    ("magn", "axial", False, 0.7419, 0.7020, 0.0268, 0.5760),
+    ("magn", "axial", True, 0.7739, 0.7196, 0.0441, 0.6096),
+    ("magn", "coronal", False, 0.7466, 0.6642, 0.0808, 0.5552),
+    ("magn", "coronal", True, 0.7834, 0.7322, 0.1112, 0.6694),
+    ("magn", "multi-view", False, 0.7876, 0.7661, 0.0841, 0.6685),
+    ("magn", "multi-view", True, 0.8108, 0.7847, 0.1030, 0.7120),
+    ("radiomics", "sagittal", False, 0.6035, 0.6438, 0.0445, 0.3474),
+    ("radiomics", "axial", False, 0.6221, 0.6417, 0.0651, 0.3992),
+    ("radiomics", "coronal", False, 0.6682, 0.6587, 0.0514, 0.4616),
+    ("radiomics", "multi-view", False, 0.7098, 0.7616, 0.0386, 0.5363),
+    ("reader", "reader1", False, 0.6544, 0.6417, float("nan"), 0.5562),
+    ("reader", "reader2", False, 0.6912, 0.7085, float("nan"), 0.6455),
+)
+_SECTIONS = {"magn": "Attention guided network", "radiomics": "Radiomics model",
+             "reader": "Radiologist assessment"}
+_VIEW_ALIASES = {"multi-view": "multi-view", "multiview": "multi-view", "multi_view": "multi-view",
+                 "all": "multi-view", "sagittal": "sagittal", "axial": "axial",
+                 "coronal": "coronal"}
+
+
+def paper_table2() -> pd.DataFrame:
+    """``PAPER_TABLE2`` as a DataFrame (columns method, view, attention, acc, auc, auc_sd, f1)."""
+    return pd.DataFrame(PAPER_TABLE2, columns=["method", "view", "attention", "acc", "auc",
+                                               "auc_sd", "f1"])
+
+
+def _parse_config(method: str, config: str) -> tuple[str, bool]:
+    """(view, attention) of a config name like ``"coronal+attention"``; readers: (name, False)."""
+    if method == "reader":
+        return str(config), False
+    parts = [p.strip().lower() for p in str(config).split("+")]
+    view = _VIEW_ALIASES.get(parts[0], parts[0])
+    return view, "attention" in parts[1:]
+
+
+# --------------------------------------------------------------------------------------------
+# saving
+
+
+def save_figure(fig: Figure, path_without_suffix: str | os.PathLike[str], *,
+                dpi: int = 150) -> tuple[Path, Path]:
+    """Write ``<path>.png`` and ``<path>.svg``, each via a temporary file and an atomic rename.
+
+    Parent folders are created. The SVG carries no date, so identical figures give identical
+    files.
+
+    Returns:
+        (png_path, svg_path).
+    """
+    base = Path(path_without_suffix)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt, meta in (("png", {"Software": None}), ("svg", {"Date": None})):
+        target = base.with_name(base.name + f".{fmt}")
+        fd, tmp = tempfile.mkstemp(prefix=f".{base.name}.", suffix=f".{fmt}.tmp", dir=base.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
+            Path(tmp).replace(target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(target)
+    return written[0], written[1]
+
+
+# --------------------------------------------------------------------------------------------
+# ROC
+
+
+def _new_axes(ax: Axes | None, figsize: tuple[float, float] = (5.5, 5.0)) -> tuple[Figure, Axes]:
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _roc_axes(ax: Axes) -> None:
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1, gid="chance")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("1 - specificity (false-positive rate)")
+    ax.set_ylabel("sensitivity (true-positive rate)")
+
+
+def _roc_curve(sub: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float]:
+    from sklearn.metrics import roc_curve
+
+    y = sub["label"].to_numpy()
+    p = sub["probability"].to_numpy()
+    fpr, tpr, _ = roc_curve(y, p)
+    return fpr, tpr, stats.binary_metrics(y, p)["auc"]
+
+
+def _operating_point(sub: pd.DataFrame, threshold: float = 0.5) -> tuple[float, float]:
+    m = stats.binary_metrics(sub["label"], sub["probability"], threshold=threshold)
+    return 1.0 - m["specificity"], m["sensitivity"]
+
+
+def _reader_points(ax: Axes, readers: pd.DataFrame) -> None:
+    markers = ["o", "s", "^", "D", "v", "P"]
+    for i, (name, sub) in enumerate(readers.groupby("config", sort=True)):
+        x, y = _operating_point(sub)
+        ax.scatter([x], [y], marker=markers[i % len(markers)], s=60, zorder=5,
+                   edgecolor="black", label=f"{name} (call)", gid=f"reader:{name}")
+
+
+def plot_roc_folds(
+    oof: pd.DataFrame,
+    *,
+    method: str = "magn",
+    config: str = "multi-view+attention",
+    compare: Sequence[tuple[str, str]] = (("radiomics", "multi-view"),),
+    readers: pd.DataFrame | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """ROC of one configuration per fold and pooled, other models' pooled curves, readers as
+    points (the paper's Fig. 4).
+
+    Lines: one per fold (thin, label ``fold k``), the pooled out-of-fold curve (thick,
+    ``pooled``; the paper's "overall performance"), one dashed pooled curve per ``compare``
+    model present in ``oof``, and the chance diagonal (gid ``"chance"``). Readers (method
+    ``"reader"`` rows of ``readers``, or of ``oof`` when ``readers`` is None) are scatter points
+    at their call's (1 - specificity, sensitivity). A fold holding one class has no ROC curve
+    and is not drawn.
+
+    Args:
+        oof: out-of-fold predictions.
+        method, config: the model drawn per fold.
+        compare: (method, config) of models drawn pooled only.
+        readers: reader predictions in the same format (``readers.reader_predictions``).
+        ax: draw into these axes instead of a new Figure.
+
+    Returns:
+        The Figure.
+    """
+    data = stats.check_oof(oof)
+    sub = data[(data["method"] == method) & (data["config"] == config)]
+    if sub.empty:
+        raise ValueError(f"no predictions for {stats.model_name(method, config)}")
+    fig, ax = _new_axes(ax)
+    _roc_axes(ax)
+    for fold, part in sub.groupby("fold", sort=True):
+        if part["label"].nunique() < 2:
+            continue
+        fpr, tpr, auc = _roc_curve(part)
+        ax.plot(fpr, tpr, linewidth=1, alpha=0.7, label=f"fold {fold} (AUC {auc:.2f})")
+    fpr, tpr, auc = _roc_curve(sub)
+    ax.plot(fpr, tpr, color="black", linewidth=2.5, label=f"pooled (AUC {auc:.2f})")
+    for cm, cc in compare:
+        other = data[(data["method"] == cm) & (data["config"] == cc)]
+        if other.empty:
+            continue
+        fpr, tpr, auc = _roc_curve(other)
+        ax.plot(fpr, tpr, linestyle="--", linewidth=2,
+                label=f"{stats.model_name(cm, cc)} (AUC {auc:.2f})")
+    rd = data[data["method"] == "reader"] if readers is None else stats.check_oof(readers)
+    if len(rd):
+        _reader_points(ax, rd)
+    ax.set_title(f"ROC: {stats.model_name(method, config)}")
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def plot_roc_comparison(
+    oof: pd.DataFrame,
+    *,
+    models: Sequence[tuple[str, str]] | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Pooled out-of-fold ROC curve per model; readers (method ``"reader"``) as points.
+
+    Args:
+        oof: out-of-fold predictions of any number of models.
+        models: (method, config) pairs to draw; default all, in table order.
+
+    Returns:
+        The Figure (one line per non-reader model plus the chance diagonal).
+    """
+    data = stats.check_oof(oof)
+    if models is None:
+        models = list(dict.fromkeys(zip(data["method"], data["config"], strict=True)))
+    fig, ax = _new_axes(ax)
+    _roc_axes(ax)
+    reader_rows = []
+    for method, config in models:
+        sub = data[(data["method"] == method) & (data["config"] == config)]
+        if method == "reader":
+            reader_rows.append(sub)
+            continue
+        fpr, tpr, auc = _roc_curve(sub)
+        ax.plot(fpr, tpr, linewidth=1.8,
+                label=f"{stats.model_name(method, config)} (AUC {auc:.2f})")
+    if reader_rows:
+        _reader_points(ax, pd.concat(reader_rows))
+    ax.set_title("ROC, pooled out-of-fold predictions")
+    ax.legend(loc="lower right", fontsize="x-small")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# calibration and decision curves
+
+
+def plot_calibration(curves: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
+    """Reliability diagram from ``stats.calibration_table`` (one line per model + diagonal).
+
+    Returns:
+        The Figure; each model's line is labelled with its Brier score.
+    """
+    fig, ax = _new_axes(ax)
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1, gid="perfect")
+    for (method, config), sub in curves.groupby(["method", "config"], sort=False):
+        ax.plot(sub["mean_predicted"], sub["fraction_positive"], marker="o",
+                label=f"{stats.model_name(method, config)} (Brier {sub['brier'].iloc[0]:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted probability of MM")
+    ax.set_ylabel("observed fraction MM")
+    ax.set_title("Calibration (pooled out-of-fold)")
+    ax.legend(loc="upper left", fontsize="x-small")
+    return fig
+
+
+def plot_decision_curve(curves: pd.DataFrame, *, ax: Axes | None = None,
+                        y_min: float = -0.05) -> Figure:
+    """Net benefit against threshold probability from ``stats.decision_curve``.
+
+    "Treat all" and "treat none" are grey reference lines; one line per model.
+
+    Returns:
+        The Figure.
+    """
+    fig, ax = _new_axes(ax, figsize=(6.5, 4.5))
+    styles = {"all": {"color": "0.4", "linestyle": "--"}, "none": {"color": "0.2",
+                                                                   "linestyle": ":"}}
+    for model, sub in curves.groupby("model", sort=False):
+        label = {"all": "treat all as MM", "none": "treat none"}.get(model, model)
+        ax.plot(sub["threshold"], sub["net_benefit"], label=label, linewidth=1.6,
+                **styles.get(model, {}))
+    top = float(np.nanmax(curves["net_benefit"])) if len(curves) else 1.0
+    ax.set_ylim(y_min, max(top * 1.1, 0.05))
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("threshold probability of MM")
+    ax.set_ylabel("net benefit")
+    ax.set_title("Decision curves (pooled out-of-fold)")
+    ax.legend(loc="upper right", fontsize="x-small")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Table 2
+
+
+def table2(
+    oof: pd.DataFrame | None = None,
+    *,
+    metrics: pd.DataFrame | None = None,
+    threshold: float = 0.5,
+    level: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The paper's Table 2 from our predictions, with the paper's values beside ours.
+
+    Every model in ``oof`` (MAGN configs, radiomics configs, readers), ordered as in the paper.
+    ACC and F1 pooled over folds with patient-bootstrap CIs; AUC as mean ± SD over folds (how
+    the paper reports it) and pooled with a DeLong CI. All numbers are those of
+    ``stats.metrics_table`` (pass its output as ``metrics`` to avoid computing it twice).
+
+    Returns:
+        DataFrame with columns ``section, method, config, view, attention, n_lesions, acc,
+        acc_low, acc_high, auc_fold_mean, auc_fold_sd, auc, auc_low, auc_high, f1, f1_low,
+        f1_high, paper_acc, paper_auc, paper_auc_sd, paper_f1`` (paper columns NaN where the
+        paper has no such row).
+    """
+    if metrics is None:
+        if oof is None:
+            raise ValueError("give oof or metrics")
+        metrics = stats.metrics_table(oof, threshold=threshold, level=level,
+                                      n_resamples=n_resamples, seed=seed)
+    paper = paper_table2()
+    paper_order = {(m, v, a): i for i, (m, v, a) in
+                   enumerate(zip(paper["method"], paper["view"], paper["attention"], strict=True))}
+    method_order = {"magn": 0, "radiomics": 1, "reader": 2}
+    rows = []
+    for i, r in enumerate(metrics.itertuples(index=False)):
+        view, attention = _parse_config(r.method, r.config)
+        key = (r.method, view, attention)
+        match = paper[(paper["method"] == r.method) & (paper["view"] == view)
+                      & (paper["attention"] == attention)]
+        ref = match.iloc[0] if len(match) else None
+        rows.append({
+            "_sort": (method_order.get(r.method, 3), paper_order.get(key, 100 + i)),
+            "section": _SECTIONS.get(r.method, str(r.method)), "method": r.method,
+            "config": r.config, "view": view, "attention": attention,
+            "n_lesions": r.n_lesions,
+            "acc": r.accuracy, "acc_low": r.accuracy_low, "acc_high": r.accuracy_high,
+            "auc_fold_mean": r.auc_fold_mean, "auc_fold_sd": r.auc_fold_sd,
+            "auc": r.auc, "auc_low": r.auc_low, "auc_high": r.auc_high,
+            "f1": r.f1, "f1_low": r.f1_low, "f1_high": r.f1_high,
+            "paper_acc": np.nan if ref is None else ref["acc"],
+            "paper_auc": np.nan if ref is None else ref["auc"],
+            "paper_auc_sd": np.nan if ref is None else ref["auc_sd"],
+            "paper_f1": np.nan if ref is None else ref["f1"],
+        })
+    out = pd.DataFrame(rows).sort_values("_sort", kind="stable").drop(columns="_sort")
+    return out.reset_index(drop=True)
+
+
+def format_table2(t2: pd.DataFrame, *, decimals: int = 3) -> pd.DataFrame:
+    """Display version of ``table2``: strings "x [low, high]" and "mean ± SD", paper beside."""
+
+    def f(x: float) -> str:
+        return "–" if not np.isfinite(x) else f"{x:.{decimals}f}"
+
+    def ci(x: float, lo: float, hi: float) -> str:
+        return f"{f(x)} [{f(lo)}, {f(hi)}]" if np.isfinite(x) else "–"
+
+    def pm(m: float, s: float) -> str:
+        return f"{f(m)} ± {f(s)}" if np.isfinite(m) and np.isfinite(s) else f(m)
+
+    return pd.DataFrame({
+        "Section": t2["section"],
+        "Configuration": [v.capitalize() if m != "reader" else c.replace("reader", "Radiologist ")
+                          for m, v, c in zip(t2["method"], t2["view"], t2["config"], strict=True)],
+        "Attention": np.where(t2["attention"], "✓", "–"),
+        "ACC [95% CI]": [ci(*v) for v in zip(t2["acc"], t2["acc_low"], t2["acc_high"],
+                                               strict=True)],
+        "AUC folds (mean ± SD)": [pm(*v) for v in zip(t2["auc_fold_mean"], t2["auc_fold_sd"],
+                                                       strict=True)],
+        "AUC pooled [DeLong 95% CI]": [ci(*v) for v in zip(t2["auc"], t2["auc_low"],
+                                                            t2["auc_high"], strict=True)],
+        "F1 [95% CI]": [ci(*v) for v in zip(t2["f1"], t2["f1_low"], t2["f1_high"], strict=True)],
+        "Paper ACC": [f(v) for v in t2["paper_acc"]],
+        "Paper AUC": [pm(*v) for v in zip(t2["paper_auc"], t2["paper_auc_sd"], strict=True)],
+        "Paper F1": [f(v) for v in t2["paper_f1"]],
+    })
+
+
+# --------------------------------------------------------------------------------------------
+# images
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    a = np.asarray(img, dtype=np.float64)
+    if a.ndim == 3:
+        # (3, H, W) 2.5D crop: the middle channel is the slice itself
+        a = a[a.shape[0] // 2] if a.shape[0] in (1, 3) else a[..., a.shape[-1] // 2]
+    if a.ndim != 2:
+        raise ValueError(f"expected a 2D image or (3, H, W) crop, got shape {a.shape}")
+    return a
+
+
+def plot_cam_grid(
+    images: Mapping[str, np.ndarray],
+    masks: Mapping[str, np.ndarray],
+    cams: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    views: Sequence[str] = VIEWS,
+    alpha: float = 0.45,
+    cmap: str = "jet",
+    title: str | None = None,
+) -> Figure:
+    """Class-activation maps over the image with the lesion contour (the paper's Fig. 5).
+
+    Rows are views; columns are the image, the image with the lesion mask contour, then one
+    column per entry of ``cams`` (e.g. ``{"with guidance": ..., "without guidance": ...}``):
+    the image in grey, the CAM as a translucent heat map stretched over the image extent
+    (a CAM on a coarser grid is interpolated bilinearly for display only), the mask contour.
+
+    Args:
+        images: view -> (H, W) image or (3, H, W) 2.5D crop (middle channel shown).
+        masks: view -> (H, W) 0/1 lesion mask on the image grid.
+        cams: column title -> (view -> (h, w) CAM, any range; min-max normalised per map).
+        views: the rows, in order.
+
+    Returns:
+        The Figure, ``len(views)`` x ``2 + len(cams)`` axes.
+    """
+    ncol = 2 + len(cams)
+    fig = Figure(figsize=(2.2 * ncol, 2.2 * len(views)), layout="constrained")
+    axes = fig.subplots(len(views), ncol, squeeze=False)
+    for r, view in enumerate(views):
+        img = _gray(images[view])
+        mask = np.asarray(masks[view], dtype=np.float64)
+        h, w = img.shape
+        extent = (-0.5, w - 0.5, h - 0.5, -0.5)
+        panels = [("image", None, False), ("lesion", None, True)]
+        panels += [(name, maps[view], True) for name, maps in cams.items()]
+        for c, (name, cam, contour) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(img, cmap="gray", extent=extent, interpolation="nearest")
+            if cam is not None:
+                cam = np.asarray(cam, dtype=np.float64)
+                span = np.ptp(cam)
+                cam = (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
+                ax.imshow(cam, cmap=cmap, alpha=alpha, vmin=0, vmax=1, extent=extent,
+                          interpolation="bilinear")
+            if contour and mask.any():
+                ax.contour(mask, levels=[0.5], colors="lime", linewidths=1.2)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize="small")
+            if c == 0:
+                ax.set_ylabel(view)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_crops_grid(
+    crops: Sequence[np.ndarray],
+    labels: Sequence[int],
+    *,
+    per_class: int = 4,
+    masks: Sequence[np.ndarray] | None = None,
+    titles: Sequence[str] | None = None,
+    class_names: Mapping[int, str] | None = None,
+) -> Figure:
+    """Example crops per class: one row per class (MM first), up to ``per_class`` columns.
+
+    Args:
+        crops: (H, W) images or (3, H, W) 2.5D crops (middle channel shown).
+        labels: the class of each crop (1 = MM, 0 = metastasis).
+        masks: optional (H, W) lesion masks, drawn as contours.
+        titles: optional caption per crop (e.g. lesion id).
+
+    Returns:
+        The Figure, (number of classes) x ``per_class`` axes; unused cells are blank.
+    """
+    names = dict(class_names or stats.DEFAULT_GROUP_NAMES)
+    labels = [int(v) for v in labels]
+    classes = sorted(set(labels), reverse=True)
+    fig = Figure(figsize=(2.0 * per_class, 2.1 * max(len(classes), 1)), layout="constrained")
+    axes = fig.subplots(max(len(classes), 1), per_class, squeeze=False)
+    for r, cls in enumerate(classes):
+        idx = [i for i, v in enumerate(labels) if v == cls][:per_class]
+        for c in range(per_class):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(idx):
+                ax.set_axis_off()
+                continue
+            i = idx[c]
+            ax.imshow(_gray(crops[i]), cmap="gray", interpolation="nearest")
+            if masks is not None and np.asarray(masks[i]).any():
+                ax.contour(np.asarray(masks[i], dtype=float), levels=[0.5], colors="lime",
+                           linewidths=1)
+            if titles is not None:
+                ax.set_title(str(titles[i]), fontsize="x-small")
+            if c == 0:
+                ax.set_ylabel(names.get(cls, str(cls)))
+    return fig

@@ -1,0 +1,141 @@
+"""Tests of magn_lib.readers: the ordinal mapping, reader metrics against scikit-learn, kappa,
+and the reader-vs-model comparisons against the stats functions on aligned arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from magn_lib import readers, stats
+from magn_lib.errors import InputError
+
+
+def make_study(n_patients: int = 36, seed: int = 1234) -> tuple[pd.DataFrame, ...]:
+    """Lesions (truth), two readers' reads (ACC about 0.65 and 0.7) and one model's OOF."""
+    rng = np.random.default_rng(seed)
+    lesions = []
+    for i in range(n_patients):
+        label = int(i % 3 == 0)
+        for j in range(int(rng.integers(1, 3))):
+            lesions.append({"lesion_id": f"P{i:03d}-L{j + 1}", "patient_id": f"P{i:03d}",
+                            "label": label})
+    lesions = pd.DataFrame(lesions)
+    reads = []
+    for reader, acc in (("reader1", 0.65), ("reader2", 0.72)):
+        for r in lesions.itertuples():
+            right = rng.random() < acc
+            call = r.label if right else 1 - r.label
+            conf = int(rng.integers(3, 6) if right else rng.integers(1, 4))
+            reads.append({"lesion_id": r.lesion_id, "patient_id": r.patient_id,
+                          "reader": reader, "call": call, "confidence": conf})
+    reads = pd.DataFrame(reads)
+    z = rng.normal(size=len(lesions)) + 2.0 * (2 * lesions["label"].to_numpy() - 1)
+    oof = lesions.assign(method="magn", config="multi-view+attention",
+                         fold=np.arange(len(lesions)) % 5, probability=1 / (1 + np.exp(-z)))
+    return lesions, reads, oof
+
+
+def test_ordinal_score_mapping():
+    calls = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    conf = np.array([5, 4, 3, 2, 1, 1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(readers.ordinal_score(calls, conf), np.arange(1, 11))
+    with pytest.raises(InputError, match="confidence"):
+        readers.ordinal_score([1], [6])
+    with pytest.raises(InputError, match="call"):
+        readers.ordinal_score([2], [3])
+
+
+def test_reader_predictions_threshold_gives_back_the_calls():
+    lesions, reads, _ = make_study()
+    pred = readers.reader_predictions(reads, lesions)
+    assert list(pred.columns) == list(stats.OOF_COLUMNS)
+    assert (pred.method == "reader").all() and (pred.fold == -1).all()
+    np.testing.assert_array_equal((pred.probability >= 0.5).astype(int), reads.call)
+    score = readers.ordinal_score(reads.call, reads.confidence)
+    r1 = (reads.reader == "reader1").to_numpy()
+    assert skm.roc_auc_score(pred.label[r1], pred.probability[r1]) == pytest.approx(
+        skm.roc_auc_score(pred.label[r1], score[r1]))
+    calls = readers.reader_predictions(reads, lesions, score="call")
+    np.testing.assert_array_equal(calls.probability, reads.call)
+    stats.check_oof(pred)  # valid shared format
+
+
+def test_reader_metrics_match_sklearn():
+    lesions, reads, _ = make_study()
+    rm = readers.reader_metrics(reads, lesions, n_resamples=300)
+    assert list(rm.reader) == ["reader1", "reader2"]
+    truth = lesions.set_index("lesion_id").label
+    for row in rm.itertuples():
+        sub = reads[reads.reader == row.reader]
+        y = truth.loc[sub.lesion_id].to_numpy()
+        assert row.accuracy == pytest.approx(skm.accuracy_score(y, sub.call))
+        assert row.f1 == pytest.approx(skm.f1_score(y, sub.call))
+        sens = skm.recall_score(y, sub.call)
+        spec = skm.recall_score(y, sub.call, pos_label=0)
+        assert (row.sensitivity, row.specificity) == pytest.approx((sens, spec))
+        assert row.auc_call == pytest.approx((sens + spec) / 2)
+        score = readers.ordinal_score(sub.call, sub.confidence)
+        assert row.auc_ordinal == pytest.approx(skm.roc_auc_score(y, score))
+        assert row.auc_ordinal_low <= row.auc_ordinal <= row.auc_ordinal_high
+        assert row.accuracy_low <= row.accuracy <= row.accuracy_high
+        assert row.n_patients == sub.patient_id.nunique()
+
+
+def test_reader_agreement_kappa():
+    lesions, reads, _ = make_study()
+    ag = readers.reader_agreement(reads)
+    assert len(ag) == 1
+    row = ag.iloc[0]
+    wide = reads.pivot(index="lesion_id", columns="reader", values="call")
+    assert row.kappa == pytest.approx(skm.cohen_kappa_score(wide.reader1, wide.reader2))
+    assert row.kappa_low < row.kappa < row.kappa_high
+    assert row.n_lesions == len(lesions)
+    sw = reads.assign(s=readers.ordinal_score(reads.call, reads.confidence)).pivot(
+        index="lesion_id", columns="reader", values="s")
+    assert row.kappa_ordinal == pytest.approx(
+        skm.cohen_kappa_score(sw.reader1, sw.reader2, weights="quadratic"))
+
+
+def test_readers_vs_models_equals_stats_on_aligned_lesions():
+    lesions, reads, oof = make_study()
+    # the reader skipped two lesions: the comparison uses the lesions both scored
+    skipped = set(lesions.lesion_id.iloc[:2])
+    reads = reads[~((reads.reader == "reader1") & reads.lesion_id.isin(skipped))]
+    cmp = readers.readers_vs_models(reads, lesions, oof)
+    assert len(cmp) == 2
+    row = cmp[cmp.reader == "reader1"].iloc[0]
+    assert row.n_lesions == len(lesions) - 2
+    sub = reads[reads.reader == "reader1"].set_index("lesion_id")
+    model = oof.set_index("lesion_id").loc[sub.index]
+    y = model.label.to_numpy()
+    score = readers.ordinal_score(sub.call, sub.confidence).astype(float)
+    ref = stats.delong_test(y, score, model.probability.to_numpy())
+    assert (row.auc_reader, row.auc_model, row.delong_z, row.delong_p) == pytest.approx(ref)
+    mcall = (model.probability >= 0.5).astype(int).to_numpy()
+    reader_ok = sub.call.to_numpy() == y
+    model_ok = mcall == y
+    assert row.reader_only_correct == np.sum(reader_ok & ~model_ok)
+    assert row.model_only_correct == np.sum(~reader_ok & model_ok)
+    mc = stats.mcnemar_test(y, sub.call.to_numpy(), mcall)
+    assert row.mcnemar_p == pytest.approx(mc.p_value)
+    assert row.acc_reader == pytest.approx(reader_ok.mean())
+
+
+def test_bad_reads_are_reported_together():
+    lesions, reads, _ = make_study(n_patients=6)
+    bad = reads.copy()
+    bad.loc[0, "confidence"] = 7
+    bad.loc[1, "lesion_id"] = "P999-L1"
+    bad.loc[2, "patient_id"] = "P777"
+    with pytest.raises(InputError) as err:
+        readers.reader_predictions(bad, lesions)
+    msg = str(err.value)
+    assert "3 problems" in msg and "confidence 7" in msg and "P999-L1" in msg
+    assert "belongs to patient" in msg
+    dup = pd.concat([reads, reads.iloc[:1]])
+    with pytest.raises(InputError, match="more than once"):
+        readers.reader_metrics(dup, lesions)
+    with pytest.raises(InputError, match="lacks column"):
+        readers.reader_predictions(reads.drop(columns="confidence"), lesions)
