@@ -38,7 +38,14 @@ import nbformat
 from magn_lib import __version__
 from magn_lib.config import Profile, RunPaths, load_profile, project_root, resolve_path, run_paths
 from magn_lib.errors import ConfigError
-from magn_lib.report import IndexEntry, atomic_write_text, notebook_title, render_html, render_index
+from magn_lib.report import (
+    IndexEntry,
+    atomic_write_text,
+    front_page_html,
+    notebook_title,
+    render_html,
+    render_index,
+)
 from magn_lib.repro import environment_info, git_state
 
 __all__ = [
@@ -524,14 +531,17 @@ def run_study(
         atomic_write_text(paths.run_manifest, json.dumps(manifest_record, indent=2))
 
         if succeeded:
-            atomic_write_text(paths.index_html, _index_page(cfg, runs, manifest_record))
+            page = _index_page(cfg, runs, manifest_record, paths.report_dir)
+            atomic_write_text(paths.index_html, page)
         else:
             paths.index_html.unlink(missing_ok=True)
             print(f"magn study: {error}", file=sys.stderr)
     return StudyResult(succeeded=succeeded, paths=paths, notebooks=runs, error=error)
 
 
-def _index_page(cfg: Profile, runs: list[NotebookRun], record: Mapping[str, Any]) -> str:
+def _index_page(
+    cfg: Profile, runs: list[NotebookRun], record: Mapping[str, Any], report_dir: Path
+) -> str:
     entries = [
         IndexEntry(
             title=r.title,
@@ -574,4 +584,5 @@ def _index_page(cfg: Profile, runs: list[NotebookRun], record: Mapping[str, Any]
         provenance=provenance,
         warnings=warnings,
         intro_html=intro,
+        body_html=front_page_html(report_dir, embedded=record["run"]["embedded_cohort"]),
     )

@@ -8,8 +8,10 @@ that can be e-mailed. Files are written under a temporary name and renamed when 
 
 from __future__ import annotations
 
+import base64
 import copy
 import html
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -20,13 +22,17 @@ import nbformat
 from nbconvert import HTMLExporter
 
 __all__ = [
+    "GLOSSARY",
     "IndexEntry",
     "atomic_write_text",
     "clinician_notebook",
+    "front_page_html",
     "render_html",
     "render_index",
+    "write_front_page",
 ]
 
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 # cells carrying this tag are left out of the clinician view (e.g. a diagnostic table)
 ANALYST_ONLY_TAG = "analyst-only"
 
@@ -74,7 +80,9 @@ def render_html(nb: nbformat.NotebookNode, *, with_code: bool, title: str | None
         with_code: ``False`` for the clinician view (no code cells, no prompts, no stderr).
         title: the page title (default: the notebook's first heading).
     """
-    exporter = HTMLExporter(template_name="lab", embed_images=True)
+    exporter = HTMLExporter(
+        template_name="magn", extra_template_basedirs=[str(TEMPLATES)], embed_images=True
+    )
     if not with_code:
         nb = clinician_notebook(nb)
         exporter.exclude_input = True
@@ -107,14 +115,185 @@ class IndexEntry:
 
 
 _INDEX_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:60rem;
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:62rem;
 margin:2rem auto;padding:0 1rem;color:#1b1f23;line-height:1.5}
-h1{font-size:1.6rem;margin-bottom:.2rem} .sub{color:#57606a;margin-top:0}
-ol.nb li{margin:.6rem 0} .summary{color:#3d444d}
+h1{font-size:1.6rem;margin-bottom:.2rem} h2{margin-top:2rem;border-bottom:1px solid #d0d7de}
+.sub{color:#57606a;margin-top:0} ol.nb li{margin:.6rem 0} .summary{color:#3d444d}
 .warn{background:#fff4e5;border-left:4px solid #e8912d;padding:.5rem 1rem;margin:1rem 0}
-table.prov{border-collapse:collapse;font-size:.9rem} table.prov td{padding:.15rem .8rem .15rem 0;
-vertical-align:top} .small{font-size:.85rem;color:#57606a}
+.note{background:#eef6ff;border-left:4px solid #4a8fe7;padding:.5rem 1rem;margin:1rem 0}
+table{border-collapse:collapse;font-size:.88rem;margin:.5rem 0}
+th,td{padding:.2rem .6rem;border-bottom:1px solid #eaeef2;text-align:left;vertical-align:top}
+th{background:#f6f8fa} figure{margin:1rem 0} figure img{max-width:100%;height:auto}
+figcaption{font-size:.88rem;color:#3d444d} dt{font-weight:600} dd{margin:0 0 .5rem 1rem}
+.small{font-size:.85rem;color:#57606a}
 """
+
+FRONT_PAGE_FILE = "front_page.json"
+
+GLOSSARY: tuple[tuple[str, str], ...] = (
+    ("AUC", "Area under the ROC curve: the probability that a randomly chosen myeloma lesion "
+     "gets a higher score than a randomly chosen metastasis. 0.5 is chance, 1.0 is perfect."),
+    ("ACC (accuracy)", "Share of lesions classified correctly at the 0.5 threshold."),
+    ("Sensitivity / specificity", "Share of myeloma lesions called myeloma / share of "
+     "metastases called metastasis."),
+    ("F1 score", "Harmonic mean of precision and sensitivity for the myeloma class; it rewards "
+     "finding myeloma without many false alarms."),
+    ("95 % CI", "Confidence interval: the range of values compatible with the data. Here from "
+     "DeLong's method (AUC) or from resampling patients (bootstrap)."),
+    ("DeLong test", "A test of whether two AUCs measured on the same lesions differ, taking "
+     "into account that they share the lesions."),
+    ("McNemar test", "A test of whether two sets of yes/no calls on the same lesions differ in "
+     "the lesions they get wrong."),
+    ("Cohen's kappa", "Agreement between two readers beyond what chance would give "
+     "(0 = chance, 1 = perfect)."),
+    ("Cross-validation", "The lesions are split into 5 folds (all lesions of a patient in one "
+     "fold); each fold is predicted by a model trained on the other four, so every score comes "
+     "from a model that never saw that patient."),
+    ("CAM", "Class activation map: the network's own map of where in the image the evidence "
+     "for its answer lies. Attention guidance trains this map to match the lesion mask."),
+    ("Grad-CAM", "A map of the image regions that most change the network's output, computed "
+     "from gradients; used to check what the network looks at."),
+    ("Calibration", "Whether a predicted probability of 0.7 means myeloma 7 times in 10."),
+    ("Decision curve / net benefit", "The benefit of acting on the model's calls at a given "
+     "risk threshold, compared with treating all or none."),
+    ("Radiomics", "Hand-crafted image features (intensity, texture, shape) computed inside the "
+     "lesion mask and fed to a conventional classifier."),
+)
+
+
+def _limitations(embedded: bool) -> list[str]:
+    items = []
+    if embedded:
+        items.append(
+            "<b>Synthetic data — demonstrates the method, says nothing about patients.</b> "
+            "The cohort is a generated phantom with known truth, built so that the task is "
+            "learnable; its numbers must not be compared with clinical performance."
+        )
+    items += [
+        "Lesions are classified from contrast-enhanced T1 images alone, as in the original "
+        "study; no clinical, laboratory or other sequence information is used.",
+        "Performance comes from cross-validation within one cohort; no external, prospective "
+        "or multi-centre validation is included. Expect lower performance on other scanners "
+        "and populations.",
+        "Coronal and axial masks are transferred from the sagittal mask through the scanner's "
+        "coordinates, not drawn; thick sagittal slices make their borders coarse.",
+        "With a few dozen lesions per fold, fold-to-fold spread is large; confidence intervals "
+        "treat the pooled out-of-fold predictions as one sample and ignore that the folds come "
+        "from different trained models.",
+    ]
+    return items
+
+
+def _model_card(facts: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    card = [
+        ("Model", "Multi-view attention-guided network (MAGN; Chen et al. 2022): one ResNet "
+         "per MRI view, log-sum-exp pooling, features of the views joined by one linear layer, "
+         "trained with a cross-entropy loss plus an attention term that pulls each view's "
+         "class activation map towards the lesion mask."),
+        ("Intended use", "Research on methods for telling spinal multiple myeloma from "
+         "lung-cancer spinal metastasis on CE-T1 MRI. Not a medical device; not for diagnosis, "
+         "treatment decisions or any clinical use."),
+        ("Out of scope", "Other tumour types, other primary cancers, non-enhanced or other "
+         "sequences, lesions without a sagittal mask, paediatric patients."),
+    ]
+    card += list(facts)
+    card.append(
+        ("Ethics and data", "Inputs are de-identified at ingest; the report carries "
+         "pseudonymous study identifiers only.")
+    )
+    return card
+
+
+def write_front_page(
+    run_dir: str | Path,
+    *,
+    summary: Sequence[str],
+    tables: Sequence[tuple[str, str | Path, str]] = (),
+    figures: Sequence[tuple[str, str | Path, str]] = (),
+    model_facts: Sequence[tuple[str, str]] = (),
+) -> Path:
+    """Record what the run's ``index.html`` shows above the notebook list.
+
+    Notebooks call this (the figures notebook, last); the study runner renders it.
+
+    Args:
+        run_dir: the run's report folder.
+        summary: plain-language paragraphs (question, what was done, the result).
+        tables: ``(title, CSV path, caption)``; paths inside the run folder.
+        figures: ``(title, PNG path, caption)``; embedded into the page as data URIs.
+        model_facts: extra ``(field, text)`` rows of the model card (training data, metrics).
+
+    Returns:
+        The path of the written ``artifacts/front_page.json``.
+    """
+    from magn_lib.config import resolve_path
+
+    run_dir = resolve_path(run_dir)
+
+    def rel(path: str | Path) -> str:
+        path = resolve_path(path) if not Path(path).is_absolute() else Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"front page item {path.name} does not exist")
+        return path.resolve().relative_to(run_dir.resolve()).as_posix()
+
+    spec = {
+        "summary": list(summary),
+        "tables": [{"title": t, "csv": rel(p), "caption": c} for t, p, c in tables],
+        "figures": [{"title": t, "png": rel(p), "caption": c} for t, p, c in figures],
+        "model_facts": [list(f) for f in model_facts],
+    }
+    out = run_dir / "artifacts" / FRONT_PAGE_FILE
+    atomic_write_text(out, json.dumps(spec, indent=2))
+    return out
+
+
+def _table_html(csv_path: Path) -> str:
+    import pandas as pd
+
+    frame = pd.read_csv(csv_path, keep_default_na=False)
+    return frame.to_html(index=False, escape=True, border=0, na_rep="")
+
+
+def _figure_html(png_path: Path, title: str, caption: str) -> str:
+    data = base64.b64encode(png_path.read_bytes()).decode("ascii")
+    return (
+        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
+        f"<figcaption><b>{html.escape(title)}.</b> {html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def front_page_html(run_dir: str | Path, *, embedded: bool) -> str:
+    """The clinician-facing part of ``index.html``: summary, tables, figures, limitations,
+    model card and glossary. Without a recorded front page only the fixed sections appear."""
+    run_dir = Path(run_dir)
+    spec_path = run_dir / "artifacts" / FRONT_PAGE_FILE
+    spec = json.loads(spec_path.read_text()) if spec_path.is_file() else {}
+    esc = html.escape
+    parts = []
+    if spec.get("summary"):
+        parts.append("<h2>Summary</h2>")
+        parts += [f"<p>{esc(p)}</p>" for p in spec["summary"]]
+    for table in spec.get("tables", []):
+        parts.append(f"<h2>{esc(table['title'])}</h2>")
+        parts.append(_table_html(run_dir / table["csv"]))
+        if table.get("caption"):
+            parts.append(f'<p class="small">{esc(table["caption"])}</p>')
+    if spec.get("figures"):
+        parts.append("<h2>Key figures</h2>")
+        parts += [_figure_html(run_dir / f["png"], f["title"], f.get("caption", ""))
+                  for f in spec["figures"]]
+    parts.append("<h2>Limitations</h2><ul>")
+    parts += [f"<li>{item}</li>" for item in _limitations(embedded)]
+    parts.append("</ul><h2>Model card</h2><dl>")
+    facts = [tuple(f) for f in spec.get("model_facts", [])]
+    parts += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in _model_card(facts)]
+    parts.append("</dl>")
+    return "\n".join(parts)
+
+
+def glossary_html() -> str:
+    items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in GLOSSARY)
+    return f"<h2>Glossary</h2><dl>{items}</dl>"
 
 
 def render_index(
@@ -124,10 +303,14 @@ def render_index(
     provenance: Sequence[tuple[str, str]],
     warnings: Sequence[str] = (),
     intro_html: str = "",
+    body_html: str = "",
 ) -> str:
-    """The run's front page: notebooks in order with one line each, warnings, provenance.
+    """The run's front page.
 
-    All text is HTML-escaped except ``intro_html``, which the caller builds.
+    Order: title and intro, warnings, ``body_html`` (summary, tables, figures, limitations,
+    model card — see :func:`front_page_html`), the notebooks in reading order with one line
+    each, the glossary, provenance. All text is HTML-escaped except ``intro_html`` and
+    ``body_html``, which the caller builds from escaped parts.
     """
     esc = html.escape
     items = "\n".join(
@@ -146,10 +329,12 @@ def render_index(
 <h1>{esc(title)}</h1>
 {intro_html}
 {warn}
-<h2>Report, in reading order</h2>
+{body_html}
+<h2>The full report, in reading order</h2>
 <ol class="nb">
 {items}
 </ol>
+{glossary_html()}
 <h2>About this run</h2>
 <table class="prov">
 {prov}
