@@ -12,7 +12,7 @@ KERNEL_SPEC := $(VENV)/share/jupyter/kernels/$(KERNEL)/kernel.json
 PROFILE     ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: setup check test lint study smoke bench lab lock clean-reports help
+.PHONY: setup check browser test lint study smoke bench lab lock clean-reports help
 
 help:
 	@echo "make setup   create $(VENV) with the pinned environment (idempotent)"
@@ -44,7 +44,18 @@ check: setup
 lint: setup
 	$(PY) -m ruff check magn_lib tests benchmarks
 
-test: lint
+# The report test opens the HTML in a real headless Chromium (driven by playwright, which uses the
+# system browser and downloads none). Installed from Debian when missing and we may; otherwise
+# that test skips and says why.
+CHROMIUM ?= $(firstword $(wildcard /usr/bin/chromium /usr/bin/chromium-browser))
+browser:
+	@if [ -z "$(CHROMIUM)" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Chromium for the report test (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+		|| echo "could not install Chromium: the browser test will be skipped"; \
+	fi
+
+test: lint browser
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 study: setup

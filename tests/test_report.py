@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import re
+
+import nbformat
+import pandas as pd
+import pytest
+from conftest import open_in_browser
+from matplotlib.figure import Figure
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from magn_lib.report import (
+    GLOSSARY,
+    IndexEntry,
+    clinician_notebook,
+    front_page_html,
+    render_html,
+    render_index,
+    write_front_page,
+)
+
+
+def _executed_notebook() -> nbformat.NotebookNode:
+    nb = new_notebook()
+    code = new_code_cell("table = make_table()\ntable")
+    code.outputs = [
+        new_output("stream", name="stderr", text="100%|#####| 5/5 progress bar\n"),
+        new_output("execute_result", data={"text/plain": "AUC 0.91"}, execution_count=1),
+    ]
+    hidden = new_code_cell("debug_dump()")
+    hidden.metadata["tags"] = ["analyst-only"]
+    hidden.outputs = [new_output("stream", name="stdout", text="internal detail\n")]
+    nb.cells = [new_markdown_cell("# Results\n\nThe model."), code, hidden]
+    return nb
+
+
+def test_clinician_notebook_drops_stderr_and_analyst_cells_without_touching_input():
+    nb = _executed_notebook()
+    view = clinician_notebook(nb)
+    assert len(view.cells) == 2
+    assert [o["output_type"] for o in view.cells[1].outputs] == ["execute_result"]
+    assert len(nb.cells) == 3 and len(nb.cells[1].outputs) == 2  # input unchanged
+
+
+def test_render_html_views():
+    nb = _executed_notebook()
+    clinician = render_html(nb, with_code=False)
+    full = render_html(nb, with_code=True)
+    assert "AUC 0.91" in clinician and "AUC 0.91" in full
+    assert "make_table" not in clinician and "make_table" in full
+    assert "progress bar" not in clinician and "internal detail" not in clinician
+    for page in (clinician, full):
+        # offline: no scripts fetched from a CDN
+        assert not re.search(r'<script[^>]+src="https?://', page)
+        assert "<title>Results</title>" in page
+
+
+def _figure(path):
+    fig = Figure(figsize=(3, 2))
+    fig.add_subplot().plot([0, 1], [0, 1])
+    fig.savefig(path)
+    return path
+
+
+def test_front_page_embeds_tables_and_figures(tmp_path):
+    run = tmp_path / "run"
+    (run / "artifacts").mkdir(parents=True)
+    pd.DataFrame({"Method": ["MAGN <multi>"], "AUC": ["0.91 (0.85–0.96)"]}).to_csv(
+        run / "artifacts" / "table2.csv", index=False
+    )
+    png = _figure(run / "artifacts" / "roc.png")
+    write_front_page(
+        run,
+        summary=["We asked whether MRI can tell myeloma from metastasis."],
+        tables=[("Table 2", run / "artifacts" / "table2.csv", "Out-of-fold.")],
+        figures=[("ROC curves", png, "Five folds and pooled.")],
+        model_facts=[("Training data", "60 synthetic patients")],
+    )
+    body = front_page_html(run, embedded=True)
+    assert "We asked whether" in body and "MAGN &lt;multi&gt;" in body  # escaped
+    assert body.count("data:image/png;base64,") == 1
+    assert "Synthetic data — demonstrates the method, says nothing about patients" in body
+    assert "Not a medical device" in body and "60 synthetic patients" in body
+    own_cohort = front_page_html(run, embedded=False)
+    assert "Synthetic data" not in own_cohort and "Limitations" in own_cohort
+
+
+def test_front_page_items_must_exist_inside_the_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        write_front_page(run, summary=["x"], tables=[("T", run / "missing.csv", "")])
+    outside = tmp_path / "elsewhere.png"
+    _figure(outside)
+    with pytest.raises(ValueError):
+        write_front_page(run, summary=["x"], figures=[("F", outside, "")])
+
+
+def test_index_and_notebook_pages_open_cleanly_in_chromium(tmp_path, browser):
+    run = tmp_path / "run"
+    (run / "artifacts").mkdir(parents=True)
+    (run / "html").mkdir()
+    png = _figure(run / "artifacts" / "roc.png")
+    write_front_page(run, summary=["Summary."], figures=[("ROC", png, "caption")])
+    index = run / "index.html"
+    index.write_text(
+        render_index(
+            title="magn study report",
+            entries=[IndexEntry("Results", "The model.", "html/01_results.html",
+                                "html-full/01_results.html", "executed")],
+            provenance=[("Profile", "smoke")],
+            warnings=["weights unavailable: He-uniform initialisation used"],
+            body_html=front_page_html(run, embedded=True),
+        )
+    )
+    page_html = render_html(_executed_notebook(), with_code=False)
+    (run / "html" / "01_results.html").write_text(page_html)
+    for path in (index, run / "html" / "01_results.html"):
+        shot = tmp_path / f"{path.stem}.png"
+        page, problems = open_in_browser(browser, path, shot)
+        assert problems == []
+        assert shot.stat().st_size > 5_000
+        images = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+        assert all(width > 0 for width in images)
+        page.close()
+    assert len(GLOSSARY) >= 10
