@@ -71,6 +71,7 @@ _TABLE1 = {
     1: (58.57, 11.17, 53, 26, (12, 40, 21, 6), 4.03, 1.17),
     0: (56.64, 12.98, 74, 64, (35, 61, 35, 7), 3.85, 1.65),
 }
+_SIZE_OFFSET_CM = {1: 0.3, 0: -0.5}
 SITES = ("cervical", "thoracic", "lumbar", "sacrococcygeal")
 # Table 2 of the paper: radiologists' accuracy, AUC and F1 (myeloma positive).
 _READERS = {"reader1": (0.6544, 0.6417, 0.5562), "reader2": (0.6912, 0.7085, 0.6455)}
@@ -546,7 +547,7 @@ class _Phantom:
         h, a_u, a_v = self.height[j], self.a_u[j], self.a_v[j]
         centre = np.array([self.centres[j] + rng.uniform(-0.15, 0.15) * h,
                            rng.uniform(-0.25, 0.2) * a_u, rng.uniform(-0.3, 0.3) * a_v])
-        r = diameter_cm * 10 / 2 * 0.9
+        r = diameter_cm * 10 / 2
         radii = r * np.array([rng.uniform(0.65, 1.0), rng.uniform(0.7, 1.0), rng.uniform(0.7, 1.0)])
         radii = np.maximum(radii, 4.0)
         strength = _sigmoid(1.7 * (m + rng.normal(0, 0.45)))
@@ -581,7 +582,18 @@ class _Phantom:
         n_tex = 16
         wave = rng.normal(size=(n_tex, 3))
         wave *= (2 * np.pi / rng.uniform(2.5, 12.0, n_tex) / np.linalg.norm(wave, axis=1))[:, None]
+        # straightened bounding box of everything the lesion can occupy (for the prescriptions)
+        breach = 1.0 + 0.9 * max(0.0, float(radii.max()) - max(a_u, h / 2))
+        reach = radii * (1 + irregularity)
+        cap = np.array([h / 2, a_u, a_v]) + breach
+        mid = np.array([self.centres[j], 0.0, 0.0])
+        lo = np.maximum(centre - reach, mid - cap)
+        hi = np.minimum(centre + reach, mid + cap)
+        for lobe in lobes:
+            lo = np.minimum(lo, lobe["centre"] - lobe["radii"] * 1.2)
+            hi = np.maximum(hi, lobe["centre"] + lobe["radii"] * 1.2)
         self.lesions.append({
+            "extent": (lo, hi), "breach": breach,
             "lesion_id": lesion_id, "number": number, "label": label, "k": k, "level":
             self.levels[j], "m": m, "centre": centre, "radii": radii, "pattern": pattern,
             "strength": strength, "irregularity": irregularity, "posterior": posterior,
@@ -616,9 +628,10 @@ class _Phantom:
         boundary = 1 + f32(les["irregularity"]) * g / f32(1.6)
         mean_r = f32(r.mean())
         occ = np.clip(0.5 + (boundary - rho) * mean_r / f32(0.7), 0, 1)
-        # confined to its own vertebral body (1 mm cortical breach allowed)
+        # confined to its own vertebral body; lesions larger than the body expand through
+        # the cortex (les["breach"] mm), as large myeloma and metastatic deposits do
         own = ana["k"][idx] == np.flatnonzero(self.k_index == les["k"])[0]
-        occ *= np.clip(0.5 - (ana["d_body"][idx] - 1.0) / f32(0.7), 0, 1) * own
+        occ *= np.clip(0.5 - (ana["d_body"][idx] - f32(les["breach"])) / f32(0.7), 0, 1) * own
         r_norm = rho / boundary
         for lobe in les["lobes"]:
             lc, lr = lobe["centre"], lobe["radii"]
@@ -630,8 +643,8 @@ class _Phantom:
                 o *= (ana["arch"][idx] | (ana["d_body"][idx] <= 1.0)) & own
             else:  # soft tissue: not into another vertebra's bone
                 o *= (ana["d_body"][idx] > 0) | own
-            better = o > occ
-            r_norm = np.where(better, rl, r_norm)
+            # one outline for the union, so a rim runs around the whole lesion
+            r_norm = np.where(o > 0, np.minimum(r_norm, rl), r_norm)
             occ = np.maximum(occ, o)
         # enhancement: homogeneous, heterogeneous (textured, necrotic patches) or rim
         pts = np.stack([ss, uu, vv], axis=1)
@@ -759,41 +772,48 @@ def _tilt_towards(normal: np.ndarray, axis: np.ndarray, max_deg: float) -> tuple
 
 def _prescribe(ph: _Phantom, vendor: _Vendor, rng: np.random.Generator,
                marker_lps: np.ndarray | None) -> dict[str, _Geometry]:
-    """Sagittal, coronal and oblique axial stacks around the lesions, as a radiographer sets them."""
+    """Sagittal, coronal and oblique axial stacks covering the lesions, as a radiographer
+    sets them (each stack covers every lesion whole)."""
+    lo = np.min([les["extent"][0] for les in ph.lesions], axis=0)  # (s, u, v) mm
+    hi = np.max([les["extent"][1] for les in ph.lesions], axis=0)
     les_s = np.array([les["centre"][0] for les in ph.lesions])
-    les_v = np.array([les["centre"][2] for les in ph.lesions])
-    s_mid = float((les_s.min() + les_s.max()) / 2)
+    s_mid = float((lo[0] + hi[0]) / 2)
     j0 = 3
     a_u, a_v = ph.a_u[j0], ph.a_v[j0]
     u_mid = -(a_u * 0.3 + ph.canal[0])
     geoms: dict[str, _Geometry] = {}
     # sagittal: normal ~ patient left with a few degrees of double obliquity
-    left, ant, sup = ph.frame(s_mid)
-    normal = _rot(2, math.radians(rng.normal(0, 2))) @ _rot(1, math.radians(rng.normal(0, 2))) @ left
+    left, ant, _ = ph.frame(s_mid)
+    tilt = _rot(2, math.radians(rng.normal(0, 2))) @ _rot(1, math.radians(rng.normal(0, 2)))
     spec = vendor.series["sagittal"]
     spacing = spec.thickness + spec.gap
-    half = max(a_v + 7.0, float(np.abs(les_v).max()) + 8.0)
+    half = max(a_v + 7.0, -lo[2] + 3.0, hi[2] + 3.0)
     n_sag = int(math.ceil(2 * half / spacing)) + 1
     centre = ph.to_world(s_mid + rng.uniform(-12, 12), u_mid + rng.uniform(-5, 5), 0.0)
-    geoms["sagittal"] = _stack(centre, normal, spec, n_sag, ph.position,
+    geoms["sagittal"] = _stack(centre, tilt @ left, spec, n_sag, ph.position,
                                vendor.patient_oriented, rng)
-    # coronal: follows the segment's mean tangent, covers bodies and canal
+    # coronal: follows the segment's mean tangent, covers bodies, canal and the lesions
     spec = vendor.series["coronal"]
     spacing = spec.thickness + spec.gap
-    u_lo, u_hi = -(a_u + 2 * ph.canal[0] + 2.0), a_u + 5.0
+    u_lo = min(-(a_u + 2 * ph.canal[0] + 2.0), lo[1] - 3.0)
+    u_hi = max(a_u + 5.0, hi[1] + 3.0)
     n_cor = int(math.ceil((u_hi - u_lo) / spacing)) + 1
     centre = ph.to_world(s_mid + rng.uniform(-10, 10), (u_lo + u_hi) / 2, rng.uniform(-3, 3))
     geoms["coronal"] = _stack(centre, ant, spec, n_cor, ph.position, vendor.patient_oriented, rng)
-    # axial: perpendicular to the index vertebra's tangent (endplate), tilt limited to 20 deg
+    # axial: perpendicular to the index vertebra's tangent (endplate), tilt limited to 20 deg;
+    # the tilted slab must still hold the lesions' whole extent along the spine
     spec = vendor.series["axial"]
     spacing = spec.thickness + spec.gap
     _, _, sup0 = ph.frame(float(les_s.mean()))
     normal, _ = _tilt_towards(sup0, np.array([0.0, 0.0, 1.0]), 20.0)
     normal = _rot(1, math.radians(rng.normal(0, 1.5))) @ normal
     normal /= np.linalg.norm(normal)
-    span = float(les_s.max() - les_s.min()) + ph.height[j0] + 14.0
-    n_ax = int(math.ceil(span / spacing)) + 1
+    corners = [ph.to_world(s, u, v) for s in (lo[0], hi[0]) for u in (lo[1], hi[1])
+               for v in (lo[2], hi[2])]
+    along = np.array(corners) @ normal
     centre = ph.to_world(s_mid, u_mid + rng.uniform(-5, 5), rng.uniform(-3, 3))
+    centre = centre + ((along.max() + along.min()) / 2 - centre @ normal) * normal
+    n_ax = int(math.ceil((along.max() - along.min() + 6.0) / spacing)) + 1
     geoms["axial"] = _stack(centre, normal, spec, n_ax, ph.position, vendor.patient_oriented, rng)
     if marker_lps is not None:
         for view, g in geoms.items():
@@ -802,19 +822,25 @@ def _prescribe(ph: _Phantom, vendor: _Vendor, rng: np.random.Generator,
 
 
 def _cover(g: _Geometry, point: np.ndarray) -> _Geometry:
-    """Shift a stack (not rotate it) so ``point`` lies at least 10 mm / 1 slice inside."""
+    """Extend a stack by whole slices, or shift it in-plane, so ``point`` lies at least one
+    slice and 10 mm inside; orientation and the existing slices are kept."""
     inv = np.linalg.inv(g.affine_lps())
     col, row, k = (inv @ np.append(point, 1.0))[:3]
-    shift = np.zeros(3)
-    for idx, n, step, axis, margin in ((col, g.cols, g.pixel[1], g.row_dir, 10 / g.pixel[1]),
-                                       (row, g.rows, g.pixel[0], g.col_dir, 10 / g.pixel[0]),
-                                       (k, g.n_slices, g.spacing, g.normal, 1.0)):
-        lo, hi = margin, n - 1 - margin
+    origin, n_slices = g.origin.copy(), g.n_slices
+    for idx, n, step, axis in ((col, g.cols, g.pixel[1], g.row_dir),
+                               (row, g.rows, g.pixel[0], g.col_dir)):
+        lo, hi = 10 / step, n - 1 - 10 / step
         if idx < lo:
-            shift += (idx - lo) * step * axis
+            origin += (idx - lo) * step * axis
         elif idx > hi:
-            shift += (idx - hi) * step * axis
-    return _Geometry(**{**g.__dict__, "origin": g.origin + shift})
+            origin += (idx - hi) * step * axis
+    if k < 1:
+        extra = int(math.ceil(1 - k))
+        origin -= extra * g.spacing * g.normal
+        n_slices += extra
+    elif k > n_slices - 2:
+        n_slices += int(math.ceil(k - (n_slices - 2)))
+    return _Geometry(**{**g.__dict__, "origin": origin, "n_slices": n_slices})
 
 
 def _render_series(ph: _Phantom, g: _Geometry) -> tuple[np.ndarray, np.ndarray]:
@@ -1065,7 +1091,12 @@ def _generate_patient(plan: dict[str, Any], manifest_dir: Path, truth_dir: Path,
     sign = 1.0 if plan["label"] == 0 else -1.0
     m_patient = rng.normal(sign * 1.2 * knobs.separability, 0.85)
     size_m, size_sd = _TABLE1[plan["label"]][5:7]
-    ks = [0] + list(rng.permutation([1, -1, 2, -2])[: plan["n_lesions"] - 1])
+    # nominal sizes offset so that the measured sagittal diameters (which grow with cortical
+    # expansion and extensions, more often in metastases) follow Table 1
+    size_m += _SIZE_OFFSET_CM[plan["label"]]
+    # further lesions in neighbouring vertebrae that have a body (not the atlas)
+    options = [k for k in (1, -1, 2, -2) if ph.levels[3 + k] != "C1"]
+    ks = [0] + list(rng.permutation(options)[: plan["n_lesions"] - 1])
     for n, k in enumerate(ks, start=1):
         m = m_patient + rng.normal(0, 0.53)
         d = float(np.clip(rng.normal(size_m, size_sd), 1.2, 7.5))
@@ -1155,7 +1186,7 @@ def _simulate_readers(lesions: pd.DataFrame, rng: np.random.Generator) -> pd.Dat
     Each reader's latent score is ``mu * (y - 1/2) + 0.5 * a + noise`` (unit variance within a
     class), with ``a`` the lesion's standardised myeloma-likeness in the images, so readers err
     on atypical lesions; ``mu`` gives the paper's AUC (``AUC = Phi(mu / sqrt 2)``) and the
-    threshold is set on the cohort to come closest to the paper's accuracy and F1 (Table 2).
+    threshold is set on the cohort to come closest to the paper's accuracy (then F1; Table 2).
     """
     y = lesions["label"].to_numpy()
     a = -lesions["metastasis_likeness"].to_numpy(float)
@@ -1175,15 +1206,16 @@ def _simulate_readers(lesions: pd.DataFrame, rng: np.random.Generator) -> pd.Dat
             acc = np.mean(call == (y == 1))
             tp = np.sum(call & (y == 1))
             f1 = 2 * tp / (call.sum() + (y == 1).sum()) if (call.sum() + (y == 1).sum()) else 0.0
-            cost = (acc - acc_t) ** 2 + (f1 - f1_t) ** 2
+            cost = abs(acc - acc_t) + 0.01 * abs(f1 - f1_t)  # accuracy first, then F1
             if cost < best_cost:
                 best, best_cost = float(t), cost
         call = (z >= best).astype(int)
         margin = np.abs(z - best)
         cuts = np.quantile(margin, [0.2, 0.4, 0.6, 0.8]) if len(margin) else []
         confidence = 1 + np.searchsorted(cuts, margin, side="right")
-        for lid, c, conf in zip(lesions["lesion_id"], call, confidence, strict=True):
-            rows.append({"lesion_id": lid, "reader": reader, "call": int(c),
+        for lid, pid, c, conf in zip(lesions["lesion_id"], lesions["patient_id"], call,
+                                     confidence, strict=True):
+            rows.append({"lesion_id": lid, "patient_id": pid, "reader": reader, "call": int(c),
                          "confidence": int(conf)})
     return pd.DataFrame(rows)
 
@@ -1213,10 +1245,12 @@ def make_cohort(out_dir: str | PathLike[str], *, n_patients: int, seed: int, **k
                 overwrite (bool): replace an existing cohort in ``out_dir``.
 
     Returns:
-        The manifest folder ``out_dir/manifest``.
+        The manifest folder ``out_dir/manifest``. A complete cohort already in ``out_dir`` made
+        with the same ``n_patients``, ``seed`` and knobs is reused as it is (resume).
 
     Raises:
-        FileExistsError: ``out_dir`` already holds a cohort and ``overwrite`` is false.
+        FileExistsError: ``out_dir`` holds a cohort made with other parameters and
+            ``overwrite`` is false.
         TypeError, ValueError: unknown knob or bad value.
     """
     from joblib import Parallel, delayed
@@ -1227,11 +1261,20 @@ def make_cohort(out_dir: str | PathLike[str], *, n_patients: int, seed: int, **k
     opts = _parse_knobs(knobs)
     out = Path(out_dir)
     manifest_dir, truth_dir = out / "manifest", out / "truth"
-    if manifest_dir.exists() or truth_dir.exists():
-        if not opts.overwrite:
-            raise FileExistsError(f"{out} already holds a cohort; pass overwrite=True to replace it")
-        shutil.rmtree(manifest_dir, ignore_errors=True)
-        shutil.rmtree(truth_dir, ignore_errors=True)
+    recipe = {"n_patients": n_patients, "seed": seed, "knobs": _recipe_knobs(knobs)}
+    stamp = truth_dir / "truth.json"
+    if stamp.is_file() and not opts.overwrite:
+        with open(stamp) as f:
+            found = json.load(f)
+        if {k: found.get(k) for k in recipe} == recipe:
+            return manifest_dir  # already generated with these parameters: resume
+        raise FileExistsError(
+            f"{out} holds a cohort made with other parameters ({ {k: found.get(k) for k in recipe} });"
+            " pass overwrite=True to replace it"
+        )
+    # no completed cohort here (or overwrite): clear what a previous attempt left
+    shutil.rmtree(manifest_dir, ignore_errors=True)
+    shutil.rmtree(truth_dir, ignore_errors=True)
     manifest_dir.mkdir(parents=True)
     truth_dir.mkdir(parents=True)
     plans = _plan(n_patients, seed, opts)
@@ -1262,14 +1305,28 @@ def make_cohort(out_dir: str | PathLike[str], *, n_patients: int, seed: int, **k
     pd.DataFrame([r["identity"] for r in results]).to_csv(truth_dir / "identity.csv", index=False)
     pd.DataFrame([s for r in results for s in r["truth_series"]]).to_csv(
         truth_dir / "series.csv", index=False)
-    with open(truth_dir / "truth.json", "w") as f:
-        json.dump({"n_patients": n_patients, "seed": seed,
-                   "knobs": {k: (list(v) if isinstance(v, tuple) else v)
-                             for k, v in knobs.items() if k not in ("progress", "n_jobs")},
+    # written last: its presence marks a complete cohort
+    with open(stamp, "w") as f:
+        json.dump({**recipe,
                    "coordinate_frame": "world RAS+ mm (NIfTI); DICOM tags are LPS",
                    "mask_convention": "data[i=DICOM column, j=row, k=slice along row x col]"},
-                  f, indent=2, default=str)
+                  f, indent=2)
     return manifest_dir
+
+
+def _recipe_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """The knobs that change the cohort, JSON-normalised (order-insensitive keys)."""
+    out = {}
+    for key in sorted(knobs):
+        if key in ("progress", "n_jobs", "overwrite"):
+            continue
+        value = knobs[key]
+        if isinstance(value, Mapping):
+            value = {str(k): list(v) for k, v in sorted(value.items())}
+        elif isinstance(value, tuple | list) or hasattr(value, "tolist"):
+            value = [float(x) if key == "marker_ras" else x for x in np.asarray(value).tolist()]
+        out[key] = value
+    return json.loads(json.dumps(out))
 
 
 @dataclass(frozen=True)
