@@ -199,8 +199,8 @@ _SITE_LEVELS = {
     "sacrococcygeal": ["S1", "S2", "S3"],
 }
 _SITE_BODY = {
-    # canal radii (AP, LR), cord radii or None, spinous length, outline (centre u, AP, LR semi-axes),
-    # subcutaneous fat thickness range
+    # canal radii (AP, LR), cord radii or None, spinous length,
+    # body outline (centre u, AP and LR semi-axes), subcutaneous fat thickness range
     "cervical": ((6.5, 12.0), (3.8, 6.0), 16.0, (14.0, 60.0, 56.0), (5.0, 12.0)),
     "thoracic": ((7.5, 8.0), (4.2, 4.8), 28.0, (38.0, 112.0, 160.0), (8.0, 22.0)),
     "lumbar": ((8.0, 11.0), None, 28.0, (42.0, 138.0, 165.0), (10.0, 30.0)),
@@ -594,7 +594,7 @@ class _Phantom:
             hi = np.maximum(hi, lobe["centre"] + lobe["radii"] * 1.2)
         self.lesions.append({
             "extent": (lo, hi), "breach": breach,
-            "lesion_id": lesion_id, "number": number, "label": label, "k": k, "level":
+            "kind": kind, "lesion_id": lesion_id, "number": number, "label": label, "k": k, "level":
             self.levels[j], "m": m, "centre": centre, "radii": radii, "pattern": pattern,
             "strength": strength, "irregularity": irregularity, "posterior": posterior,
             "soft_tissue": soft, "lobes": lobes, "dirs": dirs.astype(np.float32),
@@ -603,7 +603,8 @@ class _Phantom:
             float(np.clip(rng.normal(0.80, 0.07), 0.6, 0.98)), "diameter_nominal_cm": diameter_cm,
         })
 
-    def _lesion(self, les: dict[str, Any], s, u, v, ana) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _lesion(self, les: dict[str, Any], s: np.ndarray, u: np.ndarray, v: np.ndarray,
+                ana: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(indices, occupancy in [0, 1], intensity) of one lesion at straightened points."""
         f32 = np.float32
         ext = max(les["radii"].max() * 1.35, 1.0)
@@ -619,7 +620,9 @@ class _Phantom:
             return idx, np.zeros(0, f32), np.zeros(0, f32)
         ss, uu, vv = s[idx], u[idx], v[idx]
         c, r = les["centre"], les["radii"]
-        ds, du, dv = (ss - f32(c[0])) / f32(r[0]), (uu - f32(c[1])) / f32(r[1]), (vv - f32(c[2])) / f32(r[2])
+        ds = (ss - f32(c[0])) / f32(r[0])
+        du = (uu - f32(c[1])) / f32(r[1])
+        dv = (vv - f32(c[2])) / f32(r[2])
         rho = np.sqrt(ds * ds + du * du + dv * dv) + f32(1e-6)
         unit = np.stack([ds / rho, du / rho, dv / rho], axis=1)
         g = np.zeros(idx.size, f32)
@@ -635,7 +638,8 @@ class _Phantom:
         r_norm = rho / boundary
         for lobe in les["lobes"]:
             lc, lr = lobe["centre"], lobe["radii"]
-            rl = np.sqrt(((ss - f32(lc[0])) / f32(lr[0])) ** 2 + ((uu - f32(lc[1])) / f32(lr[1])) ** 2
+            rl = np.sqrt(((ss - f32(lc[0])) / f32(lr[0])) ** 2
+                         + ((uu - f32(lc[1])) / f32(lr[1])) ** 2
                          + ((vv - f32(lc[2])) / f32(lr[2])) ** 2)
             rl = rl / (1 + f32(0.5 * les["irregularity"]) * g / f32(1.6))
             o = np.clip(0.5 + (1 - rl) * f32(lr.mean()) / f32(0.7), 0, 1)
@@ -654,7 +658,7 @@ class _Phantom:
         tex *= f32(math.sqrt(2.0 / len(les["wave"])))
         h = les["strength"]
         base = f32(les["enhancement"])
-        if les["pattern"] == "rim" or (les["pattern"] == "homogeneous" and h > 0.2 and les["m"] > 0):
+        if les["kind"] == "rim":  # weak strength: a faint rim, labelled homogeneous
             centre_level = 1 - 0.7 * h
             edge = np.clip((r_norm - (1 - 0.38)) / 0.16, 0, 1)
             profile = f32(centre_level) + f32(1 - centre_level) * edge * edge * (3 - 2 * edge)
@@ -1268,10 +1272,9 @@ def make_cohort(out_dir: str | PathLike[str], *, n_patients: int, seed: int, **k
             found = json.load(f)
         if {k: found.get(k) for k in recipe} == recipe:
             return manifest_dir  # already generated with these parameters: resume
-        raise FileExistsError(
-            f"{out} holds a cohort made with other parameters ({ {k: found.get(k) for k in recipe} });"
-            " pass overwrite=True to replace it"
-        )
+        found = {k: found.get(k) for k in recipe}
+        raise FileExistsError(f"{out} holds a cohort made with other parameters ({found}); "
+                              "pass overwrite=True to replace it")
     # no completed cohort here (or overwrite): clear what a previous attempt left
     shutil.rmtree(manifest_dir, ignore_errors=True)
     shutil.rmtree(truth_dir, ignore_errors=True)
