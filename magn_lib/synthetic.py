@@ -132,9 +132,9 @@ VENDORS: dict[str, _Vendor] = {
         stored_target=1100.0, rescale="absent", numbering="interleaved",
         file_pattern="IM-0001-{n:04d}.dcm", private_creator="SIEMENS MR HEADER",
         series={
-            "sagittal": _SeriesSpec(3.0, 0.3, 0.703, 256, 256, 520.0, 9.8, "t1_tse_sag_fs_post"),
-            "coronal": _SeriesSpec(3.0, 0.3, 0.898, 208, 208, 560.0, 9.8, "t1_tse_cor_fs_post"),
-            "axial": _SeriesSpec(4.0, 0.4, 0.859, 176, 176, 600.0, 11.0, "t1_tse_tra_fs_post"),
+            "sagittal": _SeriesSpec(3.5, 0.35, 0.75, 240, 240, 520.0, 9.8, "t1_tse_sag_fs_post"),
+            "coronal": _SeriesSpec(3.5, 0.35, 0.9375, 192, 192, 560.0, 9.8, "t1_tse_cor_fs_post"),
+            "axial": _SeriesSpec(4.0, 0.4, 0.9, 160, 160, 600.0, 11.0, "t1_tse_tra_fs_post"),
         },
     ),
     "ge": _Vendor(
@@ -144,8 +144,8 @@ VENDORS: dict[str, _Vendor] = {
         fat_residual=0.16, bits_stored=16, stored_target=2400.0, rescale="unit",
         numbering="reversed", file_pattern="I{n}.dcm", private_creator="GEMS_PARM_01",
         series={
-            "sagittal": _SeriesSpec(4.0, 0.5, 0.742, 240, 240, 480.0, 10.4, "SAG T1 FS +C"),
-            "coronal": _SeriesSpec(4.0, 0.5, 0.859, 224, 192, 500.0, 10.4, "COR T1 FS +C"),
+            "sagittal": _SeriesSpec(4.0, 0.5, 0.76, 224, 224, 480.0, 10.4, "SAG T1 FS +C"),
+            "coronal": _SeriesSpec(4.0, 0.5, 0.9375, 208, 176, 500.0, 10.4, "COR T1 FS +C"),
             "axial": _SeriesSpec(4.0, 1.0, 0.898, 160, 176, 520.0, 11.2, "AX T1 FS +C"),
         },
     ),
@@ -156,9 +156,9 @@ VENDORS: dict[str, _Vendor] = {
         stored_target=1500.0, rescale="philips", numbering="random", file_pattern="IM_{n:04d}",
         private_creator="Philips MR Imaging DD 001",
         series={
-            "sagittal": _SeriesSpec(3.5, 0.35, 0.625, 272, 272, 550.0, 8.0, "T1W_TSE_SPIR_SAG+C"),
-            "coronal": _SeriesSpec(3.5, 0.35, 0.833, 216, 216, 550.0, 8.0, "T1W_TSE_SPIR_COR+C"),
-            "axial": _SeriesSpec(3.5, 0.5, 0.781, 192, 192, 600.0, 8.0, "T1W_TSE_SPIR_TRA+C"),
+            "sagittal": _SeriesSpec(3.5, 0.35, 0.70, 240, 240, 550.0, 8.0, "T1W_TSE_SPIR_SAG+C"),
+            "coronal": _SeriesSpec(3.5, 0.35, 0.9, 192, 192, 550.0, 8.0, "T1W_TSE_SPIR_COR+C"),
+            "axial": _SeriesSpec(3.5, 0.5, 0.82, 176, 176, 600.0, 8.0, "T1W_TSE_SPIR_TRA+C"),
         },
     ),
 }
@@ -791,7 +791,7 @@ def _prescribe(ph: _Phantom, vendor: _Vendor, rng: np.random.Generator,
     tilt = _rot(2, math.radians(rng.normal(0, 2))) @ _rot(1, math.radians(rng.normal(0, 2)))
     spec = vendor.series["sagittal"]
     spacing = spec.thickness + spec.gap
-    half = max(a_v + 7.0, -lo[2] + 3.0, hi[2] + 3.0)
+    half = max(a_v + 6.0, -lo[2] + 1.0, hi[2] + 1.0)
     n_sag = int(math.ceil(2 * half / spacing)) + 1
     centre = ph.to_world(s_mid + rng.uniform(-12, 12), u_mid + rng.uniform(-5, 5), 0.0)
     geoms["sagittal"] = _stack(centre, tilt @ left, spec, n_sag, ph.position,
@@ -799,8 +799,8 @@ def _prescribe(ph: _Phantom, vendor: _Vendor, rng: np.random.Generator,
     # coronal: follows the segment's mean tangent, covers bodies, canal and the lesions
     spec = vendor.series["coronal"]
     spacing = spec.thickness + spec.gap
-    u_lo = min(-(a_u + 2 * ph.canal[0] + 2.0), lo[1] - 3.0)
-    u_hi = max(a_u + 5.0, hi[1] + 3.0)
+    u_lo = min(-(a_u + 2 * ph.canal[0] + 2.0), lo[1] - 1.0)
+    u_hi = max(a_u + 4.0, hi[1] + 1.0)
     n_cor = int(math.ceil((u_hi - u_lo) / spacing)) + 1
     centre = ph.to_world(s_mid + rng.uniform(-10, 10), (u_lo + u_hi) / 2, rng.uniform(-3, 3))
     geoms["coronal"] = _stack(centre, ant, spec, n_cor, ph.position, vendor.patient_oriented, rng)
