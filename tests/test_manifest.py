@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from cohort_helpers import N_PATIENTS, small_cohort
+from synthetic_fixture import N_PATIENTS, small_cohort
 
 from magn_lib.errors import InputError
 from magn_lib.manifest import GRID_TOLERANCE_MM, Manifest, load_manifest, sagittal_grid

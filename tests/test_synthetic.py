@@ -14,8 +14,8 @@ import pandas as pd
 import pydicom
 import pytest
 import SimpleITK as sitk
-from cohort_helpers import MARKER_RAS, N_PATIENTS, POSITIONS, VENDORS, small_cohort
 from scipy import ndimage
+from synthetic_fixture import MARKER_RAS, N_PATIENTS, POSITIONS, VENDORS, small_cohort
 
 from magn_lib.synthetic import (
     PAPER_CLASS_COUNTS,
