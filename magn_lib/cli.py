@@ -45,6 +45,40 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0 if result.succeeded else 1
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from magn_lib.config import load_profile, resolve_path
+    from magn_lib.pipeline import embedded_cohort_dir
+    from magn_lib.synthetic import make_cohort
+
+    overrides = {k: v for k, v in (("n_patients", args.n_patients), ("seed", args.seed),
+                                   ("separability", args.separability)) if v is not None}
+    profile = load_profile(args.profile, **overrides)
+    out = resolve_path(args.out) if args.out else embedded_cohort_dir(profile)
+    manifest = make_cohort(
+        out,
+        n_patients=profile.n_patients,
+        seed=profile.seed,
+        separability=profile.separability,
+        n_jobs=profile.n_jobs,
+        overwrite=args.overwrite,
+    )
+    print(f"embedded cohort: {profile.n_patients} patients, seed {profile.seed}; "
+          f"manifest at {manifest}")
+    return 0
+
+
+def _cmd_deid_key(args: argparse.Namespace) -> int:
+    from magn_lib.config import project_root
+    from magn_lib.ingest import write_deid_key
+    from magn_lib.manifest import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    root = project_root()
+    key = write_deid_key(manifest, args.out, forbidden=[root / "reports", root / "work"])
+    print(f"de-identification key written to {key} (owner-readable only; keep it private)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="magn",
@@ -70,6 +104,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder of NN_name.ipynb notebooks (default: the study's notebooks/)")
     study.set_defaults(func=_cmd_study)
 
+    generate = sub.add_parser(
+        "generate", help="write the embedded synthetic cohort (DICOM, masks, manifest, truth)"
+    )
+    generate.add_argument("--profile", default="demo",
+                          help="profile whose n_patients/seed/separability to use")
+    generate.add_argument("--out", default=None,
+                          help="cohort folder (default: data/embedded/<parameters>)")
+    generate.add_argument("--n-patients", type=int, default=None)
+    generate.add_argument("--seed", type=int, default=None)
+    generate.add_argument("--separability", type=float, default=None,
+                          help="class signal strength (0 = none; default from the profile)")
+    generate.add_argument("--overwrite", action="store_true",
+                          help="replace a cohort made with other parameters")
+    generate.set_defaults(func=_cmd_generate)
+
+    key = sub.add_parser(
+        "deid-key",
+        help="write the key from study patient ids to the DICOM identity (private file)",
+    )
+    key.add_argument("--manifest", required=True, help="the cohort's manifest folder")
+    key.add_argument("--out", required=True, help="key file (CSV), outside reports/ and work/")
+    key.set_defaults(func=_cmd_deid_key)
+
     config = sub.add_parser("config", help="print a profile's resolved parameters")
     config.add_argument("--profile", default="demo")
     config.set_defaults(func=_cmd_config)
@@ -84,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, InputError, RuntimeError) as exc:
+    except (ConfigError, InputError, RuntimeError, FileExistsError) as exc:
         print(f"magn {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

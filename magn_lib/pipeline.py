@@ -53,7 +53,9 @@ __all__ = [
     "NotebookRun",
     "StudyResult",
     "discover_notebooks",
+    "embedded_cohort_dir",
     "file_sha256",
+    "input_checksums",
     "notebook_problems",
     "record_warning",
     "run_study",
@@ -223,6 +225,25 @@ def tree_sha256(folder: str | Path, *, suffixes: tuple[str, ...] | None = None) 
     return out
 
 
+def input_checksums(manifest_dir: str | Path) -> dict[str, str]:
+    """SHA-256 of every file of a manifest folder: each top-level file (the CSV tables) by
+    name, and each sub-folder holding files (a DICOM series, a mask folder) as one checksum
+    over its files' names and checksums, keyed ``"folder/"``."""
+    folder = Path(manifest_dir)
+    per_file = tree_sha256(folder)
+    out: dict[str, str] = {}
+    groups: dict[str, list[str]] = {}
+    for rel, sha in per_file.items():
+        parent, _, name = rel.rpartition("/")
+        if parent:
+            groups.setdefault(parent + "/", []).append(f"{name}:{sha}")
+        else:
+            out[rel] = sha
+    for parent, items in sorted(groups.items()):
+        out[parent] = hashlib.sha256("\n".join(items).encode()).hexdigest()
+    return out
+
+
 def code_sha256() -> str:
     """One checksum over the library source and the shipped configs (results depend on both)."""
     root = Path(__file__).resolve().parent
@@ -316,15 +337,28 @@ def _check_kernel(kernel_name: str) -> None:
         ) from None
 
 
-def _prepare_embedded_cohort(profile: Profile, paths: RunPaths) -> Path:
-    """Generate the embedded cohort under ``work/<run>/cohort`` once; return its manifest."""
+def embedded_cohort_dir(profile: Profile) -> Path:
+    """Where the embedded cohort of a profile lives: ``data/embedded/<parameters>/``.
+
+    It plays the hospital's archive: DICOM with (synthetic) identity in the headers, outside
+    ``work/`` and ``reports/``, named by the parameters that determine it so that runs sharing
+    them share one copy.
+    """
+    name = f"n{profile.n_patients}-seed{profile.seed}-sep{profile.separability:g}"
+    return project_root() / "data" / "embedded" / name
+
+
+def _prepare_embedded_cohort(profile: Profile, *, progress: bool) -> Path:
+    """Generate the embedded cohort once (reused when complete); return its manifest."""
     from magn_lib.synthetic import make_cohort
 
     return make_cohort(
-        paths.work_dir / "cohort",
+        embedded_cohort_dir(profile),
         n_patients=profile.n_patients,
         seed=profile.seed,
         separability=profile.separability,
+        n_jobs=profile.n_jobs,
+        progress=progress,
     )
 
 
@@ -405,7 +439,7 @@ def run_study(
     Args:
         profile: profile name (``smoke``/``demo``/``paper``), YAML path, or a loaded Profile.
         manifest_dir: the user's ``data_manifest`` folder; ``None`` = the embedded cohort,
-            generated under ``work_dir/cohort`` on first use.
+            generated under ``data/embedded/`` on first use (:func:`embedded_cohort_dir`).
         run_dir: report folder (default ``reports/<profile>``).
         work_dir: intermediate-data folder (default ``work/<name of run_dir>``).
         force: re-run every notebook even when unchanged.
@@ -432,11 +466,12 @@ def run_study(
             folder.mkdir(parents=True, exist_ok=True)
         embedded = manifest_dir is None
         manifest = (
-            _prepare_embedded_cohort(cfg, paths) if embedded else resolve_path(manifest_dir)
+            _prepare_embedded_cohort(cfg, progress=progress)
+            if embedded else resolve_path(manifest_dir)
         )
         if not manifest.is_dir():
             raise ConfigError(f"manifest: {manifest} is not a folder")
-        inputs = tree_sha256(manifest)
+        inputs = input_checksums(manifest)
         code = code_sha256()
         run_params = {
             "run_dir": _display_path(paths.report_dir),

@@ -1,0 +1,302 @@
+"""Ingest stage: every DICOM series and sagittal mask of a manifest into de-identified NIfTI.
+
+For each patient of a validated :class:`~magn_lib.manifest.Manifest` this reads every series
+the run needs with :func:`magn_lib.dicom.read_series` and writes, under ``work_dir``::
+
+    nifti/<patient_id>/<view>.nii.gz          the volume, float32, affine voxel -> world RAS+ mm
+    masks/<lesion_id>/sagittal.nii.gz         the lesion's mask (its ``mask_label``), uint8 0/1
+    ingest/series.csv                         one row per series: grid and acquisition, no identity
+    ingest/exclusions.csv                     patients that could not be read, with the reason
+
+Only geometry and pixel values leave the DICOM files: NIfTI headers carry no text, file names
+carry only the study's pseudonymous ids, and error reasons written to the exclusions table are
+scrubbed of every identifying value found in the patient's headers and of the manifest folder.
+A patient whose series cannot be read is excluded with the reason; the others proceed. A
+patient whose sources (file names, sizes, modification times, mask label) are unchanged since
+the last ingest is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from magn_lib import __version__
+from magn_lib.dicom import read_series, series_identity, series_metadata
+from magn_lib.errors import InputError
+from magn_lib.manifest import Manifest
+
+__all__ = [
+    "EXCLUSION_COLUMNS",
+    "IngestResult",
+    "ingest_cohort",
+    "save_nifti",
+    "write_deid_key",
+]
+
+EXCLUSION_COLUMNS = ("patient_id", "lesion_id", "label", "stage", "reason")
+_METADATA_KEYS = (
+    "manufacturer", "vendor", "field_strength_t", "orientation", "obliquity_deg",
+    "patient_position", "rows", "columns", "slices", "pixel_spacing_mm", "slice_spacing_mm",
+    "slice_thickness_mm", "repetition_time_ms", "echo_time_ms",
+)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What the ingest stage produced.
+
+    Attributes:
+        patients, lesions: the manifest's tables restricted to the patients that were read.
+        series: one row per ingested series: ``patient_id``, ``view``, ``nifti`` (path
+            relative to ``work_dir``), shape, voxel size (mm) and acquisition metadata.
+        exclusions: ``EXCLUSION_COLUMNS``; one row per lesion of each excluded patient.
+        work_dir: where the files are.
+        n_read, n_skipped: patients read now / found unchanged from an earlier ingest.
+    """
+
+    patients: pd.DataFrame
+    lesions: pd.DataFrame
+    series: pd.DataFrame
+    exclusions: pd.DataFrame
+    work_dir: Path
+    n_read: int
+    n_skipped: int
+
+    def volume_path(self, patient_id: str, view: str) -> Path:
+        return self.work_dir / "nifti" / patient_id / f"{view}.nii.gz"
+
+    def mask_path(self, lesion_id: str) -> Path:
+        return self.work_dir / "masks" / lesion_id / "sagittal.nii.gz"
+
+
+def save_nifti(img: nib.Nifti1Image, path: str | Path) -> None:
+    """Write ``img`` atomically (temporary name in the same folder, then rename), with no
+    header text (``descrip``, ``aux_file``, ``intent_name`` emptied)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header.copy())
+    img.header["descrip"] = b""
+    img.header["aux_file"] = b""
+    img.header["intent_name"] = b""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _signature(paths: Sequence[Path], extra: Any) -> dict[str, Any]:
+    """Cheap fingerprint of source files: names, sizes and modification times."""
+    files = []
+    for root in paths:
+        candidates = sorted(root.rglob("*")) if root.is_dir() else [root]
+        for f in candidates:
+            if f.is_file():
+                st = f.stat()
+                files.append([str(f), st.st_size, st.st_mtime_ns])
+    return {"reader": __version__, "files": files, "extra": extra}
+
+
+def _scrub(text: str, secrets: Sequence[str], root: Path) -> str:
+    text = text.replace(f"{root}{os.sep}", "").replace(str(root), ".")
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 3:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def _identity_values(folders: Sequence[Path]) -> list[str]:
+    values: set[str] = set()
+    for folder in folders:
+        try:
+            found = series_identity(folder)
+        except Exception:  # an unreadable folder has already been reported by read_series
+            continue
+        for value in found.values():
+            values.add(value)
+            values.update(part for part in value.replace("^", " ").split() if len(part) >= 4)
+    return sorted(values)
+
+
+def _ingest_patient(
+    manifest: Manifest, patient_id: str, views: Sequence[str], work_dir: Path
+) -> dict[str, Any]:
+    """Read one patient; return its series rows, or the reason it is excluded."""
+    folders = {view: manifest.series_folder(patient_id, view) for view in views}
+    lesions = manifest.lesions[manifest.lesions["patient_id"] == patient_id]
+    mask_files = sorted({manifest.path(m) for m in lesions["mask"]})
+    stamp = work_dir / "nifti" / patient_id / ".ingest.json"
+    signature = _signature(
+        [*folders.values(), *mask_files],
+        {"views": list(views), "lesions": lesions[["lesion_id", "mask", "mask_label"]]
+         .astype(str).values.tolist()},
+    )
+    if stamp.is_file():
+        previous = json.loads(stamp.read_text())
+        if previous.get("signature") == signature:
+            return {"patient_id": patient_id, "series": previous["series"], "skipped": True}
+    try:
+        rows = []
+        for view, folder in folders.items():
+            img = read_series(folder, patient=patient_id)
+            meta = series_metadata(folder, patient=patient_id)
+            out = work_dir / "nifti" / patient_id / f"{view}.nii.gz"
+            save_nifti(img, out)
+            rows.append({
+                "patient_id": patient_id, "view": view,
+                "nifti": out.relative_to(work_dir).as_posix(),
+                "shape": "x".join(map(str, img.shape)),
+                "voxel_mm": "x".join(f"{z:.3f}" for z in img.header.get_zooms()[:3]),
+                **{k: _plain(meta.get(k)) for k in _METADATA_KEYS},
+            })
+            if view == "sagittal":
+                sagittal = img
+        for lesion in lesions.itertuples():
+            _save_lesion_mask(manifest, lesion, sagittal, work_dir)
+    except InputError as exc:
+        reason = _scrub(str(exc), _identity_values(list(folders.values())), manifest.root)
+        return {"patient_id": patient_id, "error": reason}
+    stamp.write_text(json.dumps({"signature": signature, "series": rows}))
+    return {"patient_id": patient_id, "series": rows, "skipped": False}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return "x".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return value
+
+
+def _save_lesion_mask(manifest: Manifest, lesion: Any, sagittal: nib.Nifti1Image,
+                      work_dir: Path) -> None:
+    path = manifest.path(lesion.mask)
+    mask = nib.load(path)
+    data = np.asanyarray(mask.dataobj)
+    binary = (np.rint(data) == int(lesion.mask_label)).astype(np.uint8)
+    if binary.shape != sagittal.shape[:3] or not np.allclose(
+        mask.affine, sagittal.affine, atol=0.05
+    ):
+        raise InputError(
+            f"lesion {lesion.lesion_id}: mask grid {binary.shape} does not match the sagittal "
+            f"series read from DICOM {sagittal.shape[:3]}",
+            patient=lesion.patient_id, file=path,
+            hint="save the mask on the converted sagittal series",
+        )
+    if not binary.any():
+        raise InputError(
+            f"lesion {lesion.lesion_id}: mask holds no voxel of label {lesion.mask_label}",
+            patient=lesion.patient_id, file=path,
+        )
+    out = nib.Nifti1Image(binary, sagittal.affine)
+    out.set_qform(sagittal.affine, code=1)
+    out.set_sform(sagittal.affine, code=1)
+    save_nifti(out, work_dir / "masks" / lesion.lesion_id / "sagittal.nii.gz")
+
+
+def ingest_cohort(
+    manifest: Manifest,
+    work_dir: str | Path,
+    *,
+    views: Sequence[str] | None = None,
+    n_jobs: int = 1,
+    progress: bool = True,
+) -> IngestResult:
+    """Run the ingest stage (see the module docstring).
+
+    Args:
+        manifest: a cohort validated by :func:`magn_lib.manifest.load_manifest`.
+        work_dir: the run's private work folder.
+        views: views to ingest (default: the manifest's checked views).
+        n_jobs: parallel patients (joblib; -1 = one per core).
+        progress: show a tqdm bar.
+
+    Returns:
+        An :class:`IngestResult`; its tables are also written under ``work_dir/ingest/``.
+    """
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    work_dir = Path(work_dir)
+    views = tuple(views or manifest.views)
+    if "sagittal" not in views:
+        views = ("sagittal", *views)
+    patient_ids = manifest.patients["patient_id"].tolist()
+    jobs = (delayed(_ingest_patient)(manifest, pid, views, work_dir) for pid in patient_ids)
+    runner = Parallel(n_jobs=n_jobs, return_as="generator")
+    results = list(tqdm(runner(jobs), total=len(patient_ids), desc="ingest", unit="patient",
+                        disable=not progress))
+
+    failed = {r["patient_id"]: r["error"] for r in results if "error" in r}
+    series = pd.DataFrame([row for r in results if "series" in r for row in r["series"]])
+    lesions = manifest.lesions
+    exclusions = pd.DataFrame(
+        [
+            {"patient_id": les.patient_id, "lesion_id": les.lesion_id, "label": les.label,
+             "stage": "ingest", "reason": failed[les.patient_id]}
+            for les in lesions.itertuples() if les.patient_id in failed
+        ],
+        columns=list(EXCLUSION_COLUMNS),
+    )
+    out = work_dir / "ingest"
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(series, out / "series.csv")
+    _write_csv(exclusions, out / "exclusions.csv")
+    keep = ~manifest.patients["patient_id"].isin(failed)
+    return IngestResult(
+        patients=manifest.patients[keep].reset_index(drop=True),
+        lesions=lesions[~lesions["patient_id"].isin(failed)].reset_index(drop=True),
+        series=series,
+        exclusions=exclusions,
+        work_dir=work_dir,
+        n_read=sum(1 for r in results if r.get("skipped") is False),
+        n_skipped=sum(1 for r in results if r.get("skipped") is True),
+    )
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def write_deid_key(
+    manifest: Manifest, path: str | Path, *, forbidden: Sequence[str | Path] = ()
+) -> Path:
+    """Write the key from each study ``patient_id`` to the identity in its DICOM headers.
+
+    Written only on request, readable by the owner only, and never inside ``forbidden``
+    folders (the run's ``reports/`` and ``work/``): whoever holds the key can re-identify.
+
+    Returns:
+        The key file (CSV: patient_id, view, and every identifying attribute found).
+    """
+    path = Path(path).expanduser().resolve()
+    for folder in forbidden:
+        folder = Path(folder).expanduser().resolve()
+        if path == folder or folder in path.parents:
+            raise InputError(
+                f"the de-identification key must not be written inside {folder.name}/",
+                file=path, hint="choose a private location outside reports/ and work/",
+            )
+    rows = []
+    for item in manifest.series.itertuples():
+        identity = series_identity(manifest.path(item.folder), patient=item.patient_id)
+        rows.append({"patient_id": item.patient_id, "view": item.view, **identity})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", newline="") as f:
+        pd.DataFrame(rows).to_csv(f, index=False)
+    return path
