@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from magn_lib.crops import CropCache, write_cache
+from magn_lib.crops import Crop, CropCache, LesionCrops, write_cache
 from magn_lib.data import CropDataset
 from magn_lib.errors import InputError
 
@@ -31,30 +31,22 @@ def lesion_arrays(n=6, seed=0, missing=None) -> dict[str, np.ndarray]:
             image = np.where(mask, 0.9, 0.1).astype(np.float32)[None].repeat(3, axis=0)
             image += np.array([0.0, 0.03, 0.06], np.float32)[:, None, None]
             crops[view] = None if (row, view) == missing else _crop(image, mask)
-        lesions.append(_Lesion(f"P{row:03d}-L1", f"P{row:03d}", row % 2, crops))
+        lesions.append(LesionCrops(f"P{row:03d}-L1", f"P{row:03d}", row % 2, crops))
     cache = CropCache.from_lesions(lesions, views=VIEWS, crop_size=S)
     return cache.to_arrays()
 
 
-class _Crop:
-    def __init__(self, image, mask):
-        self.image, self.mask = image, mask
-        self.slice_index, self.centre_voxel, self.clipped, self.mask_truncated = 3, (1, 2, 3), 0, 0
-
-
-def _crop(image, mask):
-    return _Crop(image, mask)
-
-
-class _Lesion:
-    def __init__(self, lesion_id, patient_id, label, crops):
-        self.lesion_id, self.patient_id, self.label, self.crops = (
-            lesion_id,
-            patient_id,
-            label,
-            crops,
-        )
-        self.sources = {}
+def _crop(image, mask) -> Crop:
+    return Crop(
+        image=image,
+        mask=mask,
+        slice_index=3,
+        slice_axis=2,
+        centre_voxel=(1, 2, 3),
+        clipped=False,
+        mask_truncated=False,
+        intensity_range=(0.0, 1.0),
+    )
 
 
 def test_contract_and_default_collate(tmp_path):
