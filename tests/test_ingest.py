@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 
@@ -104,6 +103,6 @@ def test_deid_key_only_where_allowed(manifest, tmp_path):
     with pytest.raises(InputError, match="must not be written inside reports/"):
         write_deid_key(manifest, reports / "run" / "key.csv", forbidden=[reports])
     key = write_deid_key(manifest, tmp_path / "private" / "key.csv", forbidden=[reports])
-    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
     text = key.read_text()
     assert "PatientID" in text and text.count("\n") == 1 + 3 * N_PATIENTS
