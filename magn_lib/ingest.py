@@ -75,6 +75,19 @@ class IngestResult:
     def volume_path(self, patient_id: str, view: str) -> Path:
         return self.work_dir / "nifti" / patient_id / f"{view}.nii.gz"
 
+    @classmethod
+    def load(cls, work_dir: str | Path) -> IngestResult:
+        """The result of an earlier :func:`ingest_cohort` into ``work_dir`` (from its tables)."""
+        work_dir = Path(work_dir)
+        folder = work_dir / "ingest"
+        if not (folder / "lesions.csv").is_file():
+            raise FileNotFoundError(
+                f"no ingest results in {folder}: run the cohort notebook (01) or ingest_cohort"
+            )
+        tables = {name: _read_table(folder / f"{name}.csv")
+                  for name in ("patients", "lesions", "series", "exclusions")}
+        return cls(**tables, work_dir=work_dir, n_read=0, n_skipped=len(tables["patients"]))
+
     def mask_path(self, lesion_id: str) -> Path:
         return self.work_dir / "masks" / lesion_id / "sagittal.nii.gz"
 
@@ -249,20 +262,29 @@ def ingest_cohort(
         ],
         columns=list(EXCLUSION_COLUMNS),
     )
+    keep = ~manifest.patients["patient_id"].isin(failed)
+    patients = manifest.patients[keep].reset_index(drop=True)
+    lesions = lesions[~lesions["patient_id"].isin(failed)].reset_index(drop=True)
     out = work_dir / "ingest"
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(series, out / "series.csv")
-    _write_csv(exclusions, out / "exclusions.csv")
-    keep = ~manifest.patients["patient_id"].isin(failed)
+    for name, frame in (("series", series), ("exclusions", exclusions),
+                        ("patients", patients), ("lesions", lesions)):
+        _write_csv(frame, out / f"{name}.csv")
     return IngestResult(
-        patients=manifest.patients[keep].reset_index(drop=True),
-        lesions=lesions[~lesions["patient_id"].isin(failed)].reset_index(drop=True),
+        patients=patients,
+        lesions=lesions,
         series=series,
         exclusions=exclusions,
         work_dir=work_dir,
         n_read=sum(1 for r in results if r.get("skipped") is False),
         n_skipped=sum(1 for r in results if r.get("skipped") is True),
     )
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """A stage table as written by :func:`_write_csv` (ids as text, blanks as missing)."""
+    ids = {c: str for c in ("patient_id", "lesion_id")}
+    return pd.read_csv(path, dtype=ids)
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
