@@ -39,6 +39,7 @@ __all__ = [
     "plot_decision_curve",
     "plot_roc_comparison",
     "plot_roc_folds",
+    "plot_transfer_example",
     "save_figure",
     "table2",
 ]
@@ -506,4 +507,50 @@ def plot_crops_grid(
                 ax.set_title(str(titles[i]), fontsize="x-small")
             if c == 0:
                 ax.set_ylabel(names.get(cls, str(cls)))
+    return fig
+
+
+def plot_transfer_example(
+    example: Mapping[str, Mapping[str, np.ndarray]], *, title: str | None = None
+) -> Figure:
+    """The paper's Fig. 2 for one lesion: per view, the raw slice, the slice with the lesion
+    mask (drawn on sagittal, transferred to coronal and axial) and the crop box, and the crop.
+
+    Args:
+        example: ``{view: {"slice", "mask", "crop", "crop_mask", "box"}}`` as returned by
+            :func:`magn_lib.stages.transfer_example`.
+
+    Returns:
+        The Figure, ``len(example)`` x 3 axes.
+    """
+    from matplotlib.patches import Rectangle
+
+    views = list(example)
+    fig = Figure(figsize=(7.5, 2.5 * len(views)), layout="constrained")
+    axes = fig.subplots(len(views), 3, squeeze=False)
+    for r, view in enumerate(views):
+        item = example[view]
+        top, left, bottom, right = (int(v) for v in item["box"])
+        panels = (
+            ("(a) image", item["slice"], None, False),
+            ("(b) lesion mask", item["slice"], item["mask"], True),
+            ("(c) crop", item["crop"], item["crop_mask"], False),
+        )
+        for c, (name, img, mask, box) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(img, cmap="gray", interpolation="nearest")
+            if mask is not None and np.asarray(mask).any():
+                ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors="lime",
+                           linewidths=1)
+            if box:
+                ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top,
+                                       fill=False, edgecolor="yellow", linewidth=1))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize="small")
+            if c == 0:
+                ax.set_ylabel(view)
+    if title:
+        fig.suptitle(title)
     return fig

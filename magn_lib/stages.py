@@ -30,7 +30,14 @@ import numpy as np
 import pandas as pd
 
 from magn_lib import __version__
-from magn_lib.crops import CropCache, LesionCrops, crop_lesion, read_cache, write_cache
+from magn_lib.crops import (
+    CropCache,
+    LesionCrops,
+    crop_lesion,
+    display_frame,
+    read_cache,
+    write_cache,
+)
 from magn_lib.errors import InputError
 from magn_lib.ingest import EXCLUSION_COLUMNS, IngestResult, save_nifti
 from magn_lib.transfer import (
@@ -48,6 +55,7 @@ __all__ = [
     "build_crop_cache",
     "compare_with_truth",
     "transfer_cohort",
+    "transfer_example",
     "truth_masks",
 ]
 
@@ -329,3 +337,42 @@ def inclusion_flow(
         row["lesions"] = len(table)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def transfer_example(
+    ingest: IngestResult,
+    transfer: TransferResult,
+    lesion_id: str,
+    *,
+    views: Sequence[str],
+    crop_size: int,
+) -> dict[str, dict[str, np.ndarray]]:
+    """One lesion in every view as the paper's Fig. 2 shows it: slice, mask, crop.
+
+    Returns:
+        ``{view: {"slice": float32 [H, W], "mask": uint8 [H, W], "crop": float32 [S, S],
+        "crop_mask": uint8 [S, S], "box": int [4] (top, left, bottom, right) of the crop in
+        the slice}}``, all in the view's display orientation (radiological convention), the
+        slice being the one with the largest mask area.
+    """
+    lesion = ingest.lesions.set_index("lesion_id").loc[lesion_id]
+    out = {}
+    for view in views:
+        image = nib.load(ingest.volume_path(lesion["patient_id"], view))
+        mask = nib.load(_mask(ingest, transfer, lesion_id, view))
+        crop = crop_lesion(image, mask, view=view, size=crop_size, lesion_id=lesion_id)
+        frame = display_frame(image.affine, view)
+        stack = frame.stack(np.asanyarray(image.dataobj))
+        mask_stack = frame.stack(np.asanyarray(mask.dataobj))
+        best = int(np.argmax(mask_stack.reshape(len(mask_stack), -1).sum(axis=1)))
+        rows, cols = np.nonzero(mask_stack[best])
+        top = int(np.floor(rows.mean() + 0.5)) - crop_size // 2
+        left = int(np.floor(cols.mean() + 0.5)) - crop_size // 2
+        out[view] = {
+            "slice": np.asarray(stack[best], dtype=np.float32),
+            "mask": np.asarray(mask_stack[best] > 0, dtype=np.uint8),
+            "crop": crop.image[1],
+            "crop_mask": crop.mask,
+            "box": np.array([top, left, top + crop_size, left + crop_size]),
+        }
+    return out

@@ -18,6 +18,7 @@ from magn_lib.stages import (
     exclusions,
     inclusion_flow,
     transfer_cohort,
+    transfer_example,
     truth_masks,
 )
 
@@ -108,3 +109,22 @@ def test_crop_cache_built_once_and_rebuilt_on_change(stages, tmp_path):
     assert path.stat().st_mtime_ns == stamp  # unchanged inputs: reused
     bigger = build_crop_cache(ingest, transfer, path, views=views, crop_size=40, progress=False)
     assert bigger.image["axial"].shape[-1] == 40
+
+
+def test_transfer_example_matches_the_crop(stages):
+    from magn_lib.plots import plot_transfer_example
+
+    _, _, ingest, transfer = stages
+    lesion_id = transfer.lesions["lesion_id"].iloc[0]
+    example = transfer_example(ingest, transfer, lesion_id, views=("sagittal", "axial"),
+                               crop_size=24)
+    for item in example.values():
+        top, left, bottom, right = item["box"]
+        assert bottom - top == right - left == 24
+        assert item["mask"].any() and item["crop"].shape == (24, 24)
+        if top >= 0 and left >= 0 and bottom <= item["mask"].shape[0] \
+                and right <= item["mask"].shape[1]:
+            np.testing.assert_array_equal(item["mask"][top:bottom, left:right],
+                                          item["crop_mask"])
+    fig = plot_transfer_example(example, title=lesion_id)
+    assert len(fig.axes) == 6
