@@ -33,6 +33,7 @@ __all__ = [
     "RunPaths",
     "configs_dir",
     "load_profile",
+    "profile_from_parameters",
     "project_root",
     "resolve_path",
     "run_paths",
@@ -186,6 +187,18 @@ def _check_known(mapping: dict[str, Any], *, source: str) -> None:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{key}: unknown parameter in {source}{hint}")
+
+
+def profile_from_parameters(namespace: dict[str, Any]) -> Profile:
+    """A notebook's parameters as a validated :class:`Profile`.
+
+    Takes every profile parameter defined in ``namespace`` (a notebook passes ``globals()``:
+    its ``parameters`` cell, possibly overridden by papermill) and the ``demo`` defaults for
+    the rest. A notebook therefore declares, in its parameters cell, every profile parameter
+    it uses.
+    """
+    known = {f.name for f in dataclasses.fields(Profile)}
+    return Profile(**{k: _copy(v) for k, v in namespace.items() if k in known})
 
 
 def project_root() -> Path:

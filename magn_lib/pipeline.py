@@ -58,6 +58,7 @@ __all__ = [
     "input_checksums",
     "notebook_problems",
     "record_warning",
+    "resolve_manifest",
     "run_study",
 ]
 
@@ -360,6 +361,15 @@ def _prepare_embedded_cohort(profile: Profile, *, progress: bool) -> Path:
         n_jobs=profile.n_jobs,
         progress=progress,
     )
+
+
+def resolve_manifest(manifest_dir: str | Path | None, profile: Profile, *,
+                     progress: bool = True) -> Path:
+    """The manifest folder a notebook reads: ``manifest_dir`` when given, else the profile's
+    embedded cohort (generated on first use)."""
+    if manifest_dir:
+        return resolve_path(manifest_dir)
+    return _prepare_embedded_cohort(profile, progress=progress)
 
 
 def _injected_parameters(

@@ -40,6 +40,7 @@ __all__ = [
     "plot_roc_comparison",
     "plot_roc_folds",
     "plot_transfer_example",
+    "plot_transfer_quality",
     "save_figure",
     "table2",
 ]
@@ -553,4 +554,36 @@ def plot_transfer_example(
                 ax.set_ylabel(view)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def plot_transfer_quality(scored: pd.DataFrame) -> Figure:
+    """Dice and average surface distance of transferred vs true masks, by scanner and view.
+
+    Args:
+        scored: the transfer QC with truth scores (``view``, ``vendor``, ``dice``,
+            ``assd_mm``), as returned by :func:`magn_lib.stages.compare_with_truth`.
+
+    Returns:
+        The Figure: two panels (Dice; ASSD in mm); per vendor and view the lesions as points
+        and the median with its interquartile range.
+    """
+    import seaborn as sns
+
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    data = scored.copy()
+    data["vendor"] = data["vendor"].fillna("unknown")
+    for ax, column, label in ((axes[0], "dice", "Dice"),
+                              (axes[1], "assd_mm", "avg. surface distance (mm)")):
+        finite = data[np.isfinite(data[column].astype(float))]
+        sns.stripplot(data=finite, x="vendor", y=column, hue="view", dodge=True, ax=ax,
+                      size=3, alpha=0.6, legend=False)
+        # median and interquartile range per scanner and view
+        sns.pointplot(data=finite, x="vendor", y=column, hue="view", dodge=0.4, ax=ax,
+                      estimator="median", errorbar=("pi", 50), linestyle="none",
+                      marker="D", markersize=5)
+        ax.set_xlabel("scanner")
+        ax.set_ylabel(label)
+    axes[0].set_ylim(0, 1.02)
     return fig

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nbformat
 from nbconvert import HTMLExporter
@@ -29,6 +30,7 @@ __all__ = [
     "front_page_html",
     "render_html",
     "render_index",
+    "save_table",
     "write_front_page",
 ]
 
@@ -49,6 +51,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_table(frame: Any, run_dir: str | Path, name: str, *, index: bool = False) -> Path:
+    """Write a table as ``<run_dir>/artifacts/<name>.csv`` (atomically); return the path."""
+    from magn_lib.config import resolve_path
+
+    path = resolve_path(run_dir) / "artifacts" / f"{name}.csv"
+    atomic_write_text(path, frame.to_csv(index=index))
+    return path
 
 
 def clinician_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:

@@ -52,6 +52,8 @@ __all__ = [
     "TransferResult",
     "exclusions",
     "inclusion_flow",
+    "patient_table",
+    "scanner_table",
     "build_crop_cache",
     "compare_with_truth",
     "transfer_cohort",
@@ -376,3 +378,51 @@ def transfer_example(
             "box": np.array([top, left, top + crop_size, left + crop_size]),
         }
     return out
+
+
+_SITE_BY_LEVEL = {"C": "cervical", "T": "thoracic", "L": "lumbar", "S": "sacrococcygeal"}
+
+
+def patient_table(patients: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient for Table 1: ``patient_id, label, age, sex, site, tumour_size_cm,
+    n_lesions``.
+
+    The tumour size of a patient is the largest maximum diameter (cm, sagittal) of its lesions,
+    as the paper measures it; the site is the patients table's ``site`` or, when blank, the
+    region of the patient's first lesion's ``vertebra`` (C/T/L/S).
+    """
+    by_patient = lesions.groupby("patient_id", sort=False)
+    table = patients[["patient_id"]].copy()
+    table["label"] = table["patient_id"].map(by_patient["label"].first()).astype(int)
+    table["age"] = pd.to_numeric(patients["age"], errors="coerce").astype(float)
+    table["sex"] = patients["sex"]
+    site = patients["site"] if "site" in patients else pd.Series(pd.NA, index=patients.index)
+    if "vertebra" in lesions:
+        first_level = by_patient["vertebra"].first().astype(str).str[:1].str.upper()
+        from_level = table["patient_id"].map(first_level).map(_SITE_BY_LEVEL)
+        site = site.where(site.notna() & (site.astype(str) != ""), from_level)
+    table["site"] = site
+    if "size_cm" in lesions:
+        sizes = pd.to_numeric(lesions["size_cm"], errors="coerce").groupby(
+            lesions["patient_id"]).max()
+        table["tumour_size_cm"] = table["patient_id"].map(sizes).astype(float)
+    table["n_lesions"] = table["patient_id"].map(by_patient.size()).astype(int)
+    return table
+
+
+def scanner_table(series: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
+    """Patients per scanner (vendor and field strength of the sagittal series) and class.
+
+    Returns:
+        A crosstab: rows ``"<vendor> <field> T"`` plus ``all``; columns ``MM``, ``metastasis``,
+        ``all``.
+    """
+    sagittal = series[series["view"] == "sagittal"]
+    labels = lesions.groupby("patient_id")["label"].first().rename("label").reset_index()
+    table = sagittal.merge(labels, on="patient_id")
+    field = pd.to_numeric(table["field_strength_t"], errors="coerce")
+    scanner = table["vendor"].fillna("unknown") + field.map(
+        lambda t: "" if pd.isna(t) else f" {t:g} T")
+    cls = table["label"].astype(int).map({1: "MM", 0: "metastasis"})
+    return pd.crosstab(scanner.rename("scanner"), cls.rename("class"), margins=True,
+                       margins_name="all")

@@ -115,3 +115,17 @@ def test_run_paths_resolve_against_project_root():
     assert paths.html_dir.parent == paths.report_dir
     absolute = run_paths(Path("/tmp/x/run1"), "/tmp/y")
     assert absolute.report_dir == Path("/tmp/x/run1") and absolute.work_dir == Path("/tmp/y")
+
+
+def test_profile_from_notebook_parameters():
+    from magn_lib.config import profile_from_parameters
+
+    namespace = {"profile": "smoke", "epochs": 2, "run_dir": "reports/x", "views": ["axial"],
+                 "pd": object()}
+    profile = profile_from_parameters(namespace)
+    assert profile.profile == "smoke" and profile.epochs == 2 and profile.views == ["axial"]
+    assert profile.crop_size == Profile().crop_size
+    namespace["views"].append("sagittal")
+    assert profile.views == ["axial"]
+    with pytest.raises(ConfigError, match="^epochs: expected int"):
+        profile_from_parameters({"epochs": "2"})

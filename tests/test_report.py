@@ -124,3 +124,11 @@ def test_index_and_notebook_pages_open_cleanly_in_chromium(tmp_path, browser):
         assert all(width > 0 for width in images)
         page.close()
     assert len(GLOSSARY) >= 10
+
+
+def test_save_table_writes_artifact_csv(tmp_path):
+    from magn_lib.report import save_table
+
+    path = save_table(pd.DataFrame({"a": [1, 2]}), tmp_path / "run", "flow")
+    assert path == tmp_path / "run" / "artifacts" / "flow.csv"
+    assert pd.read_csv(path)["a"].tolist() == [1, 2]

@@ -128,3 +128,38 @@ def test_transfer_example_matches_the_crop(stages):
                                           item["crop_mask"])
     fig = plot_transfer_example(example, title=lesion_id)
     assert len(fig.axes) == 6
+
+
+def test_patient_table_for_table1(stages):
+    import pandas as pd
+
+    from magn_lib.stages import patient_table
+
+    _, manifest, _, _ = stages
+    table = patient_table(manifest.patients, manifest.lesions)
+    assert list(table["patient_id"]) == list(manifest.patients["patient_id"])
+    largest = manifest.lesions.groupby("patient_id")["size_cm"].max()
+    assert np.allclose(table.set_index("patient_id")["tumour_size_cm"], largest[table.patient_id])
+    # a blank site falls back to the first lesion's vertebral level
+    patients = manifest.patients.copy()
+    patients["site"] = pd.NA
+    lesions = manifest.lesions.copy()
+    lesions["vertebra"] = "L3"
+    assert set(patient_table(patients, lesions)["site"]) == {"lumbar"}
+
+
+def test_scanner_table_counts_patients(stages):
+    from magn_lib.stages import scanner_table
+
+    _, manifest, ingest, _ = stages
+    table = scanner_table(ingest.series, ingest.lesions)
+    assert table.loc["all", "all"] == N_PATIENTS
+    assert {"GE 1.5 T", "Siemens 1.5 T", "Philips 3 T"} <= set(table.index)
+
+
+def test_transfer_quality_plot(stages):
+    from magn_lib.plots import plot_transfer_quality
+
+    cohort, _, _, transfer = stages
+    fig = plot_transfer_quality(compare_with_truth(transfer, truth_masks(cohort)))
+    assert len(fig.axes) == 2
