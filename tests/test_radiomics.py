@@ -18,6 +18,7 @@ from radiomics import featureextractor
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import PredefinedSplit, StratifiedGroupKFold, cross_val_predict
+from sklearn.utils.estimator_checks import check_estimator
 
 from magn_lib import radiomics as rad
 from magn_lib.config import VIEWS, project_root
@@ -357,6 +358,10 @@ def test_selector_ranks_by_random_forest_importance() -> None:
     np.testing.assert_array_equal(selector.transform(X), X.to_numpy()[:, selector.get_support()])
     reranked = rad.RandomForestSelector(10, 4, n_estimators=50, random_state=3).fit(X, y)
     assert set(reranked.ranking_) == set(selector.ranking_)  # re-ranks the same 10
+
+
+def test_selector_follows_scikit_learn_conventions() -> None:
+    check_estimator(rad.RandomForestSelector(3, 2, n_estimators=10, random_state=0))
 
 
 def test_pipeline_cleans_and_imputes_from_training_rows_only() -> None:
