@@ -66,7 +66,7 @@ __all__ = [
     "write_cache",
 ]
 
-CACHE_FORMAT = "magn-crops/1"
+CACHE_FORMAT = "magn-crops/2"
 
 # Display convention per view, in world RAS+: direction of increasing column, of increasing row,
 # and of increasing channel (the slice normal).
@@ -93,6 +93,8 @@ class Crop:
         clipped: the crop window reaches beyond the image (zero padding was used).
         mask_truncated: part of the largest slice's mask lies outside the crop (lesion > S).
         intensity_range: the (low, high) percentile values that map to 0 and 1, source units.
+        pixel_spacing_mm: (row, column) pixel size of the crop in mm (the source voxel size
+            along the display row and column axes); radiomics shape features need it.
     """
 
     image: np.ndarray
@@ -103,6 +105,7 @@ class Crop:
     clipped: bool
     mask_truncated: bool
     intensity_range: tuple[float, float]
+    pixel_spacing_mm: tuple[float, float] = (1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,7 @@ def crop_lesion(
             file=file,
             hint="check the annotation transfer QC for this lesion and view",
         )
+    zooms = np.linalg.norm(np.asarray(image.affine, dtype=float)[:3, :3], axis=0)
     best = _largest_slice(areas)
     rows, cols = np.nonzero(mask_stack[best])
     centre = (int(np.floor(rows.mean() + 0.5)), int(np.floor(cols.mean() + 0.5)))
@@ -240,6 +244,7 @@ def crop_lesion(
         clipped=bool(clipped),
         mask_truncated=bool(mask_window.sum() < len(rows)),
         intensity_range=(lo, hi),
+        pixel_spacing_mm=(float(zooms[frame.row_axis]), float(zooms[frame.col_axis])),
     )
 
 
@@ -302,7 +307,7 @@ class CropCache:
     - per view: ``image`` float32 [N, 3, S, S], ``mask`` uint8 [N, S, S], ``present`` bool [N]
       (False: the lesion has no crop in this view; its arrays are zeros), ``slice_index`` int32
       [N] (-1 when absent), ``centre_voxel`` int32 [N, 3], ``clipped`` bool [N],
-      ``mask_truncated`` bool [N]
+      ``mask_truncated`` bool [N], ``spacing`` float32 [N, 2] (row, column) pixel size in mm
     - ``format`` str (:data:`CACHE_FORMAT`) and ``provenance``: a JSON object with
       ``crop_size``, ``views``, ``n_lesions``, ``magn_version``, ``created_utc``, ``sources``
       ({lesion_id: {key: name or sha256}}) and whatever the writer added.
@@ -319,6 +324,7 @@ class CropCache:
     centre_voxel: dict[str, np.ndarray]
     clipped: dict[str, np.ndarray]
     mask_truncated: dict[str, np.ndarray]
+    spacing: dict[str, np.ndarray]
     provenance: dict[str, Any]
 
     _PER_VIEW = (
@@ -329,6 +335,7 @@ class CropCache:
         "centre_voxel",
         "clipped",
         "mask_truncated",
+        "spacing",
     )
 
     def __len__(self) -> int:
@@ -367,6 +374,7 @@ class CropCache:
             "centre_voxel": {v: np.full((n, 3), -1, np.int32) for v in views},
             "clipped": {v: np.zeros(n, bool) for v in views},
             "mask_truncated": {v: np.zeros(n, bool) for v in views},
+            "spacing": {v: np.ones((n, 2), np.float32) for v in views},
         }
         for row, lesion in enumerate(lesions):
             if lesion.lesion_id in seen:
@@ -410,6 +418,7 @@ class CropCache:
                 arrays["centre_voxel"][view][row] = crop.centre_voxel
                 arrays["clipped"][view][row] = crop.clipped
                 arrays["mask_truncated"][view][row] = crop.mask_truncated
+                arrays["spacing"][view][row] = crop.pixel_spacing_mm
         if errors:
             raise InputError.combine(errors)
         record: dict[str, Any] = {

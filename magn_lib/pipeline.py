@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -343,10 +344,11 @@ def embedded_cohort_dir(profile: Profile) -> Path:
 
     It plays the hospital's archive: DICOM with (synthetic) identity in the headers, outside
     ``work/`` and ``reports/``, named by the parameters that determine it so that runs sharing
-    them share one copy.
+    them share one copy. ``$MAGN_EMBEDDED_DIR`` moves the ``data/embedded`` folder elsewhere.
     """
     name = f"n{profile.n_patients}-seed{profile.seed}-sep{profile.separability:g}"
-    return project_root() / "data" / "embedded" / name
+    base = os.environ.get("MAGN_EMBEDDED_DIR")
+    return (Path(base) if base else project_root() / "data" / "embedded") / name
 
 
 def _prepare_embedded_cohort(profile: Profile, *, progress: bool) -> Path:

@@ -252,6 +252,7 @@ def test_cache_round_trip(tmp_path):
             assert back.slice_index[view][row] == crop.slice_index
             assert tuple(back.centre_voxel[view][row]) == crop.centre_voxel
             assert back.clipped[view][row] == crop.clipped
+            assert np.allclose(back.spacing[view][row], crop.pixel_spacing_mm)
     assert back.image["axial"].dtype == np.float32 and back.mask["axial"].dtype == np.uint8
     prov = back.provenance
     assert prov["crop_size"] == 16 and prov["views"] == list(views) and prov["profile"] == "x"
@@ -295,3 +296,14 @@ def test_file_sha256(tmp_path):
     path = tmp_path / "a.bin"
     path.write_bytes(b"magn" * 1000)
     assert file_sha256(path) == "sha256:" + hashlib.sha256(b"magn" * 1000).hexdigest()
+
+
+@pytest.mark.parametrize("view", ["sagittal", "coronal", "axial"])
+def test_pixel_spacing_follows_the_display_axes(view):
+    shape = (40, 30, 7)
+    aff = dicom_affine(view, spacing=(0.6, 0.9, 4.0))
+    crop = crop_lesion(*pair(volume(shape), lesion(shape, (20, 15, 3), (5, 4, 2)), aff),
+                       view=view, size=16)
+    # columns of the display run along the DICOM row direction (voxel i, 0.6 mm) and rows
+    # along the column direction (voxel j, 0.9 mm) for standard series
+    assert crop.pixel_spacing_mm == pytest.approx((0.9, 0.6))

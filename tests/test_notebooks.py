@@ -1,0 +1,97 @@
+"""The whole study end to end on the smoke profile: every notebook, the report, no leaks."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import open_in_browser
+
+from magn_lib.config import load_profile, project_root
+from magn_lib.pipeline import discover_notebooks, embedded_cohort_dir, run_study
+from magn_lib.synthetic import load_truth
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MAGN_EMBEDDED_DIR", str(root / "data"))
+    try:
+        result = run_study("smoke", run_dir=root / "reports" / "smoke",
+                           work_dir=root / "work" / "smoke", progress=False)
+        cohort = embedded_cohort_dir(load_profile("smoke"))
+        yield result, root, cohort
+    finally:
+        mp.undo()
+
+
+def test_every_notebook_runs_and_is_published(smoke_run):
+    result, _, _ = smoke_run
+    assert result.succeeded, result.error
+    names = [p.stem for p in discover_notebooks()]
+    assert [r.name for r in result.notebooks] == names
+    paths = result.paths
+    for name in names:
+        assert (paths.executed_dir / f"{name}.ipynb").is_file()
+        assert (paths.html_dir / f"{name}.html").is_file()
+        assert (paths.full_html_dir / f"{name}.html").is_file()
+    manifest = json.loads(paths.run_manifest.read_text())
+    assert manifest["status"] == "succeeded" and manifest["run"]["embedded_cohort"]
+    assert [n["status"] for n in manifest["notebooks"]] == ["executed"] * len(names)
+
+
+def test_artifacts_of_the_study(smoke_run):
+    result, _, _ = smoke_run
+    artifacts = {p.name for p in result.paths.artifacts_dir.iterdir()}
+    expected = {
+        "table1.csv", "inclusion_flow.csv", "exclusions.csv", "scanners.csv",
+        "transfer_qc.csv", "transfer_vs_truth.csv", "transfer_quality.png", "transfer_quality.svg",
+        "fig2_transfer_mm.png", "fig2_transfer_met.png", "crops_sagittal.png",
+    }
+    assert expected <= artifacts, sorted(expected - artifacts)
+
+
+def test_no_identity_in_reports_or_work(smoke_run):
+    _, root, cohort = smoke_run
+    planted = {s for s in load_truth(cohort).planted_strings() if len(s) >= 4}
+    assert len(planted) > 10
+    for folder in (root / "reports", root / "work"):
+        for path in folder.rglob("*"):
+            rel = str(path.relative_to(root))
+            assert not any(s in rel for s in planted), rel
+            if path.is_file():
+                content = path.read_bytes()
+                leaked = [s for s in planted if s.encode() in content]
+                assert not leaked, f"{leaked} in {rel}"
+
+
+def test_clinician_pages_in_chromium(smoke_run, browser, tmp_path):
+    result, root, _ = smoke_run
+    paths = result.paths
+    machine_paths = [str(root), str(project_root()), "/root/", "/home/"]
+    pages = [paths.index_html, *sorted(paths.html_dir.glob("*.html"))]
+    for page_path in pages:
+        page, problems = open_in_browser(browser, page_path, tmp_path / f"{page_path.stem}.png")
+        assert problems == [], f"{page_path.name}: {problems}"
+        text = page.inner_text("body")
+        html = page_path.read_text()
+        assert "Traceback" not in text, page_path.name
+        assert not re.search(r"\w+(Error|Exception|Warning): ", text), page_path.name
+        assert not any(p in html for p in machine_paths), page_path.name
+        assert page.query_selector_all(".jp-InputArea-editor, .jp-InputPrompt") == []
+        widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+        assert all(w > 0 for w in widths), f"{page_path.name}: a figure did not load"
+        page.close()
+
+
+def test_second_run_skips_everything(smoke_run, monkeypatch):
+    result, root, _ = smoke_run
+    monkeypatch.setenv("MAGN_EMBEDDED_DIR", str(root / "data"))
+    again = run_study("smoke", run_dir=result.paths.report_dir, work_dir=result.paths.work_dir,
+                      progress=False)
+    assert again.succeeded
+    assert {r.status for r in again.notebooks} == {"skipped"}
