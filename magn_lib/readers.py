@@ -34,6 +34,7 @@ __all__ = [
     "reader_agreement",
     "reader_metrics",
     "reader_predictions",
+    "reader_scores",
     "readers_vs_models",
 ]
 
@@ -282,3 +283,15 @@ def readers_vs_models(
                 "mcnemar_method": mc.method,
             })
     return pd.DataFrame(rows)
+
+
+def reader_scores(reads: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
+    """Both score versions of every reader in the shared prediction format.
+
+    Config ``"<reader>"`` carries the binary call (its AUC is the paper's reader AUC) and
+    ``"<reader> (confidence)"`` the 10-point call + confidence score.
+    """
+    calls = reader_predictions(reads, lesions, score="call")
+    ordinal = reader_predictions(reads, lesions, score="ordinal")
+    ordinal["config"] = ordinal["config"] + " (confidence)"
+    return pd.concat([calls, ordinal], ignore_index=True)

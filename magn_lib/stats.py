@@ -50,6 +50,7 @@ __all__ = [
     "delong_matrix",
     "delong_test",
     "fold_metrics",
+    "format_metrics",
     "mcnemar_test",
     "metrics_table",
     "model_name",
@@ -981,3 +982,34 @@ def delong_matrix(pairwise: pd.DataFrame, *, value: str = "p_adjusted") -> pd.Da
         mat.loc[r["model_a"], r["model_b"]] = r[value]
         mat.loc[r["model_b"], r["model_a"]] = r[value]
     return mat
+
+
+def format_metrics(table: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
+    """A readable version of :func:`metrics_table`: one row per model, text cells.
+
+    Columns: ``model``, ``lesions``, ``AUC (95% CI)`` (pooled, DeLong), ``AUC folds`` (mean ±
+    SD over folds, as the paper reports), ``ACC``, ``F1``, ``sensitivity``, ``specificity``
+    (pooled at threshold 0.5, patient-bootstrap 95 % CI).
+    """
+
+    def ci(row: pd.Series, m: str) -> str:
+        value, lo, hi = row[m], row[f"{m}_low"], row[f"{m}_high"]
+        if not np.isfinite(value):
+            return "–"
+        text = f"{value:.{decimals}f}"
+        return text + (f" ({lo:.{decimals}f}–{hi:.{decimals}f})" if np.isfinite(lo) else "")
+
+    def folds(row: pd.Series) -> str:
+        mean, sd = row["auc_fold_mean"], row["auc_fold_sd"]
+        return f"{mean:.{decimals}f} ± {sd:.{decimals}f}" if np.isfinite(mean) else "–"
+
+    out = pd.DataFrame({
+        "model": [model_name(m, c) for m, c in zip(table["method"], table["config"], strict=True)],
+        "lesions": table["n_lesions"].astype(int),
+        "AUC (95% CI)": [ci(r, "auc") for _, r in table.iterrows()],
+        "AUC folds": [folds(r) for _, r in table.iterrows()],
+    })
+    for m, name in (("accuracy", "ACC"), ("f1", "F1"), ("sensitivity", "sensitivity"),
+                    ("specificity", "specificity")):
+        out[name] = [ci(r, m) for _, r in table.iterrows()]
+    return out

@@ -139,3 +139,18 @@ def test_bad_reads_are_reported_together():
         readers.reader_metrics(dup, lesions)
     with pytest.raises(InputError, match="lacks column"):
         readers.reader_predictions(reads.drop(columns="confidence"), lesions)
+
+
+def test_reader_scores_has_both_versions():
+    from magn_lib.readers import reader_scores
+
+    lesions = pd.DataFrame({"lesion_id": ["L1", "L2", "L3"], "patient_id": ["P1", "P2", "P3"],
+                            "label": [1, 0, 1]})
+    reads = pd.DataFrame({"lesion_id": ["L1", "L2", "L3"], "patient_id": ["P1", "P2", "P3"],
+                          "reader": "r1", "call": [1, 0, 0],
+                          "confidence": [5, 2, 3]})
+    table = reader_scores(reads, lesions)
+    assert set(table["config"]) == {"r1", "r1 (confidence)"}
+    assert table[table["config"] == "r1"]["probability"].tolist() == [1.0, 0.0, 0.0]
+    ordinal = table[table["config"] == "r1 (confidence)"]["probability"].to_numpy()
+    assert ordinal[0] == 1.0 and 0 < ordinal[2] < 0.5

@@ -513,3 +513,22 @@ def test_pairwise_delong_and_holm():
     mat = stats.delong_matrix(pw)
     assert mat.shape == (3, 3) and np.allclose(mat.to_numpy(), mat.to_numpy().T, equal_nan=True)
     assert np.isnan(np.diag(mat.to_numpy())).all()
+
+
+def test_format_metrics_text_matches_the_numbers():
+    rng = np.random.default_rng(3)
+    n = 50
+    y = np.r_[np.ones(20, int), np.zeros(30, int)]
+    oof = pd.DataFrame({
+        "method": "radiomics", "config": "multi-view", "fold": np.arange(n) % 5,
+        "lesion_id": [f"L{i}" for i in range(n)], "patient_id": [f"P{i}" for i in range(n)],
+        "label": y, "probability": np.clip(0.4 * y + 0.6 * rng.random(n), 0, 1),
+    })
+    table = stats.metrics_table(oof, n_resamples=200)
+    text = stats.format_metrics(table)
+    row = table.iloc[0]
+    assert text.loc[0, "model"] == stats.model_name("radiomics", "multi-view")
+    assert text.loc[0, "AUC (95% CI)"] == (
+        f"{row['auc']:.2f} ({row['auc_low']:.2f}–{row['auc_high']:.2f})")
+    assert text.loc[0, "AUC folds"] == f"{row['auc_fold_mean']:.2f} ± {row['auc_fold_sd']:.2f}"
+    assert text.loc[0, "lesions"] == n
