@@ -112,6 +112,11 @@ class ResNetFeatures(nn.Module):
         return x
 
 
+# backbone -> why its ImageNet weights could not be had; asked once per process, so that a grid
+# of 40 models does not wait 40 times for a network that is not there
+_UNAVAILABLE: dict[str, str] = {}
+
+
 def _load_imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
     """torchvision's default ImageNet weights for ``backbone`` (downloads into the torch cache)."""
     enum = torchvision.models.get_model_weights(backbone)
@@ -216,14 +221,18 @@ class MAGN(nn.Module):
             return {"requested": None, "used": "he_uniform", "message": ""}
         requested = str(weights)
         if requested == "imagenet":
-            try:
-                state = _load_imagenet_state_dict(self.backbone_name)
-            except Exception as exc:  # no network / no cache: documented fallback, reported
+            reason = _UNAVAILABLE.get(self.backbone_name)
+            if reason is None:
+                try:
+                    state = _load_imagenet_state_dict(self.backbone_name)
+                except Exception as exc:  # no network / no cache: documented fallback, reported
+                    reason = _UNAVAILABLE[self.backbone_name] = f"{type(exc).__name__}: {exc}"
+            if reason is not None:
                 message = (
-                    f"ImageNet weights for {self.backbone_name} are unavailable "
-                    f"({type(exc).__name__}: {exc}); the backbones were initialised He-uniform "
-                    "and train from scratch instead. Put the torchvision weight file in the "
-                    "torch hub cache (or give a local .pth path) to use pretrained weights."
+                    f"ImageNet weights for {self.backbone_name} are unavailable ({reason}); the "
+                    "backbones were initialised He-uniform and train from scratch instead. Put "
+                    "the torchvision weight file in the torch hub cache (or give a local .pth "
+                    "path) to use pretrained weights."
                 )
                 warnings.warn(message, RuntimeWarning, stacklevel=3)
                 return {"requested": requested, "used": "he_uniform", "message": message}

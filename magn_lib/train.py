@@ -241,6 +241,12 @@ def fit_fold(
                 f"checkpoint {path.name} was written with other training parameters "
                 f"(checkpoint vs now: {changed}); delete it to start the fold afresh"
             )
+        if int(ckpt["epoch"]) > epochs:
+            raise ConfigError(
+                f"checkpoint {path.name} is at epoch {ckpt['epoch']}, beyond the {epochs} "
+                "epochs asked for; delete it or ask for at least as many epochs"
+            )
+        set_determinism(seed)  # deterministic kernels; the random states come from the file
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

@@ -153,6 +153,7 @@ def test_imagenet_unavailable_falls_back_loudly(monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(model_mod, "_load_imagenet_state_dict", offline)
+    monkeypatch.setattr(model_mod, "_UNAVAILABLE", {})
     with pytest.warns(RuntimeWarning, match="unavailable"):
         model = MAGN(views=("axial",), backbone="resnet18", weights="imagenet")
     assert model.init_report["requested"] == "imagenet"
@@ -160,11 +161,20 @@ def test_imagenet_unavailable_falls_back_loudly(monkeypatch):
     assert "no network" in model.init_report["message"]
     assert model.normalize is False
 
+    def must_not_be_called(backbone):
+        raise AssertionError("a known-unavailable download was tried again")
+
+    monkeypatch.setattr(model_mod, "_load_imagenet_state_dict", must_not_be_called)
+    with pytest.warns(RuntimeWarning, match="no network"):
+        again = MAGN(views=("axial",), backbone="resnet18", weights="imagenet")
+    assert again.init_report == model.init_report
+
 
 def test_imagenet_weights_loaded_and_normalised(monkeypatch):
     torch.manual_seed(5)
     reference = torchvision.models.resnet18().state_dict()
     monkeypatch.setattr(model_mod, "_load_imagenet_state_dict", lambda backbone: reference)
+    monkeypatch.setattr(model_mod, "_UNAVAILABLE", {})
     model = MAGN(views=("sagittal", "axial"), backbone="resnet18", weights="imagenet").eval()
     assert model.init_report["used"] == "imagenet" and model.normalize
     for v in ("sagittal", "axial"):
