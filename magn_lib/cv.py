@@ -1,0 +1,472 @@
+"""Patient-grouped stratified folds and the MAGN ablation grid (Chen et al. 2022, Table 2).
+
+Folds: ``make_folds`` assigns every lesion to one of ``n_splits`` test folds with scikit-learn's
+``StratifiedGroupKFold`` (shuffled, seeded): stratified by label, grouped by patient, so no
+patient is in the training and test part of a fold at once. The folds are written once per run
+(``save_folds`` / ``ensure_folds``) and read by every method (MAGN configurations, radiomics).
+
+Grid: views ∈ {sagittal, axial, coronal, all three ("multi-view")} × attention guidance
+∈ {off, on} = the 8 ``CONFIGS``. ``run_grid`` trains every configuration on every fold and
+collects out-of-fold predictions in the project's shared format (``method`` = "magn"), per-fold
+metrics at threshold 0.5, and learning curves. Each (configuration, fold) lives in its own folder
+under ``out_dir`` and is skipped when it finished before with the same parameters and lesions; a
+fold killed mid-training resumes from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from magn_lib.config import VIEWS, resolve_path
+from magn_lib.errors import ConfigError, InputError
+from magn_lib.model import MAGN
+from magn_lib.repro import set_determinism
+from magn_lib.train import fit_fold, predict
+
+__all__ = [
+    "CONFIGS",
+    "PREDICTION_COLUMNS",
+    "GridConfig",
+    "GridResult",
+    "binary_metrics",
+    "build_model",
+    "config_by_name",
+    "ensure_folds",
+    "fold_dir",
+    "load_fold_model",
+    "load_folds",
+    "make_folds",
+    "pooled_metrics",
+    "run_grid",
+    "save_folds",
+]
+
+PREDICTION_COLUMNS: tuple[str, ...] = (
+    "method", "config", "fold", "lesion_id", "patient_id", "label", "probability"
+)
+FOLD_COLUMNS: tuple[str, ...] = ("lesion_id", "patient_id", "label", "fold")
+METRIC_NAMES: tuple[str, ...] = ("ACC", "AUC", "F1", "sensitivity", "specificity")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """One ablation configuration: the views MAGN reads and whether attention guides it."""
+
+    name: str
+    views: tuple[str, ...]
+    attention: bool
+
+
+def _make_configs() -> tuple[GridConfig, ...]:
+    view_sets = [("sagittal", ("sagittal",)), ("axial", ("axial",)),
+                 ("coronal", ("coronal",)), ("multi-view", VIEWS)]
+    return tuple(
+        GridConfig(f"{name}+attention" if attention else name, views, attention)
+        for name, views in view_sets
+        for attention in (False, True)
+    )
+
+
+CONFIGS: tuple[GridConfig, ...] = _make_configs()
+
+
+def config_by_name(name: str | GridConfig) -> GridConfig:
+    """The :class:`GridConfig` called ``name`` (e.g. ``"multi-view+attention"``)."""
+    if isinstance(name, GridConfig):
+        return name
+    for config in CONFIGS:
+        if config.name == name:
+            return config
+    raise ConfigError(f"config: {name!r} is not one of {[c.name for c in CONFIGS]}")
+
+
+# ---------------------------------------------------------------------------------------- folds
+
+def _check_lesions(lesions: pd.DataFrame, *, source: str = "lesion table") -> pd.DataFrame:
+    missing = [c for c in ("lesion_id", "patient_id", "label") if c not in lesions.columns]
+    if missing:
+        raise InputError(f"{source} lacks column(s) {missing}",
+                         hint="it needs lesion_id, patient_id and label (1 = MM, 0 = metastasis)")
+    table = lesions[["lesion_id", "patient_id", "label"]].copy()
+    table["lesion_id"] = table["lesion_id"].astype(str)
+    table["patient_id"] = table["patient_id"].astype(str)
+    dup = table["lesion_id"][table["lesion_id"].duplicated()].unique().tolist()
+    if dup:
+        raise InputError(f"{source}: lesion_id(s) {dup[:5]} occur more than once")
+    bad = table[~table["label"].isin([0, 1])]
+    if len(bad):
+        first = bad.iloc[0]
+        raise InputError(f"{source}: label {first['label']!r} of lesion {first['lesion_id']} is "
+                         "not 0 or 1", patient=first["patient_id"],
+                         hint="use 1 for multiple myeloma and 0 for metastasis")
+    table["label"] = table["label"].astype(int)
+    return table
+
+
+def make_folds(lesions: pd.DataFrame, *, n_splits: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Assign each lesion a test fold, stratified by label and grouped by patient.
+
+    Uses ``sklearn.model_selection.StratifiedGroupKFold(n_splits, shuffle=True,
+    random_state=seed)`` with the patient as group, so all lesions of a patient share one fold.
+
+    Args:
+        lesions: one row per lesion with ``lesion_id``, ``patient_id`` and ``label``
+            (1 = MM, 0 = metastasis); other columns are ignored; not modified.
+        n_splits: number of folds (≥ 2).
+        seed: shuffling seed.
+
+    Returns:
+        DataFrame ``lesion_id`` (str), ``patient_id`` (str), ``label`` (int), ``fold``
+        (int in ``0 .. n_splits-1``), in the input's row order.
+
+    Raises:
+        InputError: missing columns, duplicate lesion ids, labels other than 0/1, or a class
+            with fewer patients than folds (some fold could not hold it).
+    """
+    if n_splits < 2:
+        raise ConfigError(f"n_splits: cross-validation needs at least 2 folds, got {n_splits}")
+    table = _check_lesions(lesions).reset_index(drop=True)
+    for label, name in ((1, "multiple myeloma"), (0, "metastasis")):
+        n_pat = table.loc[table["label"] == label, "patient_id"].nunique()
+        if n_pat < n_splits:
+            raise InputError(
+                f"{n_pat} patient(s) with {name} (label {label}) is fewer than the {n_splits} "
+                "folds, so some test fold would hold no such lesion",
+                hint="lower n_folds in the profile or add patients of that class",
+            )
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    fold = np.full(len(table), -1, dtype=int)
+    for k, (_, test) in enumerate(
+        splitter.split(np.zeros(len(table)), table["label"], groups=table["patient_id"])
+    ):
+        fold[test] = k
+    table["fold"] = fold
+    lacking = [k for k in range(n_splits) if table.loc[table["fold"] == k, "label"].nunique() < 2]
+    if lacking:
+        warnings.warn(f"fold(s) {lacking} hold lesions of one class only; their AUC is undefined",
+                      RuntimeWarning, stacklevel=2)
+    return table
+
+
+def save_folds(folds: pd.DataFrame, path: str | Path) -> Path:
+    """Write the fold table as CSV (atomically); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    folds[list(FOLD_COLUMNS)].to_csv(tmp, index=False)
+    tmp.replace(path)  # atomic rename (os.replace)
+    return path
+
+
+def load_folds(path: str | Path) -> pd.DataFrame:
+    """Read a fold table written by :func:`save_folds` (ids as str, label and fold as int)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("fold table does not exist", file=path,
+                         hint="run the MAGN notebook (it writes the folds) first")
+    table = pd.read_csv(path, dtype={"lesion_id": str, "patient_id": str})
+    missing = [c for c in FOLD_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputError(f"fold table lacks column(s) {missing}", file=path)
+    return table[list(FOLD_COLUMNS)].astype({"label": int, "fold": int})
+
+
+def ensure_folds(lesions: pd.DataFrame, path: str | Path, *, n_splits: int = 5,
+                 seed: int = 0) -> pd.DataFrame:
+    """The run's folds: read ``path`` when it exists and covers exactly ``lesions``, else make
+    them with :func:`make_folds` and write them there. Every method calls this with one path."""
+    path = Path(path)
+    if path.is_file():
+        folds = load_folds(path)
+        table = _check_lesions(lesions)
+        same = (set(folds["lesion_id"]) == set(table["lesion_id"])
+                and folds["fold"].nunique() == n_splits)
+        if same:
+            merged = table.merge(folds, on="lesion_id", suffixes=("", "_saved"))
+            same = bool((merged["patient_id"] == merged["patient_id_saved"]).all()
+                        and (merged["label"] == merged["label_saved"]).all())
+        if same:
+            return folds
+    folds = make_folds(lesions, n_splits=n_splits, seed=seed)
+    save_folds(folds, path)
+    return folds
+
+
+# -------------------------------------------------------------------------------------- metrics
+
+def binary_metrics(y_true: Sequence[int] | np.ndarray, probability: Sequence[float] | np.ndarray,
+                   *, threshold: float = 0.5) -> dict[str, float]:
+    """ACC, AUC, F1 (MM as positive class), sensitivity and specificity (scikit-learn).
+
+    Args:
+        y_true: labels, 1 = MM, 0 = metastasis.
+        probability: MM scores in [0, 1].
+        threshold: a score ≥ threshold calls MM.
+
+    Returns:
+        ``{"n", "n_mm", "ACC", "AUC", "F1", "sensitivity", "specificity"}``; AUC (and the
+        rate of an absent class) is NaN when only one class is present.
+    """
+    y = np.asarray(y_true, dtype=int)
+    p = np.asarray(probability, dtype=float)
+    call = (p >= threshold).astype(int)
+    both = len(np.unique(y)) == 2
+    return {
+        "n": int(len(y)),
+        "n_mm": int(y.sum()),
+        "ACC": float(accuracy_score(y, call)),
+        "AUC": float(roc_auc_score(y, p)) if both else math.nan,
+        "F1": float(f1_score(y, call, pos_label=1, zero_division=0)),
+        "sensitivity": float(recall_score(y, call, pos_label=1, zero_division=0))
+        if (y == 1).any() else math.nan,
+        "specificity": float(recall_score(y, call, pos_label=0, zero_division=0))
+        if (y == 0).any() else math.nan,
+    }
+
+
+def pooled_metrics(predictions: pd.DataFrame, *, threshold: float = 0.5) -> pd.DataFrame:
+    """:func:`binary_metrics` of all out-of-fold predictions pooled, per (method, config)."""
+    rows = []
+    for (method, config), g in predictions.groupby(["method", "config"], sort=False):
+        rows.append({"method": method, "config": config,
+                     **binary_metrics(g["label"], g["probability"], threshold=threshold)})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------ the grid
+
+class GridResult(NamedTuple):
+    """What :func:`run_grid` returns (unpacks as a 3-tuple)."""
+
+    predictions: pd.DataFrame  # PREDICTION_COLUMNS, method "magn"
+    metrics: pd.DataFrame  # config, fold, n, n_mm, ACC, AUC, F1, sensitivity, specificity, ...
+    curves: pd.DataFrame  # config, fold + fit_fold's history columns
+
+
+def _param(params: Any, name: str, default: Any = None) -> Any:
+    if isinstance(params, Mapping):
+        return params.get(name, default)
+    return getattr(params, name, default)
+
+
+def build_model(config: str | GridConfig, params: Any, *, weights: Any = "profile") -> MAGN:
+    """A fresh :class:`MAGN` for ``config`` with the network parameters of ``params``.
+
+    ``params`` is a :class:`~magn_lib.config.Profile` or a mapping with ``backbone``,
+    ``weights``, ``shared_backbone``, ``lse_r`` (and optionally ``pooling``). ``weights``
+    overrides the profile's (``None`` builds without loading anything).
+    """
+    config = config_by_name(config)
+    if weights == "profile":
+        weights = _param(params, "weights")
+        if weights is not None and weights != "imagenet":
+            weights = resolve_path(weights)  # relative to the project root, as every path
+    return MAGN(
+        views=config.views,
+        backbone=_param(params, "backbone", "resnet50"),
+        pooling=_param(params, "pooling", "lse"),
+        weights=weights,
+        lse_r=float(_param(params, "lse_r", 10.0)),
+        shared_backbone=bool(_param(params, "shared_backbone", False)),
+    )
+
+
+def fold_dir(out_dir: str | Path, config: str | GridConfig, fold: int) -> Path:
+    """The folder of one (configuration, fold): ``out_dir/<config>/fold<k>``."""
+    return Path(out_dir) / config_by_name(config).name / f"fold{int(fold)}"
+
+
+def load_fold_model(out_dir: str | Path, config: str | GridConfig, fold: int, params: Any,
+                    *, map_location: str | torch.device = "cpu") -> MAGN:
+    """The trained model of one (configuration, fold) saved by :func:`run_grid`, in eval mode."""
+    path = fold_dir(out_dir, config, fold) / "model.pt"
+    if not path.is_file():
+        raise InputError("no saved model for this configuration and fold", file=path,
+                         hint="list the configuration in run_grid's keep_weights and run it")
+    saved = torch.load(path, map_location=map_location, weights_only=True)
+    model = build_model(config, params, weights=None)
+    model.normalize = bool(saved["normalize"])
+    model.init_report = dict(saved["init_report"])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()
+
+
+def _fingerprint(config: GridConfig, fold: int, params: Any, train_ids: Iterable[str],
+                 test_ids: Iterable[str], data_fingerprint: str | None) -> str:
+    keys = ("backbone", "pooling", "weights", "shared_backbone", "lse_r", "attention_weight",
+            "epochs", "batch_size", "learning_rate", "lr_step_epochs", "lr_gamma",
+            "class_weighting", "seed", "augment")
+    record = {
+        "config": [config.name, list(config.views), config.attention],
+        "fold": fold,
+        "params": {k: _param(params, k) for k in keys},
+        "train": sorted(train_ids),
+        "test": sorted(test_ids),
+        "data": data_fingerprint,
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)  # atomic rename (os.replace)
+
+
+def _run_one(config: GridConfig, fold: int, dataset_factory: Callable[..., Dataset],
+             folds: pd.DataFrame, params: Any, out_dir: Path, *, keep: bool, progress: bool,
+             track_test: bool, data_fingerprint: str | None) -> None:
+    train_ids = folds.loc[folds["fold"] != fold, "lesion_id"].tolist()
+    test_ids = folds.loc[folds["fold"] == fold, "lesion_id"].tolist()
+    where = fold_dir(out_dir, config, fold)
+    done = where / "done.json"
+    fingerprint = _fingerprint(config, fold, params, train_ids, test_ids, data_fingerprint)
+    if done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint \
+            and (where / "predictions.csv").is_file() and (where / "history.csv").is_file() \
+            and (not keep or (where / "model.pt").is_file()):
+        return
+    if where.exists():
+        started = where / "started.json"
+        if not started.is_file() or json.loads(started.read_text()).get("fingerprint") \
+                != fingerprint:
+            shutil.rmtree(where)  # stale: other parameters or lesions
+    where.mkdir(parents=True, exist_ok=True)
+    _write_json({"fingerprint": fingerprint}, where / "started.json")
+
+    seed = int(_param(params, "seed", 0)) + fold
+    set_determinism(seed)
+    model = build_model(config, params)
+    train_ds = dataset_factory(train_ids, train=True)
+    test_ds = dataset_factory(test_ids, train=False)
+    t0 = time.perf_counter()
+    history = fit_fold(
+        model, train_ds,
+        val_ds=test_ds if track_test else None,
+        epochs=int(_param(params, "epochs")),
+        batch_size=int(_param(params, "batch_size", 16)),
+        lr=float(_param(params, "learning_rate", 1e-3)),
+        lr_step_epochs=int(_param(params, "lr_step_epochs", 5)),
+        lr_gamma=float(_param(params, "lr_gamma", 0.9)),
+        attention_weight=float(_param(params, "attention_weight", 0.5)) if config.attention
+        else 0.0,
+        class_weighting=bool(_param(params, "class_weighting", False)),
+        checkpoint_path=where / "checkpoint.pt",
+        resume=True,
+        seed=seed,
+        device=str(_param(params, "device", "auto")),
+        num_workers=int(_param(params, "num_workers", 0)),
+        progress=progress,
+        desc=f"{config.name} fold {fold}",
+    )
+    seconds = time.perf_counter() - t0
+    pred = predict(model, test_ds, batch_size=int(_param(params, "batch_size", 16)))
+    if sorted(pred["lesion_id"]) != sorted(test_ids):
+        raise InputError(
+            f"the test dataset of fold {fold} yields lesions {sorted(pred['lesion_id'])[:5]}... "
+            f"instead of the fold's {sorted(test_ids)[:5]}...",
+            hint="dataset_factory(lesion_ids, train=...) must return exactly those lesions",
+        )
+    pred.insert(0, "fold", fold)
+    pred.insert(0, "config", config.name)
+    pred.insert(0, "method", "magn")
+    pred = pred[list(PREDICTION_COLUMNS)]
+    pred.to_csv(where / "predictions.csv", index=False)
+    history.to_csv(where / "history.csv", index=False)
+    if keep:
+        torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "normalize": model.normalize, "init_report": model.init_report,
+                    "config": config.name, "fold": fold}, where / "model.pt")
+    (where / "checkpoint.pt").unlink(missing_ok=True)  # optimiser state is not needed any more
+    metrics = {"config": config.name, "fold": fold, "n_train": len(train_ids),
+               **binary_metrics(pred["label"], pred["probability"]),
+               "epochs": len(history), "train_seconds": seconds,
+               "weights_requested": model.init_report["requested"],
+               "weights_used": model.init_report["used"],
+               "init_message": model.init_report["message"]}
+    _write_json({"fingerprint": fingerprint, "metrics": metrics}, done)
+
+
+def run_grid(
+    dataset_factory: Callable[..., Dataset],
+    folds: pd.DataFrame,
+    configs: Sequence[str | GridConfig] = CONFIGS,
+    params: Any = None,
+    out_dir: str | Path = "magn_cv",
+    *,
+    keep_weights: bool | Sequence[str] = ("multi-view", "multi-view+attention"),
+    track_test: bool = True,
+    progress: bool = True,
+    data_fingerprint: str | None = None,
+) -> GridResult:
+    """Train and evaluate every configuration on every fold; resumable.
+
+    Args:
+        dataset_factory: ``dataset_factory(lesion_ids: list[str], *, train: bool) -> Dataset``
+            with exactly those lesions (items as in :mod:`magn_lib.train`; ``train=True`` may
+            augment). Items may carry more views than a configuration reads.
+        folds: table from :func:`make_folds` / :func:`load_folds`.
+        configs: configurations (names or :class:`GridConfig`), default all 8.
+        params: a :class:`~magn_lib.config.Profile` (or mapping with its field names): network
+            (``backbone``, ``weights``, ``shared_backbone``, ``lse_r``), training (``epochs``,
+            ``batch_size``, ``learning_rate``, ``lr_step_epochs``, ``lr_gamma``,
+            ``attention_weight`` — used by "+attention" configurations, 0 otherwise —,
+            ``class_weighting``, ``device``, ``num_workers``) and ``seed`` (fold ``k`` trains
+            with ``seed + k`` in every configuration).
+        out_dir: folder of the per-(config, fold) outputs (``predictions.csv``,
+            ``history.csv``, ``done.json``, ``model.pt``, transient ``checkpoint.pt``).
+        keep_weights: configurations whose trained weights are kept as ``model.pt`` (for
+            :func:`load_fold_model` and Grad-CAM); ``True`` keeps all, ``False`` none.
+        track_test: evaluate the held-out fold after every epoch for the learning curves
+            (``val_*`` columns; never used for model selection).
+        progress: progress bars.
+        data_fingerprint: a string that changes when the crops change (e.g. the cache's
+            hash); a changed one retrains.
+
+    Returns:
+        :class:`GridResult` ``(predictions, metrics, curves)``: out-of-fold predictions in the
+        shared format (``method`` = "magn"), one metrics row per (config, fold) with ACC, AUC,
+        F1, sensitivity, specificity at threshold 0.5 and the initialisation used, and the
+        per-epoch learning curves.
+    """
+    if params is None:
+        raise ConfigError("run_grid needs params (a Profile)")
+    configs = [config_by_name(c) for c in configs]
+    folds = folds.astype({"lesion_id": str, "patient_id": str, "fold": int, "label": int})
+    out_dir = Path(out_dir)
+    fold_ids = sorted(folds["fold"].unique().tolist())
+    tasks = [(c, k) for c in configs for k in fold_ids]
+    for config, fold in tqdm(tasks, desc="MAGN grid", unit="fold", disable=not progress):
+        keep = keep_weights is True or (keep_weights is not False and
+                                        config.name in set(keep_weights))
+        _run_one(config, fold, dataset_factory, folds, params, out_dir, keep=keep,
+                 progress=progress, track_test=track_test, data_fingerprint=data_fingerprint)
+    predictions, metrics, curves = [], [], []
+    for config, fold in tasks:
+        where = fold_dir(out_dir, config, fold)
+        predictions.append(pd.read_csv(where / "predictions.csv",
+                                       dtype={"lesion_id": str, "patient_id": str}))
+        metrics.append(json.loads((where / "done.json").read_text())["metrics"])
+        curve = pd.read_csv(where / "history.csv")
+        curve.insert(0, "fold", fold)
+        curve.insert(0, "config", config.name)
+        curves.append(curve)
+    return GridResult(pd.concat(predictions, ignore_index=True), pd.DataFrame(metrics),
+                      pd.concat(curves, ignore_index=True))

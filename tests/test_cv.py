@@ -1,0 +1,187 @@
+"""Patient-grouped folds, metrics and the resumable configuration × fold grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from magn_lib.config import load_profile
+from magn_lib.cv import (
+    CONFIGS,
+    PREDICTION_COLUMNS,
+    binary_metrics,
+    config_by_name,
+    ensure_folds,
+    load_fold_model,
+    load_folds,
+    make_folds,
+    pooled_metrics,
+    run_grid,
+    save_folds,
+)
+from magn_lib.errors import ConfigError, InputError
+from magn_lib.train import predict
+
+torch.set_num_threads(1)  # 2 threads spin-wait badly on a busy 2-core machine
+
+
+def _lesions(n_patients=30, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        label = int(p % 3 == 0)  # a third of the patients have MM
+        for k in range(int(rng.integers(1, 4))):
+            rows.append({"lesion_id": f"P{p:03d}-L{k + 1}", "patient_id": f"P{p:03d}",
+                         "label": label, "age": 60})
+    return pd.DataFrame(rows)
+
+
+def test_folds_group_patients_and_stratify():
+    lesions = _lesions()
+    before = lesions.copy()
+    folds = make_folds(lesions, n_splits=5, seed=3)
+    pd.testing.assert_frame_equal(lesions, before)  # input untouched
+    assert list(folds.columns) == ["lesion_id", "patient_id", "label", "fold"]
+    assert folds["lesion_id"].tolist() == lesions["lesion_id"].tolist()
+    assert sorted(folds["fold"].unique()) == [0, 1, 2, 3, 4]
+    # no patient in the training and the test part of any fold
+    for k in range(5):
+        test = set(folds.loc[folds["fold"] == k, "patient_id"])
+        train = set(folds.loc[folds["fold"] != k, "patient_id"])
+        assert not test & train
+    assert (folds.groupby("patient_id")["fold"].nunique() == 1).all()
+    overall = folds["label"].mean()
+    for _, g in folds.groupby("fold"):
+        assert g["label"].nunique() == 2
+        assert abs(g["label"].mean() - overall) < 0.2
+    pd.testing.assert_frame_equal(folds, make_folds(lesions, n_splits=5, seed=3))
+    assert not make_folds(lesions, n_splits=5, seed=4)["fold"].equals(folds["fold"])
+
+
+def test_fold_errors():
+    lesions = _lesions(n_patients=12)  # 4 MM patients
+    with pytest.raises(InputError, match="4 patient.*fewer than the 5 folds"):
+        make_folds(lesions, n_splits=5)
+    with pytest.raises(InputError, match="lacks column"):
+        make_folds(lesions.drop(columns="patient_id"))
+    bad = lesions.copy()
+    bad.loc[0, "label"] = 2
+    with pytest.raises(InputError, match="not 0 or 1"):
+        make_folds(bad, n_splits=2)
+    dup = pd.concat([lesions, lesions.iloc[:1]])
+    with pytest.raises(InputError, match="more than once"):
+        make_folds(dup, n_splits=2)
+
+
+def test_save_load_and_ensure_folds(tmp_path):
+    lesions = _lesions()
+    folds = make_folds(lesions, n_splits=5, seed=0)
+    path = save_folds(folds, tmp_path / "folds.csv")
+    pd.testing.assert_frame_equal(load_folds(path), folds)
+    # written once, reused: another seed does not reshuffle an existing fold table
+    again = ensure_folds(lesions, path, n_splits=5, seed=99)
+    pd.testing.assert_frame_equal(again, folds)
+    # a changed cohort gets new folds
+    fewer = lesions[lesions["patient_id"] != "P000"]
+    new = ensure_folds(fewer, path, n_splits=5, seed=0)
+    assert set(new["lesion_id"]) == set(fewer["lesion_id"])
+    pd.testing.assert_frame_equal(load_folds(path), new)
+    with pytest.raises(InputError, match="does not exist"):
+        load_folds(tmp_path / "nope.csv")
+
+
+def test_configs():
+    assert [c.name for c in CONFIGS] == [
+        "sagittal", "sagittal+attention", "axial", "axial+attention",
+        "coronal", "coronal+attention", "multi-view", "multi-view+attention"]
+    assert config_by_name("coronal").views == ("coronal",)
+    assert config_by_name("multi-view+attention").views == ("sagittal", "coronal", "axial")
+    assert config_by_name("multi-view+attention").attention
+    with pytest.raises(ConfigError, match="not one of"):
+        config_by_name("multiview")
+
+
+def test_binary_metrics_hand_case():
+    m = binary_metrics([1, 1, 0, 0, 0], [0.9, 0.4, 0.6, 0.1, 0.2])
+    # calls 1,0,1,0,0: TP 1, FN 1, FP 1, TN 2; AUC: 5 of 6 MM-metastasis pairs ordered right
+    assert m == pytest.approx({"n": 5, "n_mm": 2, "ACC": 0.6, "AUC": 5 / 6, "F1": 0.5,
+                               "sensitivity": 0.5, "specificity": 2 / 3})
+    assert np.isnan(binary_metrics([0, 0], [0.1, 0.7])["AUC"])
+
+
+class ToyCohort(Dataset):
+    """Synthetic crops (item contract of the crop-cache Dataset) for given lesion ids."""
+
+    def __init__(self, table, size=32):
+        self.table = table.reset_index(drop=True)
+        self.labels = self.table["label"].tolist()
+        self.size = size
+
+    def __len__(self):
+        return len(self.table)
+
+    def __getitem__(self, i):
+        row = self.table.iloc[i]
+        rng = np.random.default_rng(int(row["lesion_id"][1:4]) * 10 + int(row["lesion_id"][-1]))
+        images, masks = {}, {}
+        for v in ("sagittal", "coronal", "axial"):
+            m = np.zeros((self.size, self.size), dtype=np.float32)
+            m[8:20, 10:22] = 1
+            img = rng.normal(0.3, 0.05, (3, self.size, self.size)) + m * 0.3 * (1 + row["label"])
+            images[v] = torch.from_numpy(img.astype(np.float32))
+            masks[v] = torch.from_numpy(m)
+        return {"images": images, "masks": masks, "label": torch.tensor(float(row["label"])),
+                "lesion_id": row["lesion_id"], "patient_id": row["patient_id"]}
+
+
+def test_run_grid_outputs_and_resume(tmp_path):
+    lesions = _lesions(n_patients=9, seed=1)
+    folds = make_folds(lesions, n_splits=2, seed=0)
+    calls = []
+
+    def factory(lesion_ids, *, train):
+        calls.append((len(lesion_ids), train))
+        return ToyCohort(lesions.set_index("lesion_id").loc[list(lesion_ids)].reset_index())
+
+    params = load_profile("smoke", epochs=1, batch_size=8, device="cpu")
+    configs = ["axial", "multi-view+attention"]
+    preds, metrics, curves = run_grid(factory, folds, configs, params, tmp_path / "cv",
+                                      progress=False)
+    assert list(preds.columns) == list(PREDICTION_COLUMNS)
+    assert (preds["method"] == "magn").all()
+    for config in configs:
+        p = preds[preds["config"] == config].merge(folds, on="lesion_id", suffixes=("", "_f"))
+        assert sorted(p["lesion_id"]) == sorted(lesions["lesion_id"])  # each lesion once
+        assert (p["fold"] == p["fold_f"]).all() and (p["label"] == p["label_f"]).all()
+        assert (p["patient_id"] == p["patient_id_f"]).all()
+    assert preds["probability"].between(0, 1).all()
+    assert len(metrics) == 4 and set(metrics["config"]) == set(configs)
+    for col in ("ACC", "AUC", "F1", "sensitivity", "specificity", "weights_used"):
+        assert col in metrics.columns
+    assert (metrics["weights_used"] == "he_uniform").all()
+    assert {"config", "fold", "epoch", "train_loss", "val_auc"} <= set(curves.columns)
+    assert len(calls) == 8
+    pooled = pooled_metrics(preds)
+    assert pooled["n"].tolist() == [len(lesions)] * 2
+
+    # the saved model of a kept configuration reproduces its out-of-fold predictions
+    model = load_fold_model(tmp_path / "cv", "multi-view+attention", 1, params)
+    test_ids = folds.loc[folds["fold"] == 1, "lesion_id"].tolist()
+    again = predict(model, factory(test_ids, train=False))
+    saved = preds[(preds["config"] == "multi-view+attention") & (preds["fold"] == 1)]
+    np.testing.assert_allclose(again["probability"], saved["probability"], rtol=1e-5)
+    with pytest.raises(InputError, match="no saved model"):
+        load_fold_model(tmp_path / "cv", "axial", 0, params)
+
+    # finished folds are skipped; changed parameters retrain
+    calls.clear()
+    preds2, metrics2, _ = run_grid(factory, folds, configs, params, tmp_path / "cv",
+                                   progress=False)
+    assert calls == []
+    pd.testing.assert_frame_equal(preds2, preds)
+    run_grid(factory, folds, ["axial"], params.replace(learning_rate=1e-4), tmp_path / "cv",
+             progress=False)
+    assert len(calls) == 4
