@@ -51,6 +51,7 @@ __all__ = [
     "config_by_name",
     "ensure_folds",
     "fold_dir",
+    "initialisation_warnings",
     "load_fold_model",
     "load_folds",
     "make_folds",
@@ -470,3 +471,23 @@ def run_grid(
         curves.append(curve)
     return GridResult(pd.concat(predictions, ignore_index=True), pd.DataFrame(metrics),
                       pd.concat(curves, ignore_index=True))
+
+
+def initialisation_warnings(metrics: pd.DataFrame) -> list[str]:
+    """One message per distinct weights fall-back in a grid's metrics table (empty when every
+    fold used the weights it asked for). The study report shows these on its front page."""
+    if metrics.empty or "weights_requested" not in metrics:
+        return []
+    asked_for = metrics["weights_requested"].notna() & (metrics["weights_requested"] != "")
+    fell_back = metrics[asked_for & (metrics["weights_requested"].astype(str)
+                                     != metrics["weights_used"].astype(str))]
+    messages = []
+    for (asked, got), group in fell_back.groupby(["weights_requested", "weights_used"]):
+        reasons = group["init_message"].dropna().astype(str)
+        reason = reasons.iloc[0] if len(reasons) else ""
+        messages.append(
+            f"pretrained weights {asked!r} were requested but {got!r} was used in "
+            f"{len(group)} of {len(metrics)} trained models"
+            + (f": {reason}" if reason else "")
+        )
+    return messages

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ from torchvision.transforms.v2 import functional as F
 from magn_lib.crops import CropCache, read_cache
 from magn_lib.errors import InputError
 
-__all__ = ["CropDataset"]
+__all__ = ["CropDataset", "dataset_factory"]
 
 
 class CropDataset(Dataset):
@@ -180,3 +180,27 @@ class CropDataset(Dataset):
             out_images[view] = image.as_subclass(torch.Tensor).clamp(0.0, 1.0).contiguous()
             out_masks[view] = mask.as_subclass(torch.Tensor)[0].contiguous()
         return out_images, out_masks
+
+
+def dataset_factory(
+    cache: str | os.PathLike[str] | CropCache,
+    *,
+    views: Sequence[str],
+    augment: bool,
+    seed: int,
+) -> Callable[..., CropDataset]:
+    """``make(lesion_ids, *, train) -> CropDataset`` over one crop cache, as the
+    cross-validation grid (:func:`magn_lib.cv.run_grid`) asks for: exactly those lesions,
+    augmented when ``train`` and ``augment``."""
+    cache = cache if isinstance(cache, CropCache) else read_cache(cache)
+    row_of = {str(lesion_id): row for row, lesion_id in enumerate(cache.lesion_id)}
+
+    def make(lesion_ids: Sequence[str], *, train: bool) -> CropDataset:
+        unknown = [i for i in lesion_ids if str(i) not in row_of]
+        if unknown:
+            raise InputError(f"lesions not in the crop cache: {', '.join(unknown[:10])}",
+                             hint="rebuild the crop cache (notebook 02) for this fold table")
+        return CropDataset(cache, views=views, indices=[row_of[str(i)] for i in lesion_ids],
+                           augment=augment and train, seed=seed)
+
+    return make

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ __all__ = [
     "energy_inside",
     "gradcam",
     "grid_fidelity",
+    "held_out_maps",
     "pointing_game",
     "summarize_fidelity",
 ]
@@ -338,3 +340,46 @@ def grid_fidelity(
         table.insert(1, "fold", fold)
         parts.append(table)
     return pd.concat(parts, ignore_index=True)
+
+
+def held_out_maps(
+    out_dir: str | Path,
+    folds: pd.DataFrame,
+    dataset_factory: Any,
+    params: Any,
+    lesion_ids: Sequence[str],
+    *,
+    models: Mapping[str, str] = MappingProxyType(
+        {"with guidance": "multi-view+attention", "without guidance": "multi-view"}),
+) -> list[dict[str, Any]]:
+    """Grad-CAM of chosen lesions by each named model of the fold that held them out (the
+    paper's Fig. 5: the same lesions with and without attention guidance).
+
+    Returns:
+        One dict per lesion: ``lesion_id``, ``label``, ``fold``, ``images`` ({view: float32
+        [3, H, W]}), ``masks`` ({view: [H, W]}), ``cams`` ({model title: {view: [H, W]}}),
+        ``probability`` ({model title: MM probability}).
+    """
+    from magn_lib.cv import load_fold_model
+
+    fold_of = dict(zip(folds["lesion_id"].astype(str), folds["fold"].astype(int), strict=True))
+    out = []
+    for lesion_id in lesion_ids:
+        fold = fold_of[str(lesion_id)]
+        item = dataset_factory([str(lesion_id)], train=False)[0]
+        images = {v: t[None] for v, t in item["images"].items()}
+        target = [int(round(float(item["label"])))]
+        cams, probability = {}, {}
+        for title, config in models.items():
+            model = load_fold_model(out_dir, config, fold, params)
+            sub = {v: images[v] for v in model.views}
+            cams[title] = {v: m[0] for v, m in gradcam(model, sub, targets=target).items()}
+            with torch.no_grad():
+                probability[title] = float(torch.sigmoid(model(sub)[0])[0])
+        out.append({
+            "lesion_id": str(lesion_id), "label": target[0], "fold": fold,
+            "images": {v: t.numpy() for v, t in item["images"].items()},
+            "masks": {v: t.numpy() for v, t in item["masks"].items()},
+            "cams": cams, "probability": probability,
+        })
+    return out

@@ -37,6 +37,7 @@ __all__ = [
     "plot_cam_grid",
     "plot_crops_grid",
     "plot_decision_curve",
+    "plot_learning_curves",
     "plot_roc_comparison",
     "plot_roc_folds",
     "plot_transfer_example",
@@ -586,4 +587,34 @@ def plot_transfer_quality(scored: pd.DataFrame) -> Figure:
         ax.set_xlabel("scanner")
         ax.set_ylabel(label)
     axes[0].set_ylim(0, 1.02)
+    return fig
+
+
+def plot_learning_curves(curves: pd.DataFrame) -> Figure:
+    """Training loss and held-out AUC per epoch for every configuration (mean over folds,
+    band = min–max over folds).
+
+    Args:
+        curves: the grid's learning curves (``config``, ``fold``, ``epoch``, ``train_loss`` and,
+            when the held-out fold was tracked, ``val_auc``).
+
+    Returns:
+        The Figure: loss on the left, held-out AUC on the right (if tracked).
+    """
+    panels = [("train_loss", "training loss")]
+    if "val_auc" in curves and curves["val_auc"].notna().any():
+        panels.append(("val_auc", "held-out fold AUC (monitoring only)"))
+    fig = Figure(figsize=(5.2 * len(panels), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (column, label) in zip(axes, panels, strict=True):
+        for config, part in curves.groupby("config", sort=False):
+            by_epoch = part.groupby("epoch")[column]
+            mean = by_epoch.mean()
+            line = ax.plot(mean.index, mean.to_numpy(), label=config,
+                           linestyle="-" if "attention" in config else "--")[0]
+            ax.fill_between(mean.index, by_epoch.min().to_numpy(), by_epoch.max().to_numpy(),
+                            color=line.get_color(), alpha=0.12, linewidth=0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+    axes[-1].legend(fontsize="x-small", loc="best")
     return fig

@@ -269,6 +269,9 @@ def fit_fold(
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+            if hasattr(train_ds, "set_epoch"):
+                # fresh augmentation draws every epoch, reproducible from (seed, epoch)
+                train_ds.set_epoch(epoch)
             model.train()
             means, _ = _epoch_pass(model, train_loader, device=dev, amp=amp,
                                    attention_weight=attention_weight, pos_weight=pos_weight,

@@ -185,3 +185,32 @@ def test_run_grid_outputs_and_resume(tmp_path):
     run_grid(factory, folds, ["axial"], params.replace(learning_rate=1e-4), tmp_path / "cv",
              progress=False)
     assert len(calls) == 4
+
+    # Fig. 5 material: each lesion explained by the model of the fold that held it out
+    from magn_lib.explain import held_out_maps
+    from magn_lib.plots import plot_learning_curves
+
+    maps = held_out_maps(tmp_path / "cv", folds, factory, params, test_ids[:2],
+                         models={"with guidance": "multi-view+attention"})
+    assert [m["lesion_id"] for m in maps] == test_ids[:2] and {m["fold"] for m in maps} == {1}
+    for item in maps:
+        heat = item["cams"]["with guidance"]
+        assert set(heat) == set(item["images"]) == set(item["masks"])
+        assert all(heat[v].shape == item["masks"][v].shape for v in heat)
+        assert 0 <= item["probability"]["with guidance"] <= 1
+    assert len(plot_learning_curves(curves).axes) == 2
+
+
+def test_initialisation_warnings():
+    from magn_lib.cv import initialisation_warnings
+
+    metrics = pd.DataFrame({
+        "weights_requested": ["imagenet", "imagenet", None],
+        "weights_used": ["he_uniform", "he_uniform", "he_uniform"],
+        "init_message": ["download failed: no network", None, None],
+    })
+    (message,) = initialisation_warnings(metrics)
+    assert "'imagenet' were requested but 'he_uniform' was used in 2 of 3" in message
+    assert "no network" in message
+    same = metrics.assign(weights_requested="he_uniform")
+    assert initialisation_warnings(same) == []

@@ -160,3 +160,18 @@ def test_missing_views_are_reported_not_dropped():
     assert len(CropDataset(arrays, views=["sagittal"])) == 6
     with pytest.raises(InputError, match="holds views"):
         CropDataset(CropCache.from_arrays(arrays), views=["oblique"])
+
+
+def test_dataset_factory_selects_lesions_and_augments_only_training_sets():
+    from magn_lib.crops import CropCache
+    from magn_lib.data import dataset_factory
+
+    cache = CropCache.from_arrays(lesion_arrays())
+    make = dataset_factory(cache, views=VIEWS, augment=True, seed=1)
+    train = make(["P003-L1", "P001-L1"], train=True)
+    test = make(["P003-L1", "P001-L1"], train=False)
+    assert [train[i]["lesion_id"] for i in range(2)] == ["P003-L1", "P001-L1"]
+    assert train.augment and not test.augment
+    assert torch.equal(test[0]["images"]["axial"], torch.from_numpy(cache.image["axial"][3]))
+    with pytest.raises(InputError, match="not in the crop cache: P999-L1"):
+        make(["P999-L1"], train=False)

@@ -180,3 +180,23 @@ def test_validation_history_and_class_weighting():
     with pytest.raises(ConfigError, match="both classes"):
         fit_fold(model, one_class, epochs=1, attention_weight=0.0, class_weighting=True,
                  seed=0, device="cpu", progress=False)
+
+
+def test_training_draws_new_augmentations_each_epoch():
+    class Recorder(Dataset):
+        def __init__(self, inner):
+            self.inner, self.epochs = inner, []
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getitem__(self, i):
+            return self.inner[i]
+
+    data = Recorder(ToyCrops(n=8, size=32, views=("axial",)))
+    fit_fold(_model(), data, epochs=3, batch_size=4, attention_weight=0.0, seed=0,
+             device="cpu", progress=False)
+    assert data.epochs == [0, 1, 2]
