@@ -48,6 +48,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 
 import magn_lib
 from magn_lib.config import VIEWS
@@ -340,6 +341,12 @@ class CropCache:
 
     def __len__(self) -> int:
         return len(self.lesion_id)
+
+    def lesions(self) -> pd.DataFrame:
+        """The cached lesions: ``lesion_id, patient_id, label`` (label int 0/1)."""
+        return pd.DataFrame({"lesion_id": self.lesion_id.astype(str),
+                             "patient_id": self.patient_id.astype(str),
+                             "label": self.label.astype(int)})
 
     @property
     def crop_size(self) -> int:

@@ -49,6 +49,7 @@ __all__ = [
     "binary_metrics",
     "build_model",
     "config_by_name",
+    "configs_for",
     "ensure_folds",
     "fold_dir",
     "initialisation_warnings",
@@ -97,6 +98,11 @@ def config_by_name(name: str | GridConfig) -> GridConfig:
         if config.name == name:
             return config
     raise ConfigError(f"config: {name!r} is not one of {[c.name for c in CONFIGS]}")
+
+
+def configs_for(views: Sequence[str]) -> list[GridConfig]:
+    """The configurations of the grid that only read ``views`` (all 8 for the three views)."""
+    return [c for c in CONFIGS if set(c.views) <= set(views)]
 
 
 # ---------------------------------------------------------------------------------------- folds

@@ -273,8 +273,11 @@ def build_crop_cache(
            "magn_version": __version__}
     key_text = json.dumps(key, sort_keys=True)
     if path.is_file():
-        cached = read_cache(path)
-        if cached.provenance.get("inputs_key") == key_text:
+        try:
+            cached = read_cache(path)
+        except InputError:  # a cache of an older format: rebuilt below
+            cached = None
+        if cached is not None and cached.provenance.get("inputs_key") == key_text:
             return cached
 
     records = []

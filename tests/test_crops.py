@@ -240,6 +240,9 @@ def test_cache_round_trip(tmp_path):
     assert back.lesion_id.tolist() == ["P001-L1", "P002-L1", "P003-L1"]
     assert back.patient_id.tolist() == ["P001", "P002", "P003"]
     assert back.label.tolist() == [1, 0, 0]
+    assert back.lesions().to_dict("list") == {
+        "lesion_id": ["P001-L1", "P002-L1", "P003-L1"], "patient_id": ["P001", "P002", "P003"],
+        "label": [1, 0, 0]}
     assert back.present["coronal"].tolist() == [True, False, True]
     assert back.present["sagittal"].all() and back.present["axial"].all()
     assert not back.image["coronal"][1].any() and back.slice_index["coronal"][1] == -1

@@ -214,3 +214,12 @@ def test_initialisation_warnings():
     assert "no network" in message
     same = metrics.assign(weights_requested="he_uniform")
     assert initialisation_warnings(same) == []
+
+
+def test_configs_for_the_available_views():
+    from magn_lib.cv import configs_for
+
+    assert [c.name for c in configs_for(("sagittal", "coronal", "axial"))] == [
+        c.name for c in CONFIGS]
+    assert [c.name for c in configs_for(["sagittal", "axial"])] == [
+        "sagittal", "sagittal+attention", "axial", "axial+attention"]

@@ -132,3 +132,34 @@ def test_save_table_writes_artifact_csv(tmp_path):
     path = save_table(pd.DataFrame({"a": [1, 2]}), tmp_path / "run", "flow")
     assert path == tmp_path / "run" / "artifacts" / "flow.csv"
     assert pd.read_csv(path)["a"].tolist() == [1, 2]
+
+
+def test_plain_summary_reports_the_primary_comparison():
+    import numpy as np
+
+    from magn_lib import stats
+    from magn_lib.report import plain_summary
+
+    rng = np.random.default_rng(0)
+    n = 60
+    y = (np.arange(n) % 3 == 0).astype(int)
+    parts = []
+    for method, config, signal in (("magn", "multi-view+attention", 0.6),
+                                   ("radiomics", "multi-view", 0.2), ("reader", "reader1", 0.3)):
+        p = np.clip(signal * y + (1 - signal) * rng.random(n), 0, 1)
+        parts.append(pd.DataFrame({"method": method, "config": config, "fold": np.arange(n) % 5,
+                                   "lesion_id": [f"L{i}" for i in range(n)],
+                                   "patient_id": [f"P{i}" for i in range(n)], "label": y,
+                                   "probability": p}))
+    oof = pd.concat(parts, ignore_index=True)
+    metrics = stats.metrics_table(oof, n_resamples=100)
+    pairwise = stats.pairwise_delong(oof)
+    text = plain_summary(metrics, pairwise, n_patients=n, n_lesions=n, n_mm=int(y.sum()),
+                         embedded=True)
+    magn = metrics[metrics["method"] == "magn"].iloc[0]
+    assert f"{magn['auc']:.2f} (95 % CI {magn['auc_low']:.2f}–{magn['auc_high']:.2f})" in text[2]
+    assert "DeLong test, p = " in text[2] and "radiologists classified" in text[2]
+    assert "20 myeloma, 40 metastasis" in text[1]
+    assert "synthetic" in text[-1]
+    assert len(plain_summary(metrics, pairwise, n_patients=n, n_lesions=n, n_mm=20,
+                             embedded=False)) == 3
