@@ -70,7 +70,7 @@ class Profile:
     # training
     epochs: int = 10
     batch_size: int = 16
-    learning_rate: float = 1e-3
+    learning_rate: float = 5e-4
     lr_step_epochs: int = 5
     lr_gamma: float = 0.9
     class_weighting: bool = False

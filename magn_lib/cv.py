@@ -66,6 +66,9 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
 )
 FOLD_COLUMNS: tuple[str, ...] = ("lesion_id", "patient_id", "label", "fold")
 METRIC_NAMES: tuple[str, ...] = ("ACC", "AUC", "F1", "sensitivity", "specificity")
+# a fold's checkpoint (weights, optimiser, RNG states: hundreds of MB for three ResNets) is
+# written at most this often, so a killed fold loses at most about this much training time
+CHECKPOINT_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -376,6 +379,7 @@ def _run_one(config: GridConfig, fold: int, dataset_factory: Callable[..., Datas
         else 0.0,
         class_weighting=bool(_param(params, "class_weighting", False)),
         checkpoint_path=where / "checkpoint.pt",
+        checkpoint_seconds=CHECKPOINT_SECONDS,
         resume=True,
         seed=seed,
         device=str(_param(params, "device", "auto")),

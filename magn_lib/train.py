@@ -171,6 +171,7 @@ def fit_fold(
     progress: bool = True,
     desc: str | None = None,
     checkpoint_every: int = 1,
+    checkpoint_seconds: float | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` on one fold's training lesions; return the per-epoch history.
 
@@ -195,6 +196,10 @@ def fit_fold(
         desc: label of the progress bar.
         checkpoint_every: write the checkpoint every this many epochs (and after the last);
             raise it when checkpoints of large models cost more than their epochs.
+        checkpoint_seconds: instead of ``checkpoint_every``: write the checkpoint after an
+            epoch when at least this many seconds passed since the last one (or the start),
+            and not after the last epoch (the caller keeps the final weights). Bounds the work
+            lost to a kill while keeping checkpoint I/O small when epochs are short.
 
     Returns:
         DataFrame, one row per epoch: ``epoch`` (1-based), ``lr`` (the rate used in that epoch),
@@ -265,6 +270,7 @@ def fit_fold(
                              num_workers=num_workers, device=dev)
     bar = tqdm(total=epochs, initial=min(start, epochs), desc=desc or "fold", unit="epoch",
                disable=not progress, leave=False)
+    last_checkpoint = time.perf_counter()
     try:
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
@@ -289,7 +295,13 @@ def fit_fold(
                             _binary_summary(vout["label"], vout["probability"]).items()})
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
-            if path is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+            if checkpoint_seconds is None:
+                due = (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs
+            else:
+                due = (epoch + 1 < epochs
+                       and time.perf_counter() - last_checkpoint >= checkpoint_seconds)
+            if path is not None and due:
+                last_checkpoint = time.perf_counter()
                 _save_atomic({
                     "format": CHECKPOINT_FORMAT,
                     "epoch": epoch + 1,

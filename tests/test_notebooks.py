@@ -44,15 +44,69 @@ def test_every_notebook_runs_and_is_published(smoke_run):
     assert [n["status"] for n in manifest["notebooks"]] == ["executed"] * len(names)
 
 
+# every table and figure the study writes (figures as PNG and SVG); `make study` on the demo
+# profile writes the same set
+STUDY_TABLES = {
+    "attention_fidelity.csv",
+    "attention_fidelity_summary.csv",
+    "calibration.csv",
+    "decision_curves.csv",
+    "delong_pairwise.csv",
+    "exclusions.csv",
+    "fold_metrics_magn.csv",
+    "fold_metrics_radiomics.csv",
+    "folds.csv",
+    "front_page.json",
+    "inclusion_flow.csv",
+    "learning_curves_magn.csv",
+    "metrics_magn.csv",
+    "metrics_radiomics.csv",
+    "oof_magn.csv",
+    "oof_radiomics.csv",
+    "oof_readers.csv",
+    "radiomics_refused.csv",
+    "radiomics_selected.csv",
+    "reader_agreement.csv",
+    "reader_metrics.csv",
+    "readers_vs_models.csv",
+    "scanners.csv",
+    "table1.csv",
+    "table1_report.csv",
+    "table2.csv",
+    "table2_numbers.csv",
+    "table_s2_sagittal.csv",
+    "transfer_qc.csv",
+    "transfer_vs_truth.csv",
+}
+STUDY_FIGURES = {
+    "calibration",
+    "crops_axial",
+    "crops_coronal",
+    "crops_sagittal",
+    "decision_curves",
+    "fig2_transfer_met",
+    "fig2_transfer_mm",
+    "fig4_roc",
+    "fig5_gradcam_met",
+    "fig5_gradcam_mm",
+    "learning_curves",
+    "roc_all_models",
+    "transfer_quality",
+}
+
+
 def test_artifacts_of_the_study(smoke_run):
     result, _, _ = smoke_run
     artifacts = {p.name for p in result.paths.artifacts_dir.iterdir()}
-    expected = {
-        "table1.csv", "inclusion_flow.csv", "exclusions.csv", "scanners.csv",
-        "transfer_qc.csv", "transfer_vs_truth.csv", "transfer_quality.png", "transfer_quality.svg",
-        "fig2_transfer_mm.png", "fig2_transfer_met.png", "crops_sagittal.png",
-    }
+    expected = STUDY_TABLES | {f"{stem}.{ext}" for stem in STUDY_FIGURES for ext in ("png", "svg")}
     assert expected <= artifacts, sorted(expected - artifacts)
+    for name in expected:
+        assert (result.paths.artifacts_dir / name).stat().st_size > 0, name
+    front = json.loads((result.paths.artifacts_dir / "front_page.json").read_text())
+    assert len(front["summary"]) >= 3 and len(front["tables"]) == 2 and len(front["figures"]) >= 4
+    index = result.paths.index_html.read_text()
+    assert "Table 2" in index and "Fig. 4" in index and "Model card" in index
+    assert index.count("data:image/png;base64,") == len(front["figures"])
 
 
 def test_no_identity_in_reports_or_work(smoke_run):

@@ -200,3 +200,15 @@ def test_training_draws_new_augmentations_each_epoch():
     fit_fold(_model(), data, epochs=3, batch_size=4, attention_weight=0.0, seed=0,
              device="cpu", progress=False)
     assert data.epochs == [0, 1, 2]
+
+
+def test_time_based_checkpoints(tmp_path):
+    ds = ToyCrops(n=8, size=32, views=("axial",))
+    common = dict(epochs=3, batch_size=4, attention_weight=0.0, seed=0, device="cpu",
+                  progress=False)
+    rare = tmp_path / "rare.pt"
+    fit_fold(_model(), ds, checkpoint_path=rare, checkpoint_seconds=1e9, **common)
+    assert not rare.exists()  # never due, and never after the last epoch
+    often = tmp_path / "often.pt"
+    fit_fold(_model(), ds, checkpoint_path=often, checkpoint_seconds=0.0, **common)
+    assert torch.load(often, weights_only=True)["epoch"] == 2  # every epoch but the last
