@@ -79,6 +79,20 @@ def _cmd_deid_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from magn_lib.predict import predict_lesion
+
+    series = {view: getattr(args, view) for view in ("sagittal", "coronal", "axial")
+              if getattr(args, view)}
+    table = predict_lesion(args.run, series=series, mask=args.mask, mask_label=args.mask_label,
+                           config=args.config)
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    mean = table.iloc[-1]
+    print(f"\nprobability of multiple myeloma: {mean['probability']:.3f} -> {mean['call']} "
+          "(research use only; not a medical device)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="magn",
@@ -126,6 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("--manifest", required=True, help="the cohort's manifest folder")
     key.add_argument("--out", required=True, help="key file (CSV), outside reports/ and work/")
     key.set_defaults(func=_cmd_deid_key)
+
+    pred = sub.add_parser(
+        "predict", help="score one new lesion with the trained models of a finished study run"
+    )
+    pred.add_argument("--run", required=True, help="the run's report folder, e.g. reports/demo")
+    pred.add_argument("--sagittal", required=True, help="sagittal DICOM series folder")
+    pred.add_argument("--coronal", help="coronal DICOM series folder")
+    pred.add_argument("--axial", help="axial DICOM series folder")
+    pred.add_argument("--mask", required=True, help="lesion mask (NIfTI) on the sagittal grid")
+    pred.add_argument("--mask-label", type=int, default=1, help="the lesion's value in the mask")
+    pred.add_argument("--config", default="multi-view+attention",
+                      help="configuration whose fold models score (default: the paper's MAGN)")
+    pred.set_defaults(func=_cmd_predict)
 
     config = sub.add_parser("config", help="print a profile's resolved parameters")
     config.add_argument("--profile", default="demo")

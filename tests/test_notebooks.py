@@ -149,3 +149,30 @@ def test_second_run_skips_everything(smoke_run, monkeypatch):
                       progress=False)
     assert again.succeeded
     assert {r.status for r in again.notebooks} == {"skipped"}
+
+
+def test_predict_reproduces_the_held_out_prediction(smoke_run, capsys):
+    import pandas as pd
+
+    from magn_lib import cli
+    from magn_lib.manifest import load_manifest
+    from magn_lib.predict import predict_lesion
+
+    result, _, cohort = smoke_run
+    manifest = load_manifest(cohort / "manifest")
+    oof = pd.read_csv(result.paths.artifacts_dir / "oof_magn.csv", dtype={"lesion_id": str})
+    held_out = oof[oof["config"] == "multi-view+attention"].iloc[0]
+    lesion = manifest.lesions.set_index("lesion_id").loc[held_out["lesion_id"]]
+    series = {v: manifest.series_folder(lesion["patient_id"], v)
+              for v in ("sagittal", "coronal", "axial")}
+    table = predict_lesion(result.paths.report_dir, series=series,
+                           mask=manifest.mask_path(held_out["lesion_id"]),
+                           mask_label=int(lesion["mask_label"]))
+    assert table["fold"].tolist()[-1] == "mean" and len(table) == 1 + oof["fold"].nunique()
+    own = table[table["fold"] == str(held_out["fold"])]["probability"].iloc[0]
+    assert own == pytest.approx(held_out["probability"], abs=1e-4)
+
+    code = cli.main(["predict", "--run", str(result.paths.report_dir),
+                     "--sagittal", str(series["sagittal"]), "--mask",
+                     str(manifest.mask_path(held_out["lesion_id"]))])
+    assert code == 2 and "no series given for view(s) coronal, axial" in capsys.readouterr().err
