@@ -30,6 +30,7 @@ from magn_lib.errors import InputError
 
 __all__ = [
     "READ_COLUMNS",
+    "format_reader_metrics",
     "ordinal_score",
     "reader_agreement",
     "reader_metrics",
@@ -295,3 +296,21 @@ def reader_scores(reads: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
     ordinal = reader_predictions(reads, lesions, score="ordinal")
     ordinal["config"] = ordinal["config"] + " (confidence)"
     return pd.concat([calls, ordinal], ignore_index=True)
+
+
+def format_reader_metrics(table: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
+    """A readable version of :func:`reader_metrics`: one row per reader, "value (low–high)"."""
+
+    def ci(row: pd.Series, m: str) -> str:
+        value, lo, hi = row[m], row[f"{m}_low"], row[f"{m}_high"]
+        if not np.isfinite(value):
+            return "–"
+        return f"{value:.{decimals}f} ({lo:.{decimals}f}–{hi:.{decimals}f})"
+
+    columns = {"accuracy": "ACC", "f1": "F1", "sensitivity": "sensitivity",
+               "specificity": "specificity", "auc_call": "AUC (call)",
+               "auc_ordinal": "AUC (call + confidence)"}
+    out = pd.DataFrame({"reader": table["reader"], "lesions": table["n_lesions"].astype(int)})
+    for m, name in columns.items():
+        out[name] = [ci(r, m) for _, r in table.iterrows()]
+    return out

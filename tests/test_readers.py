@@ -154,3 +154,17 @@ def test_reader_scores_has_both_versions():
     assert table[table["config"] == "r1"]["probability"].tolist() == [1.0, 0.0, 0.0]
     ordinal = table[table["config"] == "r1 (confidence)"]["probability"].to_numpy()
     assert ordinal[0] == 1.0 and 0 < ordinal[2] < 0.5
+
+
+def test_format_reader_metrics():
+    from magn_lib.readers import format_reader_metrics
+
+    table = pd.DataFrame([{
+        "reader": "r1", "n_lesions": 40, "n_patients": 30,
+        **{f"{m}{suffix}": v for m in ("accuracy", "f1", "sensitivity", "specificity",
+                                         "auc_call", "auc_ordinal")
+           for suffix, v in (("", 0.7), ("_low", 0.6), ("_high", 0.8))},
+    }])
+    text = format_reader_metrics(table)
+    assert text.loc[0, "ACC"] == "0.70 (0.60–0.80)" and text.loc[0, "lesions"] == 40
+    assert list(text.columns)[-1] == "AUC (call + confidence)"
