@@ -5,8 +5,8 @@ views, 96 px, with pixel spacing) when it exists, else synthetic crops of that s
 project's pyradiomics settings (``configs/radiomics.yaml``, 469 features per view). The
 parallel run is timed twice: with a cold worker pool (process start and imports included, as in
 a first call) and with the pool warm (joblib reuses its workers); serial and warm rounds
-alternate and the best of each counts. The CPU load average is printed: numbers taken on a machine busy with other
-work understate the speed-up.
+alternate and the best of each counts. The CPU load average is printed: numbers taken on a
+machine busy with other work understate the speed-up.
 """
 
 from __future__ import annotations
