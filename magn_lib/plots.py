@@ -408,6 +408,17 @@ def _gray(img: np.ndarray) -> np.ndarray:
     return a
 
 
+def _label_panel(ax: Axes, *, row: int, col: int, title: str, view: str) -> None:
+    """An image panel of a views x columns grid: no ticks, column title on the first row,
+    view name on the first column."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if row == 0:
+        ax.set_title(title, fontsize="small")
+    if col == 0:
+        ax.set_ylabel(view)
+
+
 def plot_cam_grid(
     images: Mapping[str, np.ndarray],
     masks: Mapping[str, np.ndarray],
@@ -455,12 +466,7 @@ def plot_cam_grid(
                           interpolation="bilinear")
             if contour and mask.any():
                 ax.contour(mask, levels=[0.5], colors="lime", linewidths=1.2)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name, fontsize="small")
-            if c == 0:
-                ax.set_ylabel(view)
+            _label_panel(ax, row=r, col=c, title=name, view=view)
     if title:
         fig.suptitle(title)
     return fig
@@ -547,12 +553,7 @@ def plot_transfer_example(
             if box:
                 ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top,
                                        fill=False, edgecolor="yellow", linewidth=1))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name, fontsize="small")
-            if c == 0:
-                ax.set_ylabel(view)
+            _label_panel(ax, row=r, col=c, title=name, view=view)
     if title:
         fig.suptitle(title)
     return fig
