@@ -37,7 +37,6 @@ loadable with ``allow_pickle=False``; see :class:`CropCache` for its keys.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import tempfile
@@ -51,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 import magn_lib
+from magn_lib import repro
 from magn_lib.config import VIEWS
 from magn_lib.errors import InputError
 
@@ -547,8 +547,4 @@ def read_cache(path: str | os.PathLike[str]) -> CropCache:
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """``"sha256:<hex>"`` of a file's bytes, for :attr:`LesionCrops.sources`."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
+    return f"sha256:{repro.file_sha256(path)}"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -30,11 +29,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from magn_lib import stats
 from magn_lib.config import VIEWS, resolve_path
 from magn_lib.errors import ConfigError, InputError
 from magn_lib.model import MAGN
@@ -224,7 +223,7 @@ def ensure_folds(lesions: pd.DataFrame, path: str | Path, *, n_splits: int = 5,
 
 def binary_metrics(y_true: Sequence[int] | np.ndarray, probability: Sequence[float] | np.ndarray,
                    *, threshold: float = 0.5) -> dict[str, float]:
-    """ACC, AUC, F1 (MM as positive class), sensitivity and specificity (scikit-learn).
+    """:func:`magn_lib.stats.binary_metrics` under the grid's column names, with counts.
 
     Args:
         y_true: labels, 1 = MM, 0 = metastasis.
@@ -236,20 +235,9 @@ def binary_metrics(y_true: Sequence[int] | np.ndarray, probability: Sequence[flo
         rate of an absent class) is NaN when only one class is present.
     """
     y = np.asarray(y_true, dtype=int)
-    p = np.asarray(probability, dtype=float)
-    call = (p >= threshold).astype(int)
-    both = len(np.unique(y)) == 2
-    return {
-        "n": int(len(y)),
-        "n_mm": int(y.sum()),
-        "ACC": float(accuracy_score(y, call)),
-        "AUC": float(roc_auc_score(y, p)) if both else math.nan,
-        "F1": float(f1_score(y, call, pos_label=1, zero_division=0)),
-        "sensitivity": float(recall_score(y, call, pos_label=1, zero_division=0))
-        if (y == 1).any() else math.nan,
-        "specificity": float(recall_score(y, call, pos_label=0, zero_division=0))
-        if (y == 0).any() else math.nan,
-    }
+    m = stats.binary_metrics(y, np.asarray(probability, dtype=float), threshold=threshold)
+    return {"n": int(len(y)), "n_mm": int(y.sum()), "ACC": m["accuracy"], "AUC": m["auc"],
+            "F1": m["f1"], "sensitivity": m["sensitivity"], "specificity": m["specificity"]}
 
 
 def pooled_metrics(predictions: pd.DataFrame, *, threshold: float = 0.5) -> pd.DataFrame:

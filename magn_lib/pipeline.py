@@ -47,7 +47,7 @@ from magn_lib.report import (
     render_html,
     render_index,
 )
-from magn_lib.repro import environment_info, git_state
+from magn_lib.repro import environment_info, file_sha256, git_state
 
 __all__ = [
     "RUN_PARAMETERS",
@@ -203,14 +203,6 @@ def declared_parameters(path: str | Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- checksums
-
-
-def file_sha256(path: str | Path, *, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tree_sha256(folder: str | Path, *, suffixes: tuple[str, ...] | None = None) -> dict[str, str]:

@@ -7,6 +7,7 @@ writes them into ``run_manifest.json``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import os
@@ -22,6 +23,7 @@ __all__ = [
     "KEY_PACKAGES",
     "check_environment",
     "environment_info",
+    "file_sha256",
     "git_state",
     "package_versions",
     "set_determinism",
@@ -73,6 +75,15 @@ def set_determinism(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
+
+
+def file_sha256(path: str | Path, *, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (read in chunks: inputs can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def package_versions(distributions: dict[str, str] | None = None) -> dict[str, str | None]:

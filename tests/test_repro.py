@@ -45,3 +45,13 @@ def test_environment_info_fields():
 
 def test_git_state_outside_a_repository(tmp_path):
     assert git_state(tmp_path) == {"commit": None, "dirty": None}
+
+
+def test_file_sha256_matches_hashlib(tmp_path):
+    import hashlib
+
+    from magn_lib.repro import file_sha256
+
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"x" * 3_000_000)
+    assert file_sha256(path, chunk=4096) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
