@@ -19,28 +19,28 @@ from benchmarks.common import Result
 
 
 def _demo_inputs(tmp: Path) -> tuple[Path, Path]:
-    from magn_lib.config import load_profile, run_paths
+    from magn_lib.config import load_profile
     from magn_lib.crops import read_cache
     from magn_lib.cv import ensure_folds
     from magn_lib.ingest import ingest_cohort
+    from magn_lib.layout import RunPaths, default_run_paths
     from magn_lib.manifest import load_manifest
     from magn_lib.pipeline import resolve_manifest
     from magn_lib.stages import build_crop_cache, transfer_cohort
 
-    paths = run_paths("reports/demo", "work/demo")
-    cache, folds = paths.work_dir / "crops.npz", paths.artifacts_dir / "folds.csv"
-    if cache.is_file() and folds.is_file():
-        return cache, folds
+    paths = default_run_paths("demo")
+    if paths.crop_cache.is_file() and paths.folds_csv.is_file():
+        return paths.crop_cache, paths.folds_csv
     cfg = load_profile("demo")
+    paths = RunPaths(report_dir=tmp / "reports", work_dir=tmp / "work")
     manifest = load_manifest(resolve_manifest(None, cfg, progress=False), views=cfg.views)
-    ingest = ingest_cohort(manifest, tmp / "work", n_jobs=cfg.n_jobs, progress=False)
+    ingest = ingest_cohort(manifest, paths.work_dir, n_jobs=cfg.n_jobs, progress=False)
     transfer = transfer_cohort(ingest, progress=False)
-    cache = tmp / "crops.npz"
-    built = build_crop_cache(ingest, transfer, cache, views=cfg.views, crop_size=cfg.crop_size,
-                             progress=False)
-    ensure_folds(built.lesions(), tmp / "folds.csv", n_splits=cfg.n_folds, seed=cfg.seed)
-    read_cache(cache)
-    return cache, tmp / "folds.csv"
+    built = build_crop_cache(ingest, transfer, paths.crop_cache, views=cfg.views,
+                             crop_size=cfg.crop_size, progress=False)
+    ensure_folds(built.lesions(), paths.folds_csv, n_splits=cfg.n_folds, seed=cfg.seed)
+    read_cache(paths.crop_cache)
+    return paths.crop_cache, paths.folds_csv
 
 
 def _pooled_auc(cache_path: Path, folds, *, out: Path) -> tuple[float, float]:

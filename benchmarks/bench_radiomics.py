@@ -1,6 +1,6 @@
 """Radiomics extraction: serial vs joblib-parallel over lesions (target >= 1.8x on 2 cores).
 
-The ``demo`` crop cache (``work/demo/crops.npz``, written by ``make study``: 75 lesions x 3
+The ``demo`` crop cache (in ``work/demo``, written by ``make study``: 75 lesions x 3
 views, 96 px, with pixel spacing) when it exists, else synthetic crops of that size; the
 project's pyradiomics settings (``configs/radiomics.yaml``, 469 features per view). The
 parallel run is timed twice: with a cold worker pool (process start and imports included, as in
@@ -47,8 +47,9 @@ def _crops(seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 def _demo_crops() -> dict | None:
     from magn_lib.crops import read_cache
+    from magn_lib.layout import default_run_paths
 
-    path = project_root() / "work" / "demo" / "crops.npz"
+    path = default_run_paths("demo").crop_cache
     if not path.is_file():
         return None
     cache = read_cache(path)

@@ -68,13 +68,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_deid_key(args: argparse.Namespace) -> int:
-    from magn_lib.config import project_root
     from magn_lib.ingest import write_deid_key
+    from magn_lib.layout import default_run_parents
     from magn_lib.manifest import load_manifest
 
     manifest = load_manifest(args.manifest)
-    root = project_root()
-    key = write_deid_key(manifest, args.out, forbidden=[root / "reports", root / "work"])
+    key = write_deid_key(manifest, args.out, forbidden=default_run_parents())
     print(f"de-identification key written to {key} (owner-readable only; keep it private)")
     return 0
 

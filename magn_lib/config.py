@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from magn_lib.errors import ConfigError
+from magn_lib.layout import RunPaths, run_paths  # re-exported: they used to live here
 
 __all__ = [
     "BACKBONES",
@@ -253,48 +254,3 @@ def load_profile(profile: str | Path = "demo", **overrides: Any) -> Profile:
     values.setdefault("profile", path.stem)
     values.update(overrides)
     return Profile(**values)
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Where one run reads and writes. ``report_dir`` is shareable; ``work_dir`` is private.
-
-    ``report_dir`` (``reports/<run>/``) holds executed notebooks, HTML, artefacts (figures and
-    tables) and ``run_manifest.json``; nothing identifying a patient goes there.
-    ``work_dir`` (``work/<run>/``) holds intermediate data: the generated cohort, NIfTI volumes,
-    transferred masks, crop cache and checkpoints.
-    """
-
-    report_dir: Path
-    work_dir: Path
-
-    @property
-    def executed_dir(self) -> Path:
-        return self.report_dir / "executed"
-
-    @property
-    def html_dir(self) -> Path:
-        return self.report_dir / "html"
-
-    @property
-    def full_html_dir(self) -> Path:
-        return self.report_dir / "html-full"
-
-    @property
-    def artifacts_dir(self) -> Path:
-        return self.report_dir / "artifacts"
-
-    @property
-    def run_manifest(self) -> Path:
-        return self.report_dir / "run_manifest.json"
-
-    @property
-    def index_html(self) -> Path:
-        return self.report_dir / "index.html"
-
-
-def run_paths(run_dir: str | Path, work_dir: str | Path | None = None) -> RunPaths:
-    """The :class:`RunPaths` of a run; ``work_dir`` defaults to ``work/<name of run_dir>``."""
-    report_dir = resolve_path(run_dir)
-    work = resolve_path(work_dir) if work_dir else project_root() / "work" / report_dir.name
-    return RunPaths(report_dir=report_dir, work_dir=work)

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from magn_lib import stats
 from magn_lib.config import VIEWS, resolve_path
 from magn_lib.errors import ConfigError, InputError
+from magn_lib.layout import GridPaths
 from magn_lib.model import MAGN
 from magn_lib.repro import set_determinism
 from magn_lib.train import fit_fold, predict
@@ -288,14 +289,15 @@ def build_model(config: str | GridConfig, params: Any, *, weights: Any = "profil
 
 
 def fold_dir(out_dir: str | Path, config: str | GridConfig, fold: int) -> Path:
-    """The folder of one (configuration, fold): ``out_dir/<config>/fold<k>``."""
-    return Path(out_dir) / config_by_name(config).name / f"fold{int(fold)}"
+    """The folder of one (configuration, fold) under ``out_dir`` (named by
+    :class:`~magn_lib.layout.GridPaths`)."""
+    return GridPaths(Path(out_dir)).fold_dir(config_by_name(config).name, fold)
 
 
 def load_fold_model(out_dir: str | Path, config: str | GridConfig, fold: int, params: Any,
                     *, map_location: str | torch.device = "cpu") -> MAGN:
     """The trained model of one (configuration, fold) saved by :func:`run_grid`, in eval mode."""
-    path = fold_dir(out_dir, config, fold) / "model.pt"
+    path = GridPaths(Path(out_dir)).fold(config_by_name(config).name, fold).model
     if not path.is_file():
         raise InputError("no saved model for this configuration and fold", file=path,
                          hint="list the configuration in run_grid's keep_weights and run it")
@@ -334,20 +336,20 @@ def _run_one(config: GridConfig, fold: int, dataset_factory: Callable[..., Datas
              track_test: bool, data_fingerprint: str | None) -> None:
     train_ids = folds.loc[folds["fold"] != fold, "lesion_id"].tolist()
     test_ids = folds.loc[folds["fold"] == fold, "lesion_id"].tolist()
-    where = fold_dir(out_dir, config, fold)
-    done = where / "done.json"
+    files = GridPaths(out_dir).fold(config.name, fold)
+    where, done = files.folder, files.done
     fingerprint = _fingerprint(config, fold, params, train_ids, test_ids, data_fingerprint)
     if done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint \
-            and (where / "predictions.csv").is_file() and (where / "history.csv").is_file() \
-            and (not keep or (where / "model.pt").is_file()):
+            and files.predictions.is_file() and files.history.is_file() \
+            and (not keep or files.model.is_file()):
         return
     if where.exists():
-        started = where / "started.json"
+        started = files.started
         if not started.is_file() or json.loads(started.read_text()).get("fingerprint") \
                 != fingerprint:
             shutil.rmtree(where)  # stale: other parameters or lesions
     where.mkdir(parents=True, exist_ok=True)
-    _write_json({"fingerprint": fingerprint}, where / "started.json")
+    _write_json({"fingerprint": fingerprint}, files.started)
 
     seed = int(_param(params, "seed", 0)) + fold
     set_determinism(seed)
@@ -366,7 +368,7 @@ def _run_one(config: GridConfig, fold: int, dataset_factory: Callable[..., Datas
         attention_weight=float(_param(params, "attention_weight", 0.5)) if config.attention
         else 0.0,
         class_weighting=bool(_param(params, "class_weighting", False)),
-        checkpoint_path=where / "checkpoint.pt",
+        checkpoint_path=files.checkpoint,
         checkpoint_seconds=CHECKPOINT_SECONDS,
         resume=True,
         seed=seed,
@@ -387,13 +389,13 @@ def _run_one(config: GridConfig, fold: int, dataset_factory: Callable[..., Datas
     pred.insert(0, "config", config.name)
     pred.insert(0, "method", "magn")
     pred = pred[list(PREDICTION_COLUMNS)]
-    pred.to_csv(where / "predictions.csv", index=False)
-    history.to_csv(where / "history.csv", index=False)
+    pred.to_csv(files.predictions, index=False)
+    history.to_csv(files.history, index=False)
     if keep:
         torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "normalize": model.normalize, "init_report": model.init_report,
-                    "config": config.name, "fold": fold}, where / "model.pt")
-    (where / "checkpoint.pt").unlink(missing_ok=True)  # optimiser state is not needed any more
+                    "config": config.name, "fold": fold}, files.model)
+    files.checkpoint.unlink(missing_ok=True)  # optimiser state is not needed any more
     metrics = {"config": config.name, "fold": fold, "n_train": len(train_ids),
                **binary_metrics(pred["label"], pred["probability"]),
                "epochs": len(history), "train_seconds": seconds,
@@ -408,7 +410,7 @@ def run_grid(
     folds: pd.DataFrame,
     configs: Sequence[str | GridConfig] = CONFIGS,
     params: Any = None,
-    out_dir: str | Path = "magn_cv",
+    out_dir: str | Path = GridPaths.DEFAULT_NAME,
     *,
     keep_weights: bool | Sequence[str] = ("multi-view", "multi-view+attention"),
     track_test: bool = True,
@@ -429,9 +431,11 @@ def run_grid(
             ``attention_weight`` — used by "+attention" configurations, 0 otherwise —,
             ``class_weighting``, ``device``, ``num_workers``) and ``seed`` (fold ``k`` trains
             with ``seed + k`` in every configuration).
-        out_dir: folder of the per-(config, fold) outputs (``predictions.csv``,
-            ``history.csv``, ``done.json``, ``model.pt``, transient ``checkpoint.pt``).
-        keep_weights: configurations whose trained weights are kept as ``model.pt`` (for
+        out_dir: folder of the per-(config, fold) outputs (a run's
+            :attr:`~magn_lib.layout.WorkPaths.grid_dir`; files named by
+            :class:`~magn_lib.layout.FoldPaths`: predictions, history, done, kept model,
+            transient checkpoint).
+        keep_weights: configurations whose trained weights are kept (for
             :func:`load_fold_model` and Grad-CAM); ``True`` keeps all, ``False`` none.
         track_test: evaluate the held-out fold after every epoch for the learning curves
             (``val_*`` columns; never used for model selection).
@@ -459,11 +463,11 @@ def run_grid(
                  progress=progress, track_test=track_test, data_fingerprint=data_fingerprint)
     predictions, metrics, curves = [], [], []
     for config, fold in tasks:
-        where = fold_dir(out_dir, config, fold)
-        predictions.append(pd.read_csv(where / "predictions.csv",
+        files = GridPaths(out_dir).fold(config.name, fold)
+        predictions.append(pd.read_csv(files.predictions,
                                        dtype={"lesion_id": str, "patient_id": str}))
-        metrics.append(json.loads((where / "done.json").read_text())["metrics"])
-        curve = pd.read_csv(where / "history.csv")
+        metrics.append(json.loads(files.done.read_text())["metrics"])
+        curve = pd.read_csv(files.history)
         curve.insert(0, "fold", fold)
         curve.insert(0, "config", config.name)
         curves.append(curve)

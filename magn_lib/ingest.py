@@ -1,12 +1,14 @@
 """Ingest stage: every DICOM series and sagittal mask of a manifest into de-identified NIfTI.
 
 For each patient of a validated :class:`~magn_lib.manifest.Manifest` this reads every series
-the run needs with :func:`magn_lib.dicom.read_series` and writes, under ``work_dir``::
+the run needs with :func:`magn_lib.dicom.read_series` and writes, under ``work_dir`` (file
+names: :class:`magn_lib.layout.WorkPaths`):
 
-    nifti/<patient_id>/<view>.nii.gz          the volume, float32, affine voxel -> world RAS+ mm
-    masks/<lesion_id>/sagittal.nii.gz         the lesion's mask (its ``mask_label``), uint8 0/1
-    ingest/series.csv                         one row per series: grid and acquisition, no identity
-    ingest/exclusions.csv                     patients that could not be read, with the reason
+- each series as a volume (``volume(patient_id, view)``), float32, affine voxel -> world RAS+ mm;
+- each lesion's sagittal mask (``mask(lesion_id, "sagittal")``; its ``mask_label``), uint8 0/1;
+- the tables (``ingest_table``): ``series`` (one row per series: grid and acquisition, no
+  identity), ``exclusions`` (patients that could not be read, with the reason), and the
+  manifest's ``patients`` and ``lesions`` restricted to the patients read.
 
 Only geometry and pixel values leave the DICOM files: NIfTI headers carry no text, file names
 carry only the study's pseudonymous ids, and error reasons written to the exclusions table are
@@ -33,6 +35,7 @@ import pandas as pd
 from magn_lib import __version__
 from magn_lib.dicom import read_series, series_identity, series_metadata
 from magn_lib.errors import InputError
+from magn_lib.layout import INGEST_TABLES, WorkPaths
 from magn_lib.manifest import Manifest
 
 __all__ = [
@@ -60,7 +63,7 @@ class IngestResult:
         series: one row per ingested series: ``patient_id``, ``view``, ``nifti`` (path
             relative to ``work_dir``), shape, voxel size (mm) and acquisition metadata.
         exclusions: ``EXCLUSION_COLUMNS``; one row per lesion of each excluded patient.
-        work_dir: where the files are.
+        work_dir: where the files are (named by :attr:`paths`).
         n_read, n_skipped: patients read now / found unchanged from an earlier ingest.
     """
 
@@ -72,24 +75,24 @@ class IngestResult:
     n_read: int
     n_skipped: int
 
-    def volume_path(self, patient_id: str, view: str) -> Path:
-        return self.work_dir / "nifti" / patient_id / f"{view}.nii.gz"
+    @property
+    def paths(self) -> WorkPaths:
+        """The work folder's layout: ``paths.volume(patient_id, view)``,
+        ``paths.mask(lesion_id, "sagittal")``."""
+        return WorkPaths(self.work_dir)
 
     @classmethod
     def load(cls, work_dir: str | Path) -> IngestResult:
         """The result of an earlier :func:`ingest_cohort` into ``work_dir`` (from its tables)."""
-        work_dir = Path(work_dir)
-        folder = work_dir / "ingest"
-        if not (folder / "lesions.csv").is_file():
+        paths = WorkPaths(Path(work_dir))
+        if not paths.ingest_table("lesions").is_file():
             raise FileNotFoundError(
-                f"no ingest results in {folder}: run the cohort notebook (01) or ingest_cohort"
+                f"no ingest results in {paths.ingest_dir}: run the cohort notebook (01) or "
+                "ingest_cohort"
             )
-        tables = {name: _read_table(folder / f"{name}.csv")
-                  for name in ("patients", "lesions", "series", "exclusions")}
-        return cls(**tables, work_dir=work_dir, n_read=0, n_skipped=len(tables["patients"]))
-
-    def mask_path(self, lesion_id: str) -> Path:
-        return self.work_dir / "masks" / lesion_id / "sagittal.nii.gz"
+        tables = {name: _read_table(paths.ingest_table(name)) for name in INGEST_TABLES}
+        return cls(**tables, work_dir=paths.work_dir, n_read=0,
+                   n_skipped=len(tables["patients"]))
 
 
 def save_nifti(img: nib.Nifti1Image, path: str | Path) -> None:
@@ -145,13 +148,13 @@ def _identity_values(folders: Sequence[Path]) -> list[str]:
 
 
 def _ingest_patient(
-    manifest: Manifest, patient_id: str, views: Sequence[str], work_dir: Path
+    manifest: Manifest, patient_id: str, views: Sequence[str], paths: WorkPaths
 ) -> dict[str, Any]:
     """Read one patient; return its series rows, or the reason it is excluded."""
     folders = {view: manifest.series_folder(patient_id, view) for view in views}
     lesions = manifest.lesions[manifest.lesions["patient_id"] == patient_id]
     mask_files = sorted({manifest.path(m) for m in lesions["mask"]})
-    stamp = work_dir / "nifti" / patient_id / ".ingest.json"
+    stamp = paths.ingest_stamp(patient_id)
     signature = _signature(
         [*folders.values(), *mask_files],
         {"views": list(views), "lesions": lesions[["lesion_id", "mask", "mask_label"]]
@@ -166,11 +169,11 @@ def _ingest_patient(
         for view, folder in folders.items():
             img = read_series(folder, patient=patient_id)
             meta = series_metadata(folder, patient=patient_id)
-            out = work_dir / "nifti" / patient_id / f"{view}.nii.gz"
+            out = paths.volume(patient_id, view)
             save_nifti(img, out)
             rows.append({
                 "patient_id": patient_id, "view": view,
-                "nifti": out.relative_to(work_dir).as_posix(),
+                "nifti": out.relative_to(paths.work_dir).as_posix(),
                 "shape": "x".join(map(str, img.shape)),
                 "voxel_mm": "x".join(f"{z:.3f}" for z in img.header.get_zooms()[:3]),
                 **{k: _plain(meta.get(k)) for k in _METADATA_KEYS},
@@ -178,7 +181,7 @@ def _ingest_patient(
             if view == "sagittal":
                 sagittal = img
         for lesion in lesions.itertuples():
-            _save_lesion_mask(manifest, lesion, sagittal, work_dir)
+            _save_lesion_mask(manifest, lesion, sagittal, paths)
     except InputError as exc:
         reason = _scrub(str(exc), _identity_values(list(folders.values())), manifest.root)
         return {"patient_id": patient_id, "error": reason}
@@ -193,7 +196,7 @@ def _plain(value: Any) -> Any:
 
 
 def _save_lesion_mask(manifest: Manifest, lesion: Any, sagittal: nib.Nifti1Image,
-                      work_dir: Path) -> None:
+                      paths: WorkPaths) -> None:
     path = manifest.path(lesion.mask)
     mask = nib.load(path)
     data = np.asanyarray(mask.dataobj)
@@ -215,7 +218,7 @@ def _save_lesion_mask(manifest: Manifest, lesion: Any, sagittal: nib.Nifti1Image
     out = nib.Nifti1Image(binary, sagittal.affine)
     out.set_qform(sagittal.affine, code=1)
     out.set_sform(sagittal.affine, code=1)
-    save_nifti(out, work_dir / "masks" / lesion.lesion_id / "sagittal.nii.gz")
+    save_nifti(out, paths.mask(lesion.lesion_id, "sagittal"))
 
 
 def ingest_cohort(
@@ -236,17 +239,18 @@ def ingest_cohort(
         progress: show a tqdm bar.
 
     Returns:
-        An :class:`IngestResult`; its tables are also written under ``work_dir/ingest/``.
+        An :class:`IngestResult`; its tables are also written to the work folder
+        (:meth:`magn_lib.layout.WorkPaths.ingest_table`).
     """
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
-    work_dir = Path(work_dir)
+    paths = WorkPaths(Path(work_dir))
     views = tuple(views or manifest.views)
     if "sagittal" not in views:
         views = ("sagittal", *views)
     patient_ids = manifest.patients["patient_id"].tolist()
-    jobs = (delayed(_ingest_patient)(manifest, pid, views, work_dir) for pid in patient_ids)
+    jobs = (delayed(_ingest_patient)(manifest, pid, views, paths) for pid in patient_ids)
     runner = Parallel(n_jobs=n_jobs, return_as="generator")
     results = list(tqdm(runner(jobs), total=len(patient_ids), desc="ingest", unit="patient",
                         disable=not progress))
@@ -265,17 +269,16 @@ def ingest_cohort(
     keep = ~manifest.patients["patient_id"].isin(failed)
     patients = manifest.patients[keep].reset_index(drop=True)
     lesions = lesions[~lesions["patient_id"].isin(failed)].reset_index(drop=True)
-    out = work_dir / "ingest"
-    out.mkdir(parents=True, exist_ok=True)
+    paths.ingest_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in (("series", series), ("exclusions", exclusions),
                         ("patients", patients), ("lesions", lesions)):
-        _write_csv(frame, out / f"{name}.csv")
+        _write_csv(frame, paths.ingest_table(name))
     return IngestResult(
         patients=patients,
         lesions=lesions,
         series=series,
         exclusions=exclusions,
-        work_dir=work_dir,
+        work_dir=paths.work_dir,
         n_read=sum(1 for r in results if r.get("skipped") is False),
         n_skipped=sum(1 for r in results if r.get("skipped") is True),
     )

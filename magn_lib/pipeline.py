@@ -39,6 +39,7 @@ import nbformat
 from magn_lib import __version__
 from magn_lib.config import Profile, RunPaths, load_profile, project_root, resolve_path, run_paths
 from magn_lib.errors import ConfigError
+from magn_lib.layout import ReportPaths, default_run_paths
 from magn_lib.report import (
     IndexEntry,
     atomic_write_text,
@@ -66,7 +67,6 @@ __all__ = [
 NOTEBOOK_PATTERN = re.compile(r"^\d{2}_[A-Za-z0-9_]+\.ipynb$")
 # parameters the runner provides besides the profile's own
 RUN_PARAMETERS = ("run_dir", "work_dir", "manifest_dir")
-WARNINGS_FILE = "warnings.json"
 # metadata key of an executed notebook that the runner stamps once the notebook completed
 RUN_STAMP = "magn_run"
 
@@ -262,7 +262,7 @@ def record_warning(run_dir: str | Path, source: str, message: str) -> None:
     Notebooks call this; the runner lists every recorded warning on ``index.html`` and in
     ``run_manifest.json``. Repeated identical warnings are kept once.
     """
-    path = resolve_path(run_dir) / WARNINGS_FILE
+    path = ReportPaths(resolve_path(run_dir)).warnings_file
     entries = read_warnings(run_dir)
     entry = {"source": source, "message": message}
     if entry not in entries:
@@ -271,7 +271,7 @@ def record_warning(run_dir: str | Path, source: str, message: str) -> None:
 
 
 def read_warnings(run_dir: str | Path) -> list[dict[str, str]]:
-    path = resolve_path(run_dir) / WARNINGS_FILE
+    path = ReportPaths(resolve_path(run_dir)).warnings_file
     if not path.is_file():
         return []
     return json.loads(path.read_text())
@@ -280,7 +280,7 @@ def read_warnings(run_dir: str | Path) -> list[dict[str, str]]:
 def _clear_warnings(run_dir: Path, source: str) -> None:
     """Forget a notebook's warnings before it runs again (it records them afresh)."""
     kept = [w for w in read_warnings(run_dir) if w["source"] != source]
-    path = run_dir / WARNINGS_FILE
+    path = ReportPaths(run_dir).warnings_file
     if kept:
         atomic_write_text(path, json.dumps(kept, indent=2))
     else:
@@ -303,9 +303,10 @@ def _display_path(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _run_lock(report_dir: Path) -> Iterator[None]:
+def _run_lock(paths: ReportPaths) -> Iterator[None]:
+    report_dir = paths.report_dir
     report_dir.mkdir(parents=True, exist_ok=True)
-    with open(report_dir / ".lock", "w") as lock:
+    with open(paths.lock_file, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -388,12 +389,12 @@ def _publish_html(nb: nbformat.NotebookNode, name: str, paths: RunPaths) -> None
     title = notebook_title(nb)
     clinician = render_html(nb, with_code=False, title=title)
     full = render_html(nb, with_code=True, title=title)
-    atomic_write_text(paths.html_dir / f"{name}.html", clinician)
-    atomic_write_text(paths.full_html_dir / f"{name}.html", full)
+    atomic_write_text(paths.html(name), clinician)
+    atomic_write_text(paths.full_html(name), full)
 
 
 def _unpublish_html(name: str, paths: RunPaths) -> None:
-    for path in (paths.html_dir / f"{name}.html", paths.full_html_dir / f"{name}.html"):
+    for path in (paths.html(name), paths.full_html(name)):
         path.unlink(missing_ok=True)
 
 
@@ -457,13 +458,13 @@ def run_study(
     from tqdm.auto import tqdm
 
     cfg = profile if isinstance(profile, Profile) else load_profile(profile)
-    paths = run_paths(run_dir or f"reports/{cfg.profile}", work_dir)
+    paths = run_paths(run_dir or default_run_paths(cfg.profile).report_dir, work_dir)
     notebooks = discover_notebooks(notebooks_dir)
     if not notebooks:
         raise ConfigError(f"notebooks_dir: no NN_name.ipynb notebooks in {notebooks_dir}")
     _check_kernel(kernel_name)
 
-    with _run_lock(paths.report_dir):
+    with _run_lock(paths):
         started = time.time()
         started_iso = _now()
         for folder in (paths.executed_dir, paths.html_dir, paths.artifacts_dir, paths.work_dir):
@@ -499,7 +500,7 @@ def run_study(
         bar = tqdm(total=len(notebooks), desc="study", unit="notebook", disable=not progress)
         for path, run in zip(notebooks, runs, strict=True):
             bar.set_postfix_str(run.name)
-            executed = paths.executed_dir / path.name
+            executed = paths.executed(path.stem)
             run.parameters = _injected_parameters(declared_parameters(path), cfg, run_params)
             run.fingerprint = _fingerprint(
                 notebook=notebook_source_sha256(path),
@@ -515,7 +516,7 @@ def run_study(
                 run.status = "skipped"
                 run.started, run.finished = timing.get("start_time"), timing.get("end_time")
                 run.duration_s = timing.get("duration")
-                if not (paths.html_dir / f"{run.name}.html").is_file():
+                if not paths.html(run.name).is_file():
                     _publish_html(done, run.name, paths)
                 bar.update()
                 continue
@@ -570,7 +571,7 @@ def run_study(
         atomic_write_text(paths.run_manifest, json.dumps(manifest_record, indent=2))
 
         if succeeded:
-            page = _index_page(cfg, runs, manifest_record, paths.report_dir)
+            page = _index_page(cfg, runs, manifest_record, paths)
             atomic_write_text(paths.index_html, page)
         else:
             paths.index_html.unlink(missing_ok=True)
@@ -579,14 +580,14 @@ def run_study(
 
 
 def _index_page(
-    cfg: Profile, runs: list[NotebookRun], record: Mapping[str, Any], report_dir: Path
+    cfg: Profile, runs: list[NotebookRun], record: Mapping[str, Any], paths: ReportPaths
 ) -> str:
     entries = [
         IndexEntry(
             title=r.title,
             summary=r.summary,
-            clinician_href=f"html/{r.name}.html",
-            full_href=f"html-full/{r.name}.html",
+            clinician_href=paths.relative(paths.html(r.name)),
+            full_href=paths.relative(paths.full_html(r.name)),
             status=r.status,
         )
         for r in runs
@@ -623,5 +624,7 @@ def _index_page(
         provenance=provenance,
         warnings=warnings,
         intro_html=intro,
-        body_html=front_page_html(report_dir, embedded=record["run"]["embedded_cohort"]),
+        body_html=front_page_html(paths.report_dir,
+                                  embedded=record["run"]["embedded_cohort"]),
+        record_href=paths.relative(paths.run_manifest),
     )

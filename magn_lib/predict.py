@@ -21,10 +21,11 @@ import pandas as pd
 
 from magn_lib.config import Profile, resolve_path
 from magn_lib.crops import CropCache, LesionCrops, crop_lesion
-from magn_lib.cv import config_by_name, fold_dir, load_fold_model
+from magn_lib.cv import config_by_name, load_fold_model
 from magn_lib.data import CropDataset
 from magn_lib.dicom import read_series
 from magn_lib.errors import InputError
+from magn_lib.layout import ReportPaths, WorkPaths
 from magn_lib.train import predict
 from magn_lib.transfer import transfer_mask
 
@@ -32,9 +33,9 @@ __all__ = ["predict_lesion"]
 
 
 def _run_record(run_dir: Path) -> dict:
-    record_path = run_dir / "run_manifest.json"
+    record_path = ReportPaths(run_dir).run_manifest
     if not record_path.is_file():
-        raise InputError("no run_manifest.json: not a finished study run", file=run_dir,
+        raise InputError(f"no {record_path.name}: not a finished study run", file=run_dir,
                          hint="run `magn study` first, or give its --out folder")
     record = json.loads(record_path.read_text())
     if record.get("status") != "succeeded":
@@ -55,7 +56,7 @@ def predict_lesion(
     """MM probability of one lesion by every fold model of ``config`` in a finished run.
 
     Args:
-        run_dir: the run's report folder (``reports/<run>``), holding ``run_manifest.json``.
+        run_dir: the run's report folder (``reports/<run>``), holding its run manifest.
         series: ``{view: DICOM series folder}`` for every view the configuration reads.
         mask: the lesion mask (NIfTI) on the sagittal series' grid, as for the study.
         mask_label: the lesion's value in ``mask``.
@@ -74,7 +75,7 @@ def predict_lesion(
     run_dir = resolve_path(run_dir)
     record = _run_record(run_dir)
     params = Profile(**record["parameters"])
-    work_dir = resolve_path(record["run"]["work_dir"])
+    grid_paths = WorkPaths(resolve_path(record["run"]["work_dir"])).grid
     grid = config_by_name(config)
     missing = [v for v in ("sagittal", *grid.views) if v not in series]
     if missing:
@@ -102,16 +103,14 @@ def predict_lesion(
         [LesionCrops(lesion_id="new", patient_id=patient, label=0, crops=crops)],
         views=grid.views, crop_size=params.crop_size)
     dataset = CropDataset(cache, views=grid.views)
-    folds = sorted(int(p.name.removeprefix("fold"))
-                   for p in (work_dir / "magn_cv" / grid.name).glob("fold*")
-                   if (p / "model.pt").is_file())
+    folds = grid_paths.trained_folds(grid.name)
     if not folds:
         raise InputError(f"the run kept no trained models of {grid.name}",
-                         file=fold_dir(work_dir / "magn_cv", grid, 0),
+                         file=grid_paths.config_dir(grid.name),
                          hint="the study keeps the multi-view models; choose one of those")
     rows = []
     for fold in folds:
-        model = load_fold_model(work_dir / "magn_cv", grid, fold, params)
+        model = load_fold_model(grid_paths.root, grid, fold, params)
         rows.append({"fold": str(fold),
                      "probability": float(predict(model, dataset)["probability"].iloc[0])})
     table = pd.DataFrame(rows)

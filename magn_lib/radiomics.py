@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from magn_lib.config import VIEWS, resolve_path
 from magn_lib.errors import ConfigError, InputError
+from magn_lib.layout import feature_cache
 
 __all__ = [
     "CLASSIFIERS",
@@ -376,12 +377,14 @@ def _assemble(
     return features, failures
 
 
-def _cached(cache_dir: str | PathLike[str] | None, stem: str, key: str, compute: Any):
-    """Load ``(features, failures)`` from ``cache_dir/stem-key.pkl`` or compute and store it."""
+def _cached(cache_dir: str | PathLike[str] | None, source: str, view: str | None, key: str,
+            compute: Any):
+    """Load ``(features, failures)`` from their cache file in ``cache_dir``
+    (:func:`magn_lib.layout.feature_cache`) or compute and store them."""
     if cache_dir is None:
         return compute()
     folder = resolve_path(cache_dir)
-    path = folder / f"{stem}-{key[:20]}.pkl"
+    path = feature_cache(folder, source=source, view=view, key=key)
     if path.is_file():
         with open(path, "rb") as f:
             stored = pickle.load(f)
@@ -523,7 +526,7 @@ def extract_crop_features(
         results = _run_tasks(_crop_task, tasks, n_jobs=n_jobs, progress=progress, desc=desc)
         return _assemble(ids, results, skipped, view)
 
-    return _cached(cache_dir, f"radiomics-{view or 'crops'}", key, compute)
+    return _cached(cache_dir, "crops", view, key, compute)
 
 
 def extract_volume_features(
@@ -584,7 +587,7 @@ def extract_volume_features(
         results = _run_tasks(_volume_task, tasks, n_jobs=n_jobs, progress=progress, desc=desc)
         return _assemble(ids, results, {}, view)
 
-    return _cached(cache_dir, f"radiomics3d-{view or 'volumes'}", key, compute)
+    return _cached(cache_dir, "volumes", view, key, compute)
 
 
 # --------------------------------------------------------------------------- model

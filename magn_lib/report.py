@@ -23,6 +23,8 @@ import nbformat
 import numpy as np
 from nbconvert import HTMLExporter
 
+from magn_lib.layout import ReportPaths
+
 __all__ = [
     "GLOSSARY",
     "IndexEntry",
@@ -55,11 +57,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
-def save_table(frame: Any, run_dir: str | Path, name: str, *, index: bool = False) -> Path:
-    """Write a table as ``<run_dir>/artifacts/<name>.csv`` (atomically); return the path."""
-    from magn_lib.config import resolve_path
+def save_table(frame: Any, path: str | Path, *, index: bool = False) -> Path:
+    """Write a table as CSV (atomically, folders created); return the path.
 
-    path = resolve_path(run_dir) / "artifacts" / f"{name}.csv"
+    Args:
+        frame: a pandas DataFrame.
+        path: the file, as the run's layout names it: ``paths.table(name)``,
+            ``paths.oof(method)`` (:class:`magn_lib.layout.ReportPaths`).
+        index: write the frame's index as the first column.
+    """
+    path = Path(path)
     atomic_write_text(path, frame.to_csv(index=index))
     return path
 
@@ -140,8 +147,6 @@ th{background:#f6f8fa} figure{margin:1rem 0} figure img{max-width:100%;height:au
 figcaption{font-size:.88rem;color:#3d444d} dt{font-weight:600} dd{margin:0 0 .5rem 1rem}
 .small{font-size:.85rem;color:#57606a}
 """
-
-FRONT_PAGE_FILE = "front_page.json"
 
 GLOSSARY: tuple[tuple[str, str], ...] = (
     ("AUC", "Area under the ROC curve: the probability that a randomly chosen myeloma lesion "
@@ -318,7 +323,7 @@ def write_front_page(
         model_facts: extra ``(field, text)`` rows of the model card (training data, metrics).
 
     Returns:
-        The path of the written ``artifacts/front_page.json``.
+        The path of the written front page record (:attr:`ReportPaths.front_page`).
     """
     from magn_lib.config import resolve_path
 
@@ -336,7 +341,7 @@ def write_front_page(
         "figures": [{"title": t, "png": rel(p), "caption": c} for t, p, c in figures],
         "model_facts": [list(f) for f in model_facts],
     }
-    out = run_dir / "artifacts" / FRONT_PAGE_FILE
+    out = ReportPaths(run_dir).front_page
     atomic_write_text(out, json.dumps(spec, indent=2))
     return out
 
@@ -360,7 +365,7 @@ def front_page_html(run_dir: str | Path, *, embedded: bool) -> str:
     """The clinician-facing part of ``index.html``: summary, tables, figures, limitations,
     model card and glossary. Without a recorded front page only the fixed sections appear."""
     run_dir = Path(run_dir)
-    spec_path = run_dir / "artifacts" / FRONT_PAGE_FILE
+    spec_path = ReportPaths(run_dir).front_page
     spec = json.loads(spec_path.read_text()) if spec_path.is_file() else {}
     esc = html.escape
     parts = []
@@ -398,13 +403,15 @@ def render_index(
     warnings: Sequence[str] = (),
     intro_html: str = "",
     body_html: str = "",
+    record_href: str | None = None,
 ) -> str:
     """The run's front page.
 
     Order: title and intro, warnings, ``body_html`` (summary, tables, figures, limitations,
     model card — see :func:`front_page_html`), the notebooks in reading order with one line
-    each, the glossary, provenance. All text is HTML-escaped except ``intro_html`` and
-    ``body_html``, which the caller builds from escaped parts.
+    each, the glossary, provenance and, when ``record_href`` is given, a link to the run's full
+    record (the run manifest, relative to the page). All text is HTML-escaped except
+    ``intro_html`` and ``body_html``, which the caller builds from escaped parts.
     """
     esc = html.escape
     items = "\n".join(
@@ -415,6 +422,10 @@ def render_index(
     )
     warn = "".join(f'<div class="warn"><b>Warning.</b> {esc(w)}</div>' for w in warnings)
     prov = "\n".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in provenance)
+    record = "" if record_href is None else (
+        '<p class="small">The full record (software versions, parameters, input checksums, '
+        f'timings) is in\n<a href="{esc(record_href)}">{esc(Path(record_href).name)}</a>.</p>'
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -433,7 +444,6 @@ def render_index(
 <table class="prov">
 {prov}
 </table>
-<p class="small">The full record (software versions, parameters, input checksums, timings) is in
-<a href="run_manifest.json">run_manifest.json</a>.</p>
+{record}
 </body></html>
 """

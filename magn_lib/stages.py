@@ -4,11 +4,11 @@ This is the paper's Fig. 2 applied to a whole cohort after ingest
 (:func:`magn_lib.ingest.ingest_cohort`):
 
 - :func:`transfer_cohort` moves every lesion's sagittal mask onto each other view's grid with
-  :func:`magn_lib.transfer.transfer_mask`, writes ``masks/<lesion_id>/<view>.nii.gz`` under
-  the work folder, and measures each transferred mask against the sagittal one (volume,
-  centroid). A lesion whose transferred mask is empty or implausibly small or large in a view
-  is **flagged with the reason** and left out of the analysis set — never silently dropped,
-  never silently kept.
+  :func:`magn_lib.transfer.transfer_mask`, writes it to the work folder
+  (:meth:`magn_lib.layout.WorkPaths.mask`), and measures each transferred mask against the
+  sagittal one (volume, centroid). A lesion whose transferred mask is empty or implausibly
+  small or large in a view is **flagged with the reason** and left out of the analysis set —
+  never silently dropped, never silently kept.
 - :func:`compare_with_truth` scores the transferred masks against true masks (the embedded
   cohort's phantom truth): Dice, average symmetric surface distance, 95 % Hausdorff distance.
 - :func:`build_crop_cache` cuts the lesion-centred 2.5D crops of every analysed lesion and view
@@ -40,6 +40,7 @@ from magn_lib.crops import (
 )
 from magn_lib.errors import InputError
 from magn_lib.ingest import EXCLUSION_COLUMNS, IngestResult, save_nifti
+from magn_lib.layout import TRANSFER_TABLES, WorkPaths
 from magn_lib.transfer import (
     dice,
     mask_centroid_world,
@@ -78,7 +79,8 @@ class TransferResult:
             n_voxels, flagged, reason``.
         lesions: the lesions kept for analysis (no flag in any view).
         exclusions: ``EXCLUSION_COLUMNS``; one row per flagged lesion (all its reasons).
-        work_dir: where ``masks/<lesion_id>/<view>.nii.gz`` are.
+        work_dir: the work folder (named by :attr:`paths`): every view's mask of a lesion is
+            ``paths.mask(lesion_id, view)``, the sagittal one as ingest wrote it.
     """
 
     qc: pd.DataFrame
@@ -86,25 +88,25 @@ class TransferResult:
     exclusions: pd.DataFrame
     work_dir: Path
 
-    def mask_path(self, lesion_id: str, view: str) -> Path:
-        return self.work_dir / "masks" / lesion_id / f"{view}.nii.gz"
+    @property
+    def paths(self) -> WorkPaths:
+        return WorkPaths(self.work_dir)
 
     @classmethod
     def load(cls, work_dir: str | Path) -> TransferResult:
         """The result of an earlier :func:`transfer_cohort` into ``work_dir``."""
-        work_dir = Path(work_dir)
-        folder = work_dir / "transfer"
-        if not (folder / "lesions.csv").is_file():
+        paths = WorkPaths(Path(work_dir))
+        if not paths.transfer_table("lesions").is_file():
             raise FileNotFoundError(
-                f"no transfer results in {folder}: run the cohort notebook (01) or "
+                f"no transfer results in {paths.transfer_dir}: run the cohort notebook (01) or "
                 "transfer_cohort"
             )
         ids = {"patient_id": str, "lesion_id": str}
-        read = {name: pd.read_csv(folder / f"{name}.csv", dtype=ids, keep_default_na=False,
+        read = {name: pd.read_csv(paths.transfer_table(name), dtype=ids, keep_default_na=False,
                                   na_values=[""])
-                for name in ("qc", "lesions", "exclusions")}
+                for name in TRANSFER_TABLES}
         read["qc"]["reason"] = read["qc"]["reason"].fillna("")
-        return cls(**read, work_dir=work_dir)
+        return cls(**read, work_dir=paths.work_dir)
 
 
 def _flag(n_voxels: int, ratio: float, shift: float, view: str) -> str:
@@ -141,19 +143,20 @@ def transfer_cohort(
         sagittal = ingest.series[ingest.series["view"] == "sagittal"]
         vendor = dict(zip(sagittal["patient_id"], sagittal["vendor"], strict=True))
     targets = [v for v in views if v != "sagittal"]
+    paths = ingest.paths
     grids: dict[tuple[str, str], nib.Nifti1Image] = {}
     rows = []
     for lesion in tqdm(list(ingest.lesions.itertuples()), desc="transfer", unit="lesion",
                        disable=not progress):
-        source = nib.load(ingest.mask_path(lesion.lesion_id))
+        source = nib.load(paths.mask(lesion.lesion_id, "sagittal"))
         source_volume = mask_volume_mm3(source)
         source_centroid = mask_centroid_world(source)
         for view in targets:
             key = (lesion.patient_id, view)
             if key not in grids:
-                grids[key] = nib.load(ingest.volume_path(*key))
+                grids[key] = nib.load(paths.volume(*key))
             moved = transfer_mask(source, grids[key])
-            save_nifti(moved, ingest.work_dir / "masks" / lesion.lesion_id / f"{view}.nii.gz")
+            save_nifti(moved, paths.mask(lesion.lesion_id, view))
             n_voxels = int(np.count_nonzero(np.asanyarray(moved.dataobj)))
             volume = mask_volume_mm3(moved)
             ratio = volume / source_volume if source_volume else float("nan")
@@ -180,11 +183,10 @@ def transfer_cohort(
         columns=list(EXCLUSION_COLUMNS),
     )
     kept = ingest.lesions[~ingest.lesions["lesion_id"].isin(exclusions["lesion_id"])]
-    out = ingest.work_dir / "transfer"
-    out.mkdir(parents=True, exist_ok=True)
+    paths.transfer_dir.mkdir(parents=True, exist_ok=True)
     kept = kept.reset_index(drop=True)
     for name, frame in (("qc", qc), ("exclusions", exclusions), ("lesions", kept)):
-        frame.to_csv(out / f"{name}.csv", index=False)
+        frame.to_csv(paths.transfer_table(name), index=False)
     return TransferResult(qc=qc, lesions=kept, exclusions=exclusions, work_dir=ingest.work_dir)
 
 
@@ -231,7 +233,7 @@ def compare_with_truth(
         if truth is None:
             scores.append((np.nan, np.nan, np.nan))
             continue
-        moved = nib.load(result.mask_path(row.lesion_id, row.view))
+        moved = nib.load(result.paths.mask(row.lesion_id, row.view))
         d = dice(moved, truth)
         surface = surface_distances(moved, truth)
         scores.append((0.0 if np.isnan(d) else d, surface.average_mm, surface.hd95_mm))
@@ -261,11 +263,11 @@ def build_crop_cache(
 
     path = Path(path)
     lesions = transfer.lesions
+    volumes, masks = ingest.paths, transfer.paths  # one work folder, as transfer_cohort wrote it
     inputs = []
     for lesion in lesions.itertuples():
         for view in views:
-            for f in (ingest.volume_path(lesion.patient_id, view), _mask(ingest, transfer,
-                                                                         lesion.lesion_id, view)):
+            for f in (volumes.volume(lesion.patient_id, view), masks.mask(lesion.lesion_id, view)):
                 st = f.stat()
                 inputs.append([f.relative_to(ingest.work_dir).as_posix(), st.st_size,
                                st.st_mtime_ns])
@@ -285,8 +287,8 @@ def build_crop_cache(
                        disable=not progress):
         crops = {}
         for view in views:
-            image = nib.load(ingest.volume_path(lesion.patient_id, view))
-            mask = nib.load(_mask(ingest, transfer, lesion.lesion_id, view))
+            image = nib.load(volumes.volume(lesion.patient_id, view))
+            mask = nib.load(masks.mask(lesion.lesion_id, view))
             try:
                 crops[view] = crop_lesion(image, mask, view=view, size=crop_size,
                                           lesion_id=lesion.lesion_id,
@@ -299,11 +301,6 @@ def build_crop_cache(
                                    provenance={"inputs_key": key_text})
     write_cache(path, cache)
     return cache
-
-
-def _mask(ingest: IngestResult, transfer: TransferResult, lesion_id: str, view: str) -> Path:
-    return ingest.mask_path(lesion_id) if view == "sagittal" else transfer.mask_path(lesion_id,
-                                                                                    view)
 
 
 def exclusions(*results: IngestResult | TransferResult) -> pd.DataFrame:
@@ -363,8 +360,8 @@ def transfer_example(
     lesion = ingest.lesions.set_index("lesion_id").loc[lesion_id]
     out = {}
     for view in views:
-        image = nib.load(ingest.volume_path(lesion["patient_id"], view))
-        mask = nib.load(_mask(ingest, transfer, lesion_id, view))
+        image = nib.load(ingest.paths.volume(lesion["patient_id"], view))
+        mask = nib.load(transfer.paths.mask(lesion_id, view))
         crop = crop_lesion(image, mask, view=view, size=crop_size, lesion_id=lesion_id)
         frame = display_frame(image.affine, view)
         stack = frame.stack(np.asanyarray(image.dataobj))

@@ -43,11 +43,11 @@ def test_every_series_and_mask_is_written(ingested, manifest, cohort):
     assert len(ingested.series) == 3 * N_PATIENTS
     truth = load_truth(cohort)
     for row in truth.series.itertuples():
-        img = nib.load(ingested.volume_path(row.patient_id, row.view))
+        img = nib.load(ingested.paths.volume(row.patient_id, row.view))
         assert img.get_data_dtype() == np.float32
         assert img.header["descrip"].item() == b"" and img.header["aux_file"].item() == b""
     for lesion in manifest.lesions.itertuples():
-        mask = nib.load(ingested.mask_path(lesion.lesion_id))
+        mask = nib.load(ingested.paths.mask(lesion.lesion_id, "sagittal"))
         source = nib.load(manifest.mask_path(lesion.lesion_id))
         expected = np.asanyarray(source.dataobj) == lesion.mask_label
         np.testing.assert_array_equal(np.asanyarray(mask.dataobj) == 1, expected)
@@ -93,7 +93,7 @@ def test_bad_patient_is_excluded_with_reason_and_the_rest_proceed(cohort, tmp_pa
             assert secret not in reason
     assert victim not in set(result.patients["patient_id"])
     assert len(result.patients) == N_PATIENTS - 1
-    assert (result.work_dir / "ingest" / "exclusions.csv").is_file()
+    assert result.paths.ingest_table("exclusions").is_file()
     after = {p: p.stat().st_mtime_ns for p in (copy / "manifest").rglob("*") if p.is_file()}
     assert after == before  # the user's data are never modified
 

@@ -127,11 +127,13 @@ def test_index_and_notebook_pages_open_cleanly_in_chromium(tmp_path, browser):
 
 
 def test_save_table_writes_artifact_csv(tmp_path):
+    from magn_lib.layout import ReportPaths
     from magn_lib.report import save_table
 
-    path = save_table(pd.DataFrame({"a": [1, 2]}), tmp_path / "run", "flow")
+    path = save_table(pd.DataFrame({"a": [1, 2]}), ReportPaths(tmp_path / "run").table("flow"))
     assert path == tmp_path / "run" / "artifacts" / "flow.csv"
     assert pd.read_csv(path)["a"].tolist() == [1, 2]
+    assert [p.name for p in path.parent.iterdir()] == ["flow.csv"]  # no temporary left
 
 
 def test_plain_summary_reports_the_primary_comparison():

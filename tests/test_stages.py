@@ -41,7 +41,7 @@ def test_transfer_qc_and_truth(stages):
     assert transfer.qc["volume_ratio"].between(0.7, 1.3).all()
     assert (transfer.qc["centroid_shift_mm"] < 2.0).all()
     for row in transfer.qc.itertuples():
-        assert transfer.mask_path(row.lesion_id, row.view).is_file()
+        assert transfer.paths.mask(row.lesion_id, row.view).is_file()
 
     scored = compare_with_truth(transfer, truth_masks(cohort))
     assert scored["dice"].median() >= 0.8 and scored["dice"].min() > 0.5
@@ -67,10 +67,10 @@ def test_lesion_outside_a_view_is_flagged_and_excluded(stages, tmp_path):
     shutil.copytree(ingest.work_dir, work)
     moved = IngestResult.load(work)
     victim = moved.lesions.iloc[0]
-    axial = nib.load(moved.volume_path(victim.patient_id, "axial"))
+    axial = nib.load(moved.paths.volume(victim.patient_id, "axial"))
     far = axial.affine.copy()
     far[:3, 3] += 300.0  # the stack no longer covers the lesion
-    save_nifti(nib.Nifti1Image(np.asanyarray(axial.dataobj), far), moved.volume_path(
+    save_nifti(nib.Nifti1Image(np.asanyarray(axial.dataobj), far), moved.paths.volume(
         victim.patient_id, "axial"))
 
     result = transfer_cohort(moved, progress=False)

@@ -1,0 +1,344 @@
+"""Where a study run keeps its files: every file and folder name of the report and work folders.
+
+A run has two folders. The **report folder** (``reports/<run>/``) is shareable: nothing in it
+identifies a patient. The **work folder** (``work/<run>/``) is private: volumes, masks, crops
+and models of the cohort. This module is the only place that spells their file names; stages,
+notebooks and the runner ask the objects below for paths::
+
+    reports/<run>/                               ReportPaths
+        executed/<notebook>.ipynb                  executed(notebook)
+        html/<notebook>.html                       html(notebook)        clinician view
+        html-full/<notebook>.html                  full_html(notebook)   with code
+        index.html  run_manifest.json              index_html  run_manifest
+        warnings.json  .lock                       warnings_file  lock_file
+        artifacts/<name>.csv                       table(name)
+        artifacts/<name>.png, .svg                 figure(name)  figure_png(name)
+        artifacts/folds.csv                        folds_csv             shared by every method
+        artifacts/oof_<method>.csv                 oof(method)           out-of-fold predictions
+        artifacts/front_page.json                  front_page
+    work/<run>/                                  WorkPaths
+        nifti/<patient_id>/<view>.nii.gz           volume(patient_id, view)
+        nifti/<patient_id>/.ingest.json            ingest_stamp(patient_id)
+        masks/<lesion_id>/<view>.nii.gz            mask(lesion_id, view)  sagittal: ingest;
+                                                                          others: transfer
+        ingest/<table>.csv                         ingest_table(name)
+        transfer/<table>.csv                       transfer_table(name)
+        crops.npz                                  crop_cache
+        magn_cv/                                   grid_dir, grid        GridPaths
+            <config>/fold<k>/                        fold_dir(config, k), fold(config, k)
+                started.json  done.json              FoldPaths
+                predictions.csv  history.csv
+                model.pt  checkpoint.pt
+        radiomics/<kind>-<view>-<key>.pkl          radiomics_dir, feature_cache(...)
+
+:class:`RunPaths` is both (one run); :class:`WorkPaths` and :class:`ReportPaths` serve code that
+holds only one of the folders (a stage result knows its work folder, ``record_warning`` its
+report folder). The embedded cohort's own folder (DICOM, manifest, phantom truth) is not a run
+folder and is laid out by :mod:`magn_lib.synthetic`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+__all__ = [
+    "FoldPaths",
+    "GridPaths",
+    "INGEST_TABLES",
+    "ReportPaths",
+    "RunPaths",
+    "TRANSFER_TABLES",
+    "WorkPaths",
+    "default_run_paths",
+    "default_run_parents",
+    "feature_cache",
+    "run_paths",
+]
+
+#: The tables the ingest stage writes under ``ingest/`` (one CSV each).
+INGEST_TABLES: tuple[str, ...] = ("patients", "lesions", "series", "exclusions")
+#: The tables the transfer stage writes under ``transfer/`` (one CSV each).
+TRANSFER_TABLES: tuple[str, ...] = ("qc", "lesions", "exclusions")
+
+_REPORTS = "reports"  # the default report folders' parent, under the project root
+_WORK = "work"  # the default work folders' parent
+_FEATURE_KINDS = {"crops": "radiomics", "volumes": "radiomics3d"}
+
+
+def _table(name: str, known: tuple[str, ...], stage: str) -> str:
+    if name not in known:
+        raise ValueError(f"{stage} writes no table {name!r}; its tables are {known}")
+    return f"{name}.csv"
+
+
+@dataclass(frozen=True)
+class FoldPaths:
+    """The files of one (configuration, fold) folder of the MAGN grid.
+
+    ``started.json`` and ``done.json`` hold the fold's fingerprint (``done`` also its metrics);
+    ``predictions.csv`` its out-of-fold predictions, ``history.csv`` its learning curve,
+    ``model.pt`` the kept weights and ``checkpoint.pt`` the transient resume state.
+    """
+
+    folder: Path
+
+    @property
+    def started(self) -> Path:
+        return self.folder / "started.json"
+
+    @property
+    def done(self) -> Path:
+        return self.folder / "done.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.folder / "predictions.csv"
+
+    @property
+    def history(self) -> Path:
+        return self.folder / "history.csv"
+
+    @property
+    def model(self) -> Path:
+        return self.folder / "model.pt"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class GridPaths:
+    """The MAGN grid's output folder: ``<root>/<config name>/fold<k>/``."""
+
+    #: the grid folder's name inside a run's work folder
+    DEFAULT_NAME: ClassVar[str] = "magn_cv"
+
+    root: Path
+
+    def config_dir(self, config: str) -> Path:
+        """The folder of one configuration (``config`` is its name, e.g. ``"multi-view"``)."""
+        return Path(self.root) / config
+
+    def fold_dir(self, config: str, fold: int) -> Path:
+        return self.config_dir(config) / f"fold{int(fold)}"
+
+    def fold(self, config: str, fold: int) -> FoldPaths:
+        return FoldPaths(self.fold_dir(config, fold))
+
+    def trained_folds(self, config: str) -> list[int]:
+        """The folds of ``config`` whose trained weights were kept, in order."""
+        folds = []
+        for folder in self.config_dir(config).glob("fold*"):
+            number = folder.name.removeprefix("fold")
+            if number.isdigit() and FoldPaths(folder).model.is_file():
+                folds.append(int(number))
+        return sorted(folds)
+
+
+def feature_cache(folder: str | Path, *, source: str, view: str | None, key: str) -> Path:
+    """The file caching one radiomics extraction: ``<folder>/<kind>-<view>-<key[:20]>.pkl``.
+
+    Args:
+        folder: the cache folder (a run's :attr:`WorkPaths.radiomics_dir`).
+        source: ``"crops"`` (2D features of the crop cache) or ``"volumes"`` (3D features).
+        view: the view extracted, or None for an unnamed set.
+        key: the hash of everything the features depend on.
+    """
+    if source not in _FEATURE_KINDS:
+        raise ValueError(f"source must be one of {tuple(_FEATURE_KINDS)}, got {source!r}")
+    return Path(folder) / f"{_FEATURE_KINDS[source]}-{view or source}-{key[:20]}.pkl"
+
+
+@dataclass(frozen=True)
+class WorkPaths:
+    """The private work folder of a run (intermediate data of the cohort); see the module doc."""
+
+    work_dir: Path
+
+    @property
+    def nifti_dir(self) -> Path:
+        return self.work_dir / "nifti"
+
+    def volume(self, patient_id: str, view: str) -> Path:
+        """A patient's ingested ``view`` volume (NIfTI, affine to world RAS+ mm)."""
+        return self.nifti_dir / patient_id / f"{view}.nii.gz"
+
+    def ingest_stamp(self, patient_id: str) -> Path:
+        """What the ingest of one patient read and wrote (for skipping an unchanged patient)."""
+        return self.nifti_dir / patient_id / ".ingest.json"
+
+    @property
+    def masks_dir(self) -> Path:
+        return self.work_dir / "masks"
+
+    def mask(self, lesion_id: str, view: str) -> Path:
+        """A lesion's binary mask on its patient's ``view`` grid: the sagittal one is written
+        by ingest (from the manifest's mask), the others by the transfer stage."""
+        return self.masks_dir / lesion_id / f"{view}.nii.gz"
+
+    @property
+    def ingest_dir(self) -> Path:
+        return self.work_dir / "ingest"
+
+    def ingest_table(self, name: str) -> Path:
+        """One of :data:`INGEST_TABLES` as written by the ingest stage."""
+        return self.ingest_dir / _table(name, INGEST_TABLES, "ingest")
+
+    @property
+    def transfer_dir(self) -> Path:
+        return self.work_dir / "transfer"
+
+    def transfer_table(self, name: str) -> Path:
+        """One of :data:`TRANSFER_TABLES` as written by the transfer stage."""
+        return self.transfer_dir / _table(name, TRANSFER_TABLES, "transfer")
+
+    @property
+    def crop_cache(self) -> Path:
+        """The crop cache that training and radiomics read (:func:`magn_lib.crops.read_cache`)."""
+        return self.work_dir / "crops.npz"
+
+    @property
+    def grid_dir(self) -> Path:
+        """The MAGN grid's output folder (``run_grid``'s ``out_dir``)."""
+        return self.work_dir / GridPaths.DEFAULT_NAME
+
+    @property
+    def grid(self) -> GridPaths:
+        return GridPaths(self.grid_dir)
+
+    def fold_dir(self, config: str, fold: int) -> Path:
+        """The folder of one (configuration name, fold) of the MAGN grid."""
+        return self.grid.fold_dir(config, fold)
+
+    def fold(self, config: str, fold: int) -> FoldPaths:
+        return self.grid.fold(config, fold)
+
+    @property
+    def radiomics_dir(self) -> Path:
+        """The radiomics feature caches (:func:`feature_cache`)."""
+        return self.work_dir / "radiomics"
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """The shareable report folder of a run; see the module doc."""
+
+    report_dir: Path
+
+    @property
+    def executed_dir(self) -> Path:
+        return self.report_dir / "executed"
+
+    def executed(self, notebook: str) -> Path:
+        """The executed copy of notebook ``notebook`` (its name without ``.ipynb``)."""
+        return self.executed_dir / f"{notebook}.ipynb"
+
+    @property
+    def html_dir(self) -> Path:
+        return self.report_dir / "html"
+
+    def html(self, notebook: str) -> Path:
+        """The clinician view (no code) of a notebook."""
+        return self.html_dir / f"{notebook}.html"
+
+    @property
+    def full_html_dir(self) -> Path:
+        return self.report_dir / "html-full"
+
+    def full_html(self, notebook: str) -> Path:
+        """The full view (with code) of a notebook."""
+        return self.full_html_dir / f"{notebook}.html"
+
+    @property
+    def index_html(self) -> Path:
+        return self.report_dir / "index.html"
+
+    @property
+    def run_manifest(self) -> Path:
+        """What ran, where and with what (parameters, checksums, versions, timings)."""
+        return self.report_dir / "run_manifest.json"
+
+    @property
+    def warnings_file(self) -> Path:
+        """Warnings the notebooks recorded for the front page."""
+        return self.report_dir / "warnings.json"
+
+    @property
+    def lock_file(self) -> Path:
+        """Held by the study runner while it writes the folder."""
+        return self.report_dir / ".lock"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.report_dir / "artifacts"
+
+    def table(self, name: str) -> Path:
+        """An artefact table: ``artifacts/<name>.csv``."""
+        return self.artifacts_dir / f"{name}.csv"
+
+    def figure(self, name: str) -> Path:
+        """An artefact figure without suffix, as :func:`magn_lib.plots.save_figure` takes it
+        (it writes ``<name>.png`` and ``<name>.svg``)."""
+        return self.artifacts_dir / name
+
+    def figure_png(self, name: str) -> Path:
+        """The PNG that :func:`magn_lib.plots.save_figure` wrote for :meth:`figure` ``(name)``."""
+        return self.artifacts_dir / f"{name}.png"
+
+    @property
+    def folds_csv(self) -> Path:
+        """The run's fold table, written once and read by every method."""
+        return self.table("folds")
+
+    def oof(self, method: str) -> Path:
+        """Out-of-fold predictions of one method (``"magn"``, ``"radiomics"``, ``"readers"``)."""
+        return self.table(f"oof_{method}")
+
+    @property
+    def front_page(self) -> Path:
+        """What ``index.html`` shows above the notebook list (written by the last notebook)."""
+        return self.artifacts_dir / "front_page.json"
+
+    def relative(self, path: str | Path) -> str:
+        """``path`` relative to the report folder, with ``/`` (a link from ``index.html``)."""
+        return Path(path).relative_to(self.report_dir).as_posix()
+
+
+@dataclass(frozen=True)
+class RunPaths(WorkPaths, ReportPaths):
+    """Where one run reads and writes: its report folder and its work folder (see the module
+    doc). ``report_dir`` is shareable; ``work_dir`` is private."""
+
+    report_dir: Path
+    work_dir: Path
+
+
+def run_paths(run_dir: str | Path, work_dir: str | Path | None = None) -> RunPaths:
+    """The :class:`RunPaths` of a run; ``work_dir`` defaults to ``work/<name of run_dir>``.
+
+    Relative folders are taken from the project root (:func:`magn_lib.config.resolve_path`).
+    """
+    from magn_lib.config import project_root, resolve_path  # config re-exports this module
+
+    report_dir = resolve_path(run_dir)
+    work = resolve_path(work_dir) if work_dir else project_root() / _WORK / report_dir.name
+    return RunPaths(report_dir=report_dir, work_dir=work)
+
+
+def default_run_paths(name: str) -> RunPaths:
+    """The folders of run ``name`` (e.g. a profile's) when none are given:
+    ``reports/<name>`` and ``work/<name>`` under the project root."""
+    from magn_lib.config import project_root
+
+    return run_paths(project_root() / _REPORTS / name)
+
+
+def default_run_parents() -> tuple[Path, Path]:
+    """The folders holding the default report and work folders (``reports/``, ``work/`` under
+    the project root); a de-identification key must never be written inside them."""
+    from magn_lib.config import project_root
+
+    return project_root() / _REPORTS, project_root() / _WORK
