@@ -53,6 +53,7 @@ import magn_lib
 from magn_lib import repro
 from magn_lib.config import VIEWS
 from magn_lib.errors import InputError
+from magn_lib.geometry import Geometry
 
 __all__ = [
     "CACHE_FORMAT",
@@ -150,8 +151,7 @@ def display_frame(affine: np.ndarray, view: str) -> DisplayFrame:
     if view not in _DISPLAY:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
     right, down, normal = (np.array(v, dtype=float) for v in _DISPLAY[view])
-    directions = np.asarray(affine, dtype=float)[:3, :3]
-    directions = directions / np.linalg.norm(directions, axis=0)
+    directions = Geometry(affine).direction
     slice_axis = int(np.argmax(np.abs(normal @ directions)))
     in_plane = [a for a in range(3) if a != slice_axis]
     col_axis = max(in_plane, key=lambda a: abs(right @ directions[:, a]))
@@ -221,7 +221,7 @@ def crop_lesion(
             file=file,
             hint="check the annotation transfer QC for this lesion and view",
         )
-    zooms = np.linalg.norm(np.asarray(image.affine, dtype=float)[:3, :3], axis=0)
+    zooms = Geometry.of(image).zooms
     best = _largest_slice(areas)
     rows, cols = np.nonzero(mask_stack[best])
     centre = (int(np.floor(rows.mean() + 0.5)), int(np.floor(cols.mean() + 0.5)))

@@ -3,7 +3,9 @@
 One folder holds one series. :func:`read_series` reads it with pydicom into a
 ``nibabel.Nifti1Image`` whose affine maps voxel indices to world RAS+ millimetres, the NIfTI
 convention. DICOM stores geometry in the patient-based LPS frame (x towards the patient's
-left, y towards posterior, z towards head); RAS+ flips the first two axes.
+left, y towards posterior, z towards head); RAS+ flips the first two axes. The headers become
+an affine in :mod:`magn_lib.geometry` (:meth:`~magn_lib.geometry.Geometry.from_dicom`); this
+module checks that the slices form one stack.
 
 Voxel axis order of every volume this module returns (``data[i, j, k]``):
 
@@ -31,7 +33,6 @@ acquisition parameters (vendor, field strength, TR/TE, spacing, orientation) wit
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from magn_lib.errors import InputError
+from magn_lib.geometry import LPS_TO_RAS, Geometry, sort_slices
 
 __all__ = [
     "IDENTITY_KEYWORDS",
@@ -59,9 +61,6 @@ __all__ = [
     "voxel_to_world",
     "world_to_voxel",
 ]
-
-#: Multiply an LPS point/affine on the left by this to get RAS+ (and back: it is its own inverse).
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 #: Identifying attributes that :func:`series_identity` reports when present and non-empty.
 IDENTITY_KEYWORDS: tuple[str, ...] = (
@@ -329,8 +328,8 @@ def _fmt_counts(values: Sequence[Any]) -> str:
 
 def _geometry(
     slices: list[_Slice], folder: Path, patient: str | None
-) -> tuple[list[_Slice], np.ndarray]:
-    """Sort slices along the normal, check the stack, return it and its LPS affine."""
+) -> tuple[list[_Slice], Geometry]:
+    """Sort slices along the normal, check the stack, return it and its (LPS) geometry."""
     first = slices[0].ds
     shapes = [(int(s.ds.Rows), int(s.ds.Columns)) for s in slices]
     if len(set(shapes)) > 1:
@@ -357,19 +356,14 @@ def _geometry(
             hint="the folder mixes stacks of different orientation (a localizer?); "
             "keep only the slices of one stack",
         )
-    row, col = iops[0, :3], iops[0, 3:]
-    normal = np.cross(row, col)
-    normal /= np.linalg.norm(normal)
     positions = np.array([[float(v) for v in s.ds.ImagePositionPatient] for s in slices])
-    along = positions @ normal
-    order = np.argsort(along, kind="stable")
-    slices = [slices[i] for i in order]
-    positions, along = positions[order], along[order]
+    stack = sort_slices(iops[0], positions)
+    slices = [slices[i] for i in stack.order]
+    positions, along, normal, step = positions[stack.order], stack.along, stack.normal, stack.step
 
     n = len(slices)
     if n > 1:
         gaps = np.diff(along)
-        step = (along[-1] - along[0]) / (n - 1)
         tolerance = max(_POSITION_TOLERANCE_MM, _POSITION_TOLERANCE_FRACTION * abs(step))
         dup = np.flatnonzero(gaps < tolerance)
         if dup.size:
@@ -404,13 +398,7 @@ def _geometry(
     else:
         step = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
 
-    col_spacing, row_spacing = spacings[0, 1], spacings[0, 0]
-    affine = np.eye(4)
-    affine[:3, 0] = row * col_spacing  # i: along a row, across the columns
-    affine[:3, 1] = col * row_spacing  # j: down a column, across the rows
-    affine[:3, 2] = normal * step
-    affine[:3, 3] = positions[0]
-    return slices, affine
+    return slices, Geometry.from_dicom(iops[0], positions[0], spacings[0], step)
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,7 +470,7 @@ def read_series(path: str | PathLike[str], *, patient: str | None = None) -> nib
             non-uniform spacing (missing slices) beyond max(0.05 mm, 1 % of the spacing).
     """
     folder = Path(path)
-    slices, affine_lps = _geometry(_scan(folder, patient=patient, pixels=True), folder, patient)
+    slices, geometry = _geometry(_scan(folder, patient=patient, pixels=True), folder, patient)
     errors: list[InputError] = []
     planes = []
     for s in slices:
@@ -493,7 +481,7 @@ def read_series(path: str | PathLike[str], *, patient: str | None = None) -> nib
     if errors:
         raise InputError.combine(errors)
     data = np.stack(planes, axis=-1)
-    affine = LPS_TO_RAS @ affine_lps
+    affine = geometry.to_ras().affine.copy()
     img = nib.Nifti1Image(data, affine)
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
@@ -563,11 +551,8 @@ def series_metadata(path: str | PathLike[str], *, patient: str | None = None) ->
         attributes are ``None`` (or "" for text).
     """
     folder = Path(path)
-    slices, affine_lps = _geometry(_scan(folder, patient=patient, pixels=False), folder, patient)
+    slices, geometry = _geometry(_scan(folder, patient=patient, pixels=False), folder, patient)
     ds = slices[0].ds
-    normal = affine_lps[:3, 2] / np.linalg.norm(affine_lps[:3, 2])
-    axis = int(np.argmax(np.abs(normal)))
-    obliquity = math.degrees(math.acos(min(1.0, abs(float(normal[axis])))))
     spacing = [float(v) for v in ds.PixelSpacing]
     manufacturer = str(ds.get("Manufacturer", "") or "")
     return {
@@ -580,12 +565,12 @@ def series_metadata(path: str | PathLike[str], *, patient: str | None = None) ->
         "flip_angle_deg": _float(ds, "FlipAngle"),
         "pixel_spacing_mm": (spacing[0], spacing[1]),
         "slice_thickness_mm": _float(ds, "SliceThickness"),
-        "slice_spacing_mm": float(np.linalg.norm(affine_lps[:3, 2])),
+        "slice_spacing_mm": geometry.spacing[2],
         "rows": int(ds.Rows),
         "columns": int(ds.Columns),
         "n_slices": len(slices),
-        "orientation": ("sagittal", "coronal", "axial")[axis],
-        "obliquity_deg": obliquity,
+        "orientation": geometry.slice_plane,
+        "obliquity_deg": geometry.obliquity_deg,
         "patient_position": str(ds.get("PatientPosition", "") or ""),
     }
 

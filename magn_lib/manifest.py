@@ -34,6 +34,7 @@ import pandas as pd
 
 from magn_lib.config import VIEWS
 from magn_lib.errors import InputError
+from magn_lib.geometry import Geometry, nearest_plane, slice_normal, sort_slices
 
 __all__ = [
     "GRID_TOLERANCE_MM",
@@ -116,9 +117,11 @@ class _Grid:
 def sagittal_grid(folder: str | PathLike[str]) -> tuple[tuple[int, int, int], np.ndarray]:
     """Shape ``(columns, rows, slices)`` and RAS+ affine of a DICOM series, from headers only.
 
-    The convention of ``magn_lib.dicom.read_series`` (and of SimpleITK's series reader after
-    ``diag(-1, -1, 1)``): ``i`` = column index, ``j`` = row index, ``k`` = slices sorted by
-    position along ``row cosines x column cosines``; slice step = median position difference.
+    The convention and arithmetic of ``magn_lib.dicom.read_series``
+    (:meth:`magn_lib.geometry.Geometry.from_dicom`): ``i`` = column index, ``j`` = row index,
+    ``k`` = slices sorted by position along ``row cosines x column cosines``, slice step
+    measured from the first and last positions; not checked for evenly spaced slices (the
+    ingest stage does that).
 
     Raises:
         InputError: no readable DICOM image, or headers that do not form one grid.
@@ -151,7 +154,6 @@ def _read_grid(folder: Path, *, patient: str | None) -> _Grid:
                          hint="give each series its own folder")
     try:
         iop = np.array([float(x) for x in headers[0].ImageOrientationPatient])
-        row, col = iop[:3], iop[3:]
         spacing = [float(x) for x in headers[0].PixelSpacing]
         rows, cols = int(headers[0].Rows), int(headers[0].Columns)
         for ds in headers[1:]:
@@ -159,27 +161,21 @@ def _read_grid(folder: Path, *, patient: str | None) -> _Grid:
                 raise ValueError("orientation differs between slices")
             if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
                 raise ValueError("image size differs between slices")
-        normal = np.cross(row, col)
         pos = np.array([[float(x) for x in ds.ImagePositionPatient] for ds in headers])
+        stack = sort_slices(iop, pos)
+        step = stack.step if len(pos) > 1 else 1.0
+        geometry = Geometry.from_dicom(iop, pos[stack.order[0]], spacing, step)
     except (AttributeError, TypeError, ValueError, IndexError) as err:
         raise InputError(f"series headers do not form one grid ({err})", patient=patient,
                          file=folder) from err
-    order = np.argsort(pos @ normal, kind="stable")
-    pos = pos[order]
-    step = float(np.median(np.diff(pos @ normal))) if len(pos) > 1 else 1.0
-    lps = np.eye(4)
-    lps[:3, 0] = row * spacing[1]
-    lps[:3, 1] = col * spacing[0]
-    lps[:3, 2] = normal * step
-    lps[:3, 3] = pos[0]
     ids = set()
     for ds in headers[:1]:
         for key in ("PatientID", "PatientName", "OtherPatientIDs"):
             value = ds.get(key)
             if value:
                 ids.add(str(value))
-    return _Grid(shape=(cols, rows, len(headers)),
-                 affine=np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, patient_ids=tuple(sorted(ids)))
+    return _Grid(shape=(cols, rows, len(headers)), affine=geometry.to_ras().affine.copy(),
+                 patient_ids=tuple(sorted(ids)))
 
 
 def _orientation(folder: Path) -> str | None:
@@ -190,11 +186,10 @@ def _orientation(folder: Path) -> str | None:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True,
                                  specific_tags=["ImageOrientationPatient"])
-            iop = [float(x) for x in ds.ImageOrientationPatient]
+            normal = slice_normal([float(x) for x in ds.ImageOrientationPatient])
         except Exception:  # noqa: BLE001 - any unreadable file: try the next one
             continue
-        normal = np.abs(np.cross(iop[:3], iop[3:]))
-        return ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
+        return nearest_plane(normal)
     return None
 
 

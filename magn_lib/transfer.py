@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from magn_lib.errors import InputError
+from magn_lib.geometry import Geometry
 
 __all__ = [
     "SurfaceDistance",
@@ -131,8 +132,7 @@ def mask_volume_mm3(img: nib.spatialimages.SpatialImage) -> float:
     Pass a thresholded mask; a soft map's nonzero voxels all count.
     """
     data = _volume_data(img, file=_filename(img))
-    voxel = abs(float(np.linalg.det(np.asarray(img.affine, dtype=np.float64)[:3, :3])))
-    return float(np.count_nonzero(data)) * voxel
+    return float(np.count_nonzero(data)) * Geometry.of(img).voxel_volume
 
 
 def mask_centroid_world(img: nib.spatialimages.SpatialImage) -> np.ndarray:
@@ -390,7 +390,7 @@ def _pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
                 file=file_x or file_y,
                 hint="transfer one onto the other's grid first",
             )
-        spacing = np.linalg.norm(affine_x[:3, :3], axis=0)
+        spacing = Geometry(affine_x).zooms
     return x, y, spacing
 
 
