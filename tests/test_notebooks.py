@@ -103,7 +103,7 @@ def test_artifacts_of_the_study(smoke_run):
     assert expected <= artifacts, sorted(expected - artifacts)
     for name in expected:
         assert (result.paths.artifacts_dir / name).stat().st_size > 0, name
-    front = json.loads((result.paths.artifacts_dir / "front_page.json").read_text())
+    front = json.loads(result.paths.front_page.read_text())
     assert len(front["summary"]) >= 3 and len(front["tables"]) == 2 and len(front["figures"]) >= 4
     index = result.paths.index_html.read_text()
     assert "Table 2" in index and "Fig. 4" in index and "Model card" in index
@@ -161,7 +161,7 @@ def test_predict_reproduces_the_held_out_prediction(smoke_run, capsys):
 
     result, _, cohort = smoke_run
     manifest = load_manifest(cohort / "manifest")
-    oof = pd.read_csv(result.paths.artifacts_dir / "oof_magn.csv", dtype={"lesion_id": str})
+    oof = pd.read_csv(result.paths.oof("magn"), dtype={"lesion_id": str})
     held_out = oof[oof["config"] == "multi-view+attention"].iloc[0]
     lesion = manifest.lesions.set_index("lesion_id").loc[held_out["lesion_id"]]
     series = {v: manifest.series_folder(lesion["patient_id"], v)
