@@ -25,6 +25,7 @@ from magn_lib.cv import config_by_name, fold_dir, load_fold_model
 from magn_lib.data import CropDataset
 from magn_lib.dicom import read_series
 from magn_lib.errors import InputError
+from magn_lib.settings import NetworkSettings
 from magn_lib.train import predict
 from magn_lib.transfer import transfer_mask
 
@@ -74,6 +75,7 @@ def predict_lesion(
     run_dir = resolve_path(run_dir)
     record = _run_record(run_dir)
     params = Profile(**record["parameters"])
+    network = NetworkSettings.from_profile(params)
     work_dir = resolve_path(record["run"]["work_dir"])
     grid = config_by_name(config)
     missing = [v for v in ("sagittal", *grid.views) if v not in series]
@@ -111,7 +113,7 @@ def predict_lesion(
                          hint="the study keeps the multi-view models; choose one of those")
     rows = []
     for fold in folds:
-        model = load_fold_model(work_dir / "magn_cv", grid, fold, params)
+        model = load_fold_model(work_dir / "magn_cv", grid, fold, network)
         rows.append({"fold": str(fold),
                      "probability": float(predict(model, dataset)["probability"].iloc[0])})
     table = pd.DataFrame(rows)
