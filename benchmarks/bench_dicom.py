@@ -6,7 +6,6 @@ else a synthetic 40-slice 256 x 256 series written with pydicom into a temporary
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -16,17 +15,16 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from benchmarks.common import Result, best_time
-from magn_lib.config import project_root
 from magn_lib.dicom import read_series
+from tests.helpers import reference_data_root
 
 __all__ = ["run"]
 
 
 def _reference_series() -> Path | None:
-    env = os.environ.get("MAGN_REFERENCE_DATA")
-    root = Path(env) if env else project_root().parent / "shared" / "reference-data"
-    folder = root / "dicom-decubitus" / "HFS" / "3_t1_fl2d_sag"
-    return folder if folder.is_dir() else None
+    root = reference_data_root()
+    folder = None if root is None else root / "dicom-decubitus" / "HFS" / "3_t1_fl2d_sag"
+    return folder if folder is not None and folder.is_dir() else None
 
 
 def _synthetic_series(folder: Path, *, n: int = 40, size: int = 256) -> Path:

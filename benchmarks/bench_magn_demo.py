@@ -50,6 +50,7 @@ def _pooled_auc(cache_path: Path, folds, *, out: Path) -> tuple[float, float]:
     from magn_lib.crops import read_cache
     from magn_lib.cv import run_grid
     from magn_lib.data import dataset_factory
+    from magn_lib.settings import GridSettings
 
     cache = read_cache(cache_path)
     labels = dict(zip(folds["lesion_id"], folds["label"], strict=True))
@@ -57,8 +58,8 @@ def _pooled_auc(cache_path: Path, folds, *, out: Path) -> tuple[float, float]:
     cfg = load_profile("demo")
     make = dataset_factory(cache, views=cfg.views, augment=cfg.augment, seed=cfg.seed)
     start = time.perf_counter()
-    grid = run_grid(make, folds, ["multi-view+attention"], cfg, out, keep_weights=False,
-                    track_test=False, progress=False)
+    settings = GridSettings.from_profile(cfg, keep_weights=False, track_test=False)
+    grid = run_grid(make, folds, ["multi-view+attention"], settings, out, progress=False)
     seconds = time.perf_counter() - start
     return roc_auc_score(grid.predictions["label"], grid.predictions["probability"]), seconds
 

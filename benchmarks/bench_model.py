@@ -15,16 +15,18 @@ collation, logging, checkpoint-free).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 import torchvision
-from torch.utils.data import Dataset
 
 from benchmarks.common import Result
 from magn_lib.losses import magn_loss
 from magn_lib.model import MAGN
+from magn_lib.settings import TrainSettings
 from magn_lib.train import fit_fold
+from tests.helpers import ToyCrops
 
 VIEWS = ("sagittal", "coronal", "axial")
 BATCH = 16
@@ -80,30 +82,14 @@ def _step_ratio(backbone: str, size: int, repeat: int) -> Result:
     )
 
 
-class _Synthetic(Dataset):
-    def __init__(self, n: int, size: int) -> None:
-        g = torch.Generator().manual_seed(1)
-        self.items = [{
-            "images": {v: torch.rand(3, size, size, generator=g) for v in VIEWS},
-            "masks": {v: (torch.rand(size, size, generator=g) > 0.8).float() for v in VIEWS},
-            "label": torch.tensor(float(i % 2)), "lesion_id": f"P{i:03d}-L1",
-            "patient_id": f"P{i:03d}"} for i in range(n)]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.items[i]
-
-
 def _epoch(n_lesions: int = 60, size: int = 96) -> Result:
     torch.manual_seed(0)
     model = MAGN(VIEWS, backbone="resnet18")
-    ds = _Synthetic(n_lesions, size)
-    fit_fold(model, ds, epochs=1, batch_size=BATCH, attention_weight=0.5, seed=0,
-             device="cpu", progress=False)  # warm-up
-    history = fit_fold(model, ds, epochs=2, batch_size=BATCH, attention_weight=0.5, seed=0,
-                       device="cpu", progress=False)
+    ds = ToyCrops(n_lesions, size=size, views=VIEWS, seed=1)
+    settings = TrainSettings(epochs=2, batch_size=BATCH, learning_rate=1e-3,
+                             attention_weight=0.5, seed=0, device="cpu")
+    fit_fold(model, ds, replace(settings, epochs=1), progress=False)  # warm-up
+    history = fit_fold(model, ds, settings, progress=False)
     epoch = float(history["seconds"].min())
     images, masks, labels = _batch(size)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -16,7 +16,6 @@ reference data are present, and a synthetic pair of clinical size: a sagittal st
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nibabel as nib
@@ -24,13 +23,8 @@ import numpy as np
 from nibabel.processing import resample_from_to
 
 from benchmarks.common import Result, best_time
-from magn_lib.config import project_root
 from magn_lib.transfer import dice, transfer_mask
-
-
-def _reference_data() -> Path:
-    root = os.environ.get("MAGN_REFERENCE_DATA")
-    return Path(root) if root else project_root().parent / "shared" / "reference-data"
+from tests.helpers import reference_data_root
 
 
 def _in_memory(path: Path) -> nib.Nifti1Image:
@@ -95,14 +89,15 @@ def _compare(name: str, mask: nib.Nifti1Image, target) -> Result:
 
 def run() -> list[Result]:
     results = []
-    root = _reference_data() / "sct-spine"
-    if (root / "t2" / "t2_seg-manual.nii.gz").is_file():
+    reference = reference_data_root()
+    root = None if reference is None else reference / "sct-spine"
+    if root is not None and (root / "t2" / "t2_seg-manual.nii.gz").is_file():
         mask = _in_memory(root / "t2" / "t2_seg-manual.nii.gz")
         for name, target in (("t2s", "t2s/t2s.nii.gz"), ("mt1", "mt/mt1.nii.gz")):
             grid = nib.load(root / target)
             results.append(_compare(f"sct-spine t2 -> {name} {grid.shape}", mask, grid))
     else:
-        print(f"  (sct-spine reference data not found at {root}; set MAGN_REFERENCE_DATA)")
+        print("  (sct-spine reference data not found; set MAGN_REFERENCE_DATA)")
     mask, grids = _synthetic()
     for name, target in grids.items():
         results.append(

@@ -28,6 +28,7 @@ from magn_lib.layout import RunPaths, run_paths  # re-exported: they used to liv
 
 __all__ = [
     "BACKBONES",
+    "POOLINGS",
     "PROFILES",
     "VIEWS",
     "Profile",
@@ -42,6 +43,7 @@ __all__ = [
 
 VIEWS: tuple[str, ...] = ("sagittal", "coronal", "axial")
 BACKBONES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
+POOLINGS: tuple[str, ...] = ("lse", "avg", "max")
 PROFILES: tuple[str, ...] = ("smoke", "demo", "paper")
 RADIOMICS_CLASSIFIERS: tuple[str, ...] = ("gradient_boosting", "random_forest")
 
@@ -64,6 +66,7 @@ class Profile:
     crop_size: int = 96
     # network (Chen et al. 2022, "Multi-view attention guided network")
     backbone: str = "resnet18"
+    pooling: str = "lse"
     weights: str | None = None
     shared_backbone: bool = False
     lse_r: float = 10.0
@@ -100,6 +103,8 @@ class Profile:
             )
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone: {self.backbone!r} is not one of {BACKBONES}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling: {self.pooling!r} is not one of {POOLINGS}")
         if self.radiomics_classifier not in RADIOMICS_CLASSIFIERS:
             raise ConfigError(
                 f"radiomics_classifier: {self.radiomics_classifier!r} is not one of "

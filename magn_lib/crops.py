@@ -50,7 +50,6 @@ import numpy as np
 import pandas as pd
 
 import magn_lib
-from magn_lib import repro
 from magn_lib.config import VIEWS
 from magn_lib.errors import InputError
 from magn_lib.geometry import Geometry
@@ -63,7 +62,6 @@ __all__ = [
     "LesionCrops",
     "crop_lesion",
     "display_frame",
-    "file_sha256",
     "read_cache",
     "write_cache",
 ]
@@ -287,7 +285,7 @@ class LesionCrops:
 
     ``crops[view]`` is None when the lesion has no usable image in that view (the reason
     belongs in the transfer QC); ``sources`` maps free-form keys (e.g. ``"sagittal_image"``)
-    to a file name or ``sha256:<hex>`` for provenance.
+    to a file name or a checksum (:func:`magn_lib.repro.file_sha256`, hex) for provenance.
     """
 
     lesion_id: str
@@ -543,8 +541,3 @@ def read_cache(path: str | os.PathLike[str]) -> CropCache:
     with np.load(path, allow_pickle=False) as npz:
         arrays = {key: npz[key] for key in npz.files}
     return CropCache.from_arrays(arrays, file=str(path))
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """``"sha256:<hex>"`` of a file's bytes, for :attr:`LesionCrops.sources`."""
-    return f"sha256:{repro.file_sha256(path)}"

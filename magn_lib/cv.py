@@ -8,21 +8,22 @@ patient is in the training and test part of a fold at once. The folds are writte
 Grid: views ∈ {sagittal, axial, coronal, all three ("multi-view")} × attention guidance
 ∈ {off, on} = the 8 ``CONFIGS``. ``run_grid`` trains every configuration on every fold and
 collects out-of-fold predictions in the project's shared format (``method`` = "magn"), per-fold
-metrics at threshold 0.5, and learning curves. Each (configuration, fold) lives in its own folder
-under ``out_dir`` and is skipped when it finished before with the same parameters and lesions; a
-fold killed mid-training resumes from its last epoch checkpoint.
+metrics at threshold 0.5, and learning curves, with the settings of a
+:class:`~magn_lib.settings.GridSettings`. Each (configuration, fold) lives in its own folder
+under ``out_dir`` and is skipped when it finished before with the same fingerprint
+(:func:`fold_fingerprint`: settings, lesions, data); a fold killed mid-training resumes from its
+last epoch checkpoint.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,6 +40,7 @@ from magn_lib.errors import ConfigError, InputError
 from magn_lib.layout import GridPaths
 from magn_lib.model import MAGN
 from magn_lib.repro import set_determinism
+from magn_lib.settings import GridSettings, NetworkSettings, settings_fingerprint
 from magn_lib.train import fit_fold, predict
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "configs_for",
     "ensure_folds",
     "fold_dir",
+    "fold_fingerprint",
     "initialisation_warnings",
     "load_fold_model",
     "load_folds",
@@ -65,7 +68,6 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
     "method", "config", "fold", "lesion_id", "patient_id", "label", "probability"
 )
 FOLD_COLUMNS: tuple[str, ...] = ("lesion_id", "patient_id", "label", "fold")
-METRIC_NAMES: tuple[str, ...] = ("ACC", "AUC", "F1", "sensitivity", "specificity")
 # a fold's checkpoint (weights, optimiser, RNG states: hundreds of MB for three ResNets) is
 # written at most this often, so a killed fold loses at most about this much training time
 CHECKPOINT_SECONDS = 120.0
@@ -224,7 +226,7 @@ def ensure_folds(lesions: pd.DataFrame, path: str | Path, *, n_splits: int = 5,
 
 def binary_metrics(y_true: Sequence[int] | np.ndarray, probability: Sequence[float] | np.ndarray,
                    *, threshold: float = 0.5) -> dict[str, float]:
-    """:func:`magn_lib.stats.binary_metrics` under the grid's column names, with counts.
+    """:func:`magn_lib.stats.binary_metrics` with the counts of lesions and of MM lesions.
 
     Args:
         y_true: labels, 1 = MM, 0 = metastasis.
@@ -232,13 +234,12 @@ def binary_metrics(y_true: Sequence[int] | np.ndarray, probability: Sequence[flo
         threshold: a score ≥ threshold calls MM.
 
     Returns:
-        ``{"n", "n_mm", "ACC", "AUC", "F1", "sensitivity", "specificity"}``; AUC (and the
+        ``{"n", "n_mm", "accuracy", "auc", "f1", "sensitivity", "specificity"}``; AUC (and the
         rate of an absent class) is NaN when only one class is present.
     """
     y = np.asarray(y_true, dtype=int)
     m = stats.binary_metrics(y, np.asarray(probability, dtype=float), threshold=threshold)
-    return {"n": int(len(y)), "n_mm": int(y.sum()), "ACC": m["accuracy"], "AUC": m["auc"],
-            "F1": m["f1"], "sensitivity": m["sensitivity"], "specificity": m["specificity"]}
+    return {"n": int(len(y)), "n_mm": int(y.sum()), **m}
 
 
 def pooled_metrics(predictions: pd.DataFrame, *, threshold: float = 0.5) -> pd.DataFrame:
@@ -256,35 +257,28 @@ class GridResult(NamedTuple):
     """What :func:`run_grid` returns (unpacks as a 3-tuple)."""
 
     predictions: pd.DataFrame  # PREDICTION_COLUMNS, method "magn"
-    metrics: pd.DataFrame  # config, fold, n, n_mm, ACC, AUC, F1, sensitivity, specificity, ...
+    metrics: pd.DataFrame  # config, fold, n_train, n, n_mm, stats.METRICS, epochs, ...
     curves: pd.DataFrame  # config, fold + fit_fold's history columns
 
 
-def _param(params: Any, name: str, default: Any = None) -> Any:
-    if isinstance(params, Mapping):
-        return params.get(name, default)
-    return getattr(params, name, default)
+def build_model(config: str | GridConfig, network: NetworkSettings) -> MAGN:
+    """A fresh :class:`MAGN` for ``config`` (its views) with the network of ``network``.
 
-
-def build_model(config: str | GridConfig, params: Any, *, weights: Any = "profile") -> MAGN:
-    """A fresh :class:`MAGN` for ``config`` with the network parameters of ``params``.
-
-    ``params`` is a :class:`~magn_lib.config.Profile` or a mapping with ``backbone``,
-    ``weights``, ``shared_backbone``, ``lse_r`` (and optionally ``pooling``). ``weights``
-    overrides the profile's (``None`` builds without loading anything).
+    ``network.weights`` is loaded as :class:`MAGN` documents; a relative checkpoint path is
+    taken from the project root, as every path of a profile. Draws its initial weights from
+    torch's global generator: seed before calling it.
     """
     config = config_by_name(config)
-    if weights == "profile":
-        weights = _param(params, "weights")
-        if weights is not None and weights != "imagenet":
-            weights = resolve_path(weights)  # relative to the project root, as every path
+    weights = network.weights
+    if weights is not None and weights != "imagenet":
+        weights = resolve_path(weights)
     return MAGN(
         views=config.views,
-        backbone=_param(params, "backbone", "resnet50"),
-        pooling=_param(params, "pooling", "lse"),
+        backbone=network.backbone,
+        pooling=network.pooling,
         weights=weights,
-        lse_r=float(_param(params, "lse_r", 10.0)),
-        shared_backbone=bool(_param(params, "shared_backbone", False)),
+        lse_r=network.lse_r,
+        shared_backbone=network.shared_backbone,
     )
 
 
@@ -294,35 +288,48 @@ def fold_dir(out_dir: str | Path, config: str | GridConfig, fold: int) -> Path:
     return GridPaths(Path(out_dir)).fold_dir(config_by_name(config).name, fold)
 
 
-def load_fold_model(out_dir: str | Path, config: str | GridConfig, fold: int, params: Any,
-                    *, map_location: str | torch.device = "cpu") -> MAGN:
-    """The trained model of one (configuration, fold) saved by :func:`run_grid`, in eval mode."""
+def load_fold_model(out_dir: str | Path, config: str | GridConfig, fold: int,
+                    network: NetworkSettings, *,
+                    map_location: str | torch.device = "cpu") -> MAGN:
+    """The trained model of one (configuration, fold) saved by :func:`run_grid`, in eval mode.
+
+    ``network`` is the grid's (its ``weights`` are not loaded: the saved state replaces them).
+    """
     path = GridPaths(Path(out_dir)).fold(config_by_name(config).name, fold).model
     if not path.is_file():
         raise InputError("no saved model for this configuration and fold", file=path,
-                         hint="list the configuration in run_grid's keep_weights and run it")
+                         hint="list the configuration in the grid's keep_weights and run it")
     saved = torch.load(path, map_location=map_location, weights_only=True)
-    model = build_model(config, params, weights=None)
+    model = build_model(config, replace(network, weights=None))
     model.normalize = bool(saved["normalize"])
     model.init_report = dict(saved["init_report"])
     model.load_state_dict(saved["state_dict"])
     return model.eval()
 
 
-def _fingerprint(config: GridConfig, fold: int, params: Any, train_ids: Iterable[str],
-                 test_ids: Iterable[str], data_fingerprint: str | None) -> str:
-    keys = ("backbone", "pooling", "weights", "shared_backbone", "lse_r", "attention_weight",
-            "epochs", "batch_size", "learning_rate", "lr_step_epochs", "lr_gamma",
-            "class_weighting", "seed", "augment")
-    record = {
-        "config": [config.name, list(config.views), config.attention],
-        "fold": fold,
-        "params": {k: _param(params, k) for k in keys},
-        "train": sorted(train_ids),
-        "test": sorted(test_ids),
-        "data": data_fingerprint,
-    }
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+def _fold_settings(settings: GridSettings, config: GridConfig, fold: int) -> GridSettings:
+    """``settings`` as fold ``fold`` of ``config`` trains with (seed + fold; no attention
+    weight without guidance)."""
+    return replace(settings, train=settings.train.for_fold(fold, attention=config.attention))
+
+
+def fold_fingerprint(settings: GridSettings, config: str | GridConfig, fold: int,
+                     train_ids: Iterable[str], test_ids: Iterable[str],
+                     data_fingerprint: str | None = None) -> str:
+    """Hex SHA-256 of everything one (configuration, fold) result depends on: the settings the
+    fold trains with (every field of :class:`~magn_lib.settings.GridSettings` at any depth but
+    those marked not fingerprinted, via ``dataclasses.asdict``), the configuration, the fold,
+    its training and test lesions and the data fingerprint. A finished fold is reused only when
+    it matches."""
+    config = config_by_name(config)
+    return settings_fingerprint(
+        config=[config.name, list(config.views), config.attention],
+        fold=int(fold),
+        settings=_fold_settings(settings, config, fold),
+        train=sorted(train_ids),
+        test=sorted(test_ids),
+        data=data_fingerprint,
+    )
 
 
 def _write_json(obj: Any, path: Path) -> None:
@@ -332,13 +339,14 @@ def _write_json(obj: Any, path: Path) -> None:
 
 
 def _run_one(config: GridConfig, fold: int, dataset_factory: Callable[..., Dataset],
-             folds: pd.DataFrame, params: Any, out_dir: Path, *, keep: bool, progress: bool,
-             track_test: bool, data_fingerprint: str | None) -> None:
+             folds: pd.DataFrame, settings: GridSettings, out_dir: Path, *, progress: bool,
+             data_fingerprint: str | None) -> None:
     train_ids = folds.loc[folds["fold"] != fold, "lesion_id"].tolist()
     test_ids = folds.loc[folds["fold"] == fold, "lesion_id"].tolist()
+    keep = settings.keeps_weights(config.name)
     files = GridPaths(out_dir).fold(config.name, fold)
     where, done = files.folder, files.done
-    fingerprint = _fingerprint(config, fold, params, train_ids, test_ids, data_fingerprint)
+    fingerprint = fold_fingerprint(settings, config, fold, train_ids, test_ids, data_fingerprint)
     if done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint \
             and files.predictions.is_file() and files.history.is_file() \
             and (not keep or files.model.is_file()):
@@ -351,34 +359,23 @@ def _run_one(config: GridConfig, fold: int, dataset_factory: Callable[..., Datas
     where.mkdir(parents=True, exist_ok=True)
     _write_json({"fingerprint": fingerprint}, files.started)
 
-    seed = int(_param(params, "seed", 0)) + fold
-    set_determinism(seed)
-    model = build_model(config, params)
+    train = _fold_settings(settings, config, fold).train
+    set_determinism(train.seed)
+    model = build_model(config, settings.network)
     train_ds = dataset_factory(train_ids, train=True)
     test_ds = dataset_factory(test_ids, train=False)
     t0 = time.perf_counter()
     history = fit_fold(
-        model, train_ds,
-        val_ds=test_ds if track_test else None,
-        epochs=int(_param(params, "epochs")),
-        batch_size=int(_param(params, "batch_size", 16)),
-        lr=float(_param(params, "learning_rate", 1e-3)),
-        lr_step_epochs=int(_param(params, "lr_step_epochs", 5)),
-        lr_gamma=float(_param(params, "lr_gamma", 0.9)),
-        attention_weight=float(_param(params, "attention_weight", 0.5)) if config.attention
-        else 0.0,
-        class_weighting=bool(_param(params, "class_weighting", False)),
+        model, train_ds, train,
+        val_ds=test_ds if settings.track_test else None,
         checkpoint_path=files.checkpoint,
         checkpoint_seconds=CHECKPOINT_SECONDS,
         resume=True,
-        seed=seed,
-        device=str(_param(params, "device", "auto")),
-        num_workers=int(_param(params, "num_workers", 0)),
         progress=progress,
         desc=f"{config.name} fold {fold}",
     )
     seconds = time.perf_counter() - t0
-    pred = predict(model, test_ds, batch_size=int(_param(params, "batch_size", 16)))
+    pred = predict(model, test_ds, batch_size=train.batch_size)
     if sorted(pred["lesion_id"]) != sorted(test_ids):
         raise InputError(
             f"the test dataset of fold {fold} yields lesions {sorted(pred['lesion_id'])[:5]}... "
@@ -409,11 +406,9 @@ def run_grid(
     dataset_factory: Callable[..., Dataset],
     folds: pd.DataFrame,
     configs: Sequence[str | GridConfig] = CONFIGS,
-    params: Any = None,
+    settings: GridSettings | None = None,
     out_dir: str | Path = GridPaths.DEFAULT_NAME,
     *,
-    keep_weights: bool | Sequence[str] = ("multi-view", "multi-view+attention"),
-    track_test: bool = True,
     progress: bool = True,
     data_fingerprint: str | None = None,
 ) -> GridResult:
@@ -425,42 +420,38 @@ def run_grid(
             augment). Items may carry more views than a configuration reads.
         folds: table from :func:`make_folds` / :func:`load_folds`.
         configs: configurations (names or :class:`GridConfig`), default all 8.
-        params: a :class:`~magn_lib.config.Profile` (or mapping with its field names): network
-            (``backbone``, ``weights``, ``shared_backbone``, ``lse_r``), training (``epochs``,
-            ``batch_size``, ``learning_rate``, ``lr_step_epochs``, ``lr_gamma``,
-            ``attention_weight`` — used by "+attention" configurations, 0 otherwise —,
-            ``class_weighting``, ``device``, ``num_workers``) and ``seed`` (fold ``k`` trains
-            with ``seed + k`` in every configuration).
+        settings: :class:`~magn_lib.settings.GridSettings` (``GridSettings.from_profile``):
+            the network, the training (fold ``k`` trains with ``seed + k`` in every
+            configuration; ``attention_weight`` is used by "+attention" configurations, 0
+            otherwise), ``track_test`` (evaluate the held-out fold after every epoch for the
+            learning curves, ``val_*`` columns, never used for model selection) and
+            ``keep_weights`` (configurations whose trained weights are kept for
+            :func:`load_fold_model` and Grad-CAM).
         out_dir: folder of the per-(config, fold) outputs (a run's
             :attr:`~magn_lib.layout.WorkPaths.grid_dir`; files named by
             :class:`~magn_lib.layout.FoldPaths`: predictions, history, done, kept model,
             transient checkpoint).
-        keep_weights: configurations whose trained weights are kept (for
-            :func:`load_fold_model` and Grad-CAM); ``True`` keeps all, ``False`` none.
-        track_test: evaluate the held-out fold after every epoch for the learning curves
-            (``val_*`` columns; never used for model selection).
         progress: progress bars.
         data_fingerprint: a string that changes when the crops change (e.g. the cache's
             hash); a changed one retrains.
 
     Returns:
         :class:`GridResult` ``(predictions, metrics, curves)``: out-of-fold predictions in the
-        shared format (``method`` = "magn"), one metrics row per (config, fold) with ACC, AUC,
-        F1, sensitivity, specificity at threshold 0.5 and the initialisation used, and the
-        per-epoch learning curves.
+        shared format (``method`` = "magn"), one metrics row per (config, fold) with the
+        metrics of :func:`magn_lib.stats.binary_metrics` at threshold 0.5 and the
+        initialisation used, and the per-epoch learning curves.
     """
-    if params is None:
-        raise ConfigError("run_grid needs params (a Profile)")
+    if not isinstance(settings, GridSettings):
+        raise ConfigError("run_grid needs settings: GridSettings.from_profile(profile), got "
+                          f"{type(settings).__name__}")
     configs = [config_by_name(c) for c in configs]
     folds = folds.astype({"lesion_id": str, "patient_id": str, "fold": int, "label": int})
     out_dir = Path(out_dir)
     fold_ids = sorted(folds["fold"].unique().tolist())
     tasks = [(c, k) for c in configs for k in fold_ids]
     for config, fold in tqdm(tasks, desc="MAGN grid", unit="fold", disable=not progress):
-        keep = keep_weights is True or (keep_weights is not False and
-                                        config.name in set(keep_weights))
-        _run_one(config, fold, dataset_factory, folds, params, out_dir, keep=keep,
-                 progress=progress, track_test=track_test, data_fingerprint=data_fingerprint)
+        _run_one(config, fold, dataset_factory, folds, settings, out_dir, progress=progress,
+                 data_fingerprint=data_fingerprint)
     predictions, metrics, curves = [], [], []
     for config, fold in tasks:
         files = GridPaths(out_dir).fold(config.name, fold)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from magn_lib.losses import normalized_class_cam
+from magn_lib.settings import NetworkSettings
 
 __all__ = [
     "FIDELITY_METHODS",
@@ -309,7 +310,7 @@ def grid_fidelity(
     out_dir: str | Path,
     folds: pd.DataFrame,
     dataset_factory: Any,
-    params: Any,
+    network: NetworkSettings,
     *,
     guided: str = "multi-view+attention",
     unguided: str = "multi-view",
@@ -322,7 +323,7 @@ def grid_fidelity(
         out_dir: the ``run_grid`` output folder (both configurations kept their weights).
         folds: the run's fold table.
         dataset_factory: as for :func:`magn_lib.cv.run_grid` (called with ``train=False``).
-        params: the profile the grid ran with.
+        network: the network settings the grid ran with (``NetworkSettings.from_profile``).
         guided, unguided: configuration names compared.
         **kwargs: passed to :func:`attention_fidelity`.
 
@@ -335,8 +336,8 @@ def grid_fidelity(
     for fold in sorted(folds["fold"].unique().tolist()):
         ids = folds.loc[folds["fold"] == fold, "lesion_id"].astype(str).tolist()
         ds = dataset_factory(ids, train=False)
-        table = compare_guidance(load_fold_model(out_dir, guided, fold, params),
-                                 load_fold_model(out_dir, unguided, fold, params), ds, **kwargs)
+        table = compare_guidance(load_fold_model(out_dir, guided, fold, network),
+                                 load_fold_model(out_dir, unguided, fold, network), ds, **kwargs)
         table.insert(1, "fold", fold)
         parts.append(table)
     return pd.concat(parts, ignore_index=True)
@@ -346,14 +347,15 @@ def held_out_maps(
     out_dir: str | Path,
     folds: pd.DataFrame,
     dataset_factory: Any,
-    params: Any,
+    network: NetworkSettings,
     lesion_ids: Sequence[str],
     *,
     models: Mapping[str, str] = MappingProxyType(
         {"with guidance": "multi-view+attention", "without guidance": "multi-view"}),
 ) -> list[dict[str, Any]]:
     """Grad-CAM of chosen lesions by each named model of the fold that held them out (the
-    paper's Fig. 5: the same lesions with and without attention guidance).
+    paper's Fig. 5: the same lesions with and without attention guidance). ``network``: the
+    network settings the grid ran with.
 
     Returns:
         One dict per lesion: ``lesion_id``, ``label``, ``fold``, ``images`` ({view: float32
@@ -371,7 +373,7 @@ def held_out_maps(
         target = [int(round(float(item["label"])))]
         cams, probability = {}, {}
         for title, config in models.items():
-            model = load_fold_model(out_dir, config, fold, params)
+            model = load_fold_model(out_dir, config, fold, network)
             sub = {v: images[v] for v in model.views}
             cams[title] = {v: m[0] for v, m in gradcam(model, sub, targets=target).items()}
             with torch.no_grad():

@@ -27,7 +27,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from magn_lib.config import BACKBONES, VIEWS
+from magn_lib.config import BACKBONES, POOLINGS, VIEWS
 from magn_lib.errors import ConfigError, InputError
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "lse_pool",
 ]
 
-POOLINGS: tuple[str, ...] = ("lse", "avg", "max")
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 _FEATURE_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}

@@ -49,7 +49,8 @@ __all__ = [
 # Reference values, copied from Chen et al. 2022, Front. Oncol. 12:981769, Table 2 ("The
 # Comparison of Classification Performance among Different Methods and Configurations on 5-fold
 # Cross-validation"): ACC, AUC as mean ± SD over the 5 folds (readers: one value), F1-score.
-# Columns: method, view, attention, acc, auc, auc_sd, f1. For orientation only: another cohort.
+# Columns: method, view, attention, accuracy, auc, auc_sd, f1. For orientation only: another
+# cohort.
 PAPER_TABLE2: tuple[tuple[str, str, bool, float, float, float, float], ...] = (
     ("magn", "sagittal", False, 0.7692, 0.7546, 0.1011, 0.6696),
     ("magn", "sagittal", True, 0.8061, 0.7492, 0.0671, 0.6893),
@@ -74,8 +75,9 @@ _VIEW_ALIASES = {"multi-view": "multi-view", "multiview": "multi-view", "multi_v
 
 
 def paper_table2() -> pd.DataFrame:
-    """``PAPER_TABLE2`` as a DataFrame (columns method, view, attention, acc, auc, auc_sd, f1)."""
-    return pd.DataFrame(PAPER_TABLE2, columns=["method", "view", "attention", "acc", "auc",
+    """``PAPER_TABLE2`` as a DataFrame (columns method, view, attention, accuracy, auc, auc_sd,
+    f1)."""
+    return pd.DataFrame(PAPER_TABLE2, columns=["method", "view", "attention", "accuracy", "auc",
                                                "auc_sd", "f1"])
 
 
@@ -325,10 +327,10 @@ def table2(
     ``stats.metrics_table`` (pass its output as ``metrics`` to avoid computing it twice).
 
     Returns:
-        DataFrame with columns ``section, method, config, view, attention, n_lesions, acc,
-        acc_low, acc_high, auc_fold_mean, auc_fold_sd, auc, auc_low, auc_high, f1, f1_low,
-        f1_high, paper_acc, paper_auc, paper_auc_sd, paper_f1`` (paper columns NaN where the
-        paper has no such row).
+        DataFrame with columns ``section, method, config, view, attention, n_lesions,
+        accuracy, accuracy_low, accuracy_high, auc_fold_mean, auc_fold_sd, auc, auc_low,
+        auc_high, f1, f1_low, f1_high, paper_accuracy, paper_auc, paper_auc_sd, paper_f1``
+        (paper columns NaN where the paper has no such row).
     """
     if metrics is None:
         if oof is None:
@@ -351,11 +353,12 @@ def table2(
             "section": _SECTIONS.get(r.method, str(r.method)), "method": r.method,
             "config": r.config, "view": view, "attention": attention,
             "n_lesions": r.n_lesions,
-            "acc": r.accuracy, "acc_low": r.accuracy_low, "acc_high": r.accuracy_high,
+            "accuracy": r.accuracy, "accuracy_low": r.accuracy_low,
+            "accuracy_high": r.accuracy_high,
             "auc_fold_mean": r.auc_fold_mean, "auc_fold_sd": r.auc_fold_sd,
             "auc": r.auc, "auc_low": r.auc_low, "auc_high": r.auc_high,
             "f1": r.f1, "f1_low": r.f1_low, "f1_high": r.f1_high,
-            "paper_acc": np.nan if ref is None else ref["acc"],
+            "paper_accuracy": np.nan if ref is None else ref["accuracy"],
             "paper_auc": np.nan if ref is None else ref["auc"],
             "paper_auc_sd": np.nan if ref is None else ref["auc_sd"],
             "paper_f1": np.nan if ref is None else ref["f1"],
@@ -376,21 +379,23 @@ def format_table2(t2: pd.DataFrame, *, decimals: int = 3) -> pd.DataFrame:
     def pm(m: float, s: float) -> str:
         return f"{f(m)} ± {f(s)}" if np.isfinite(m) and np.isfinite(s) else f(m)
 
+    acc, auc, f1 = (stats.METRIC_LABELS[m] for m in ("accuracy", "auc", "f1"))
     return pd.DataFrame({
         "Section": t2["section"],
         "Configuration": [v.capitalize() if m != "reader" else c.replace("reader", "Radiologist ")
                           for m, v, c in zip(t2["method"], t2["view"], t2["config"], strict=True)],
         "Attention": np.where(t2["attention"], "✓", "–"),
-        "ACC [95% CI]": [ci(*v) for v in zip(t2["acc"], t2["acc_low"], t2["acc_high"],
+        f"{acc} [95% CI]": [ci(*v) for v in zip(t2["accuracy"], t2["accuracy_low"],
+                                                 t2["accuracy_high"], strict=True)],
+        f"{auc} folds (mean ± SD)": [pm(*v) for v in zip(t2["auc_fold_mean"], t2["auc_fold_sd"],
+                                                         strict=True)],
+        f"{auc} pooled [DeLong 95% CI]": [ci(*v) for v in zip(t2["auc"], t2["auc_low"],
+                                                              t2["auc_high"], strict=True)],
+        f"{f1} [95% CI]": [ci(*v) for v in zip(t2["f1"], t2["f1_low"], t2["f1_high"],
                                                strict=True)],
-        "AUC folds (mean ± SD)": [pm(*v) for v in zip(t2["auc_fold_mean"], t2["auc_fold_sd"],
-                                                       strict=True)],
-        "AUC pooled [DeLong 95% CI]": [ci(*v) for v in zip(t2["auc"], t2["auc_low"],
-                                                            t2["auc_high"], strict=True)],
-        "F1 [95% CI]": [ci(*v) for v in zip(t2["f1"], t2["f1_low"], t2["f1_high"], strict=True)],
-        "Paper ACC": [f(v) for v in t2["paper_acc"]],
-        "Paper AUC": [pm(*v) for v in zip(t2["paper_auc"], t2["paper_auc_sd"], strict=True)],
-        "Paper F1": [f(v) for v in t2["paper_f1"]],
+        f"Paper {acc}": [f(v) for v in t2["paper_accuracy"]],
+        f"Paper {auc}": [pm(*v) for v in zip(t2["paper_auc"], t2["paper_auc_sd"], strict=True)],
+        f"Paper {f1}": [f(v) for v in t2["paper_f1"]],
     })
 
 

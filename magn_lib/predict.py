@@ -26,6 +26,7 @@ from magn_lib.data import CropDataset
 from magn_lib.dicom import read_series
 from magn_lib.errors import InputError
 from magn_lib.layout import ReportPaths, WorkPaths
+from magn_lib.settings import NetworkSettings
 from magn_lib.train import predict
 from magn_lib.transfer import transfer_mask
 
@@ -75,6 +76,7 @@ def predict_lesion(
     run_dir = resolve_path(run_dir)
     record = _run_record(run_dir)
     params = Profile(**record["parameters"])
+    network = NetworkSettings.from_profile(params)
     grid_paths = WorkPaths(resolve_path(record["run"]["work_dir"])).grid
     grid = config_by_name(config)
     missing = [v for v in ("sagittal", *grid.views) if v not in series]
@@ -110,7 +112,7 @@ def predict_lesion(
                          hint="the study keeps the multi-view models; choose one of those")
     rows = []
     for fold in folds:
-        model = load_fold_model(grid_paths.root, grid, fold, params)
+        model = load_fold_model(grid_paths.root, grid, fold, network)
         rows.append({"fold": str(fold),
                      "probability": float(predict(model, dataset)["probability"].iloc[0])})
     table = pd.DataFrame(rows)

@@ -247,7 +247,8 @@ def readers_vs_models(
 
     Returns:
         DataFrame with columns ``reader, method, config, n_lesions, auc_reader, auc_model,
-        delong_z, delong_p, acc_reader, acc_model, reader_only_correct, model_only_correct,
+        delong_z, delong_p, accuracy_reader, accuracy_model, reader_only_correct,
+        model_only_correct,
         mcnemar_statistic, mcnemar_p, mcnemar_method``.
     """
     r = _check_reads(reads, lesions)
@@ -277,8 +278,8 @@ def readers_vs_models(
             rows.append({
                 "reader": reader, "method": method, "config": config, "n_lesions": len(common),
                 "auc_reader": auc_r, "auc_model": auc_m, "delong_z": z, "delong_p": p,
-                "acc_reader": float(np.mean(call_r == y)),
-                "acc_model": float(np.mean(call_m == y)),
+                "accuracy_reader": float(np.mean(call_r == y)),
+                "accuracy_model": float(np.mean(call_m == y)),
                 "reader_only_correct": mc.a_only, "model_only_correct": mc.b_only,
                 "mcnemar_statistic": mc.statistic, "mcnemar_p": mc.p_value,
                 "mcnemar_method": mc.method,
@@ -307,9 +308,9 @@ def format_reader_metrics(table: pd.DataFrame, *, decimals: int = 2) -> pd.DataF
             return "–"
         return f"{value:.{decimals}f} ({lo:.{decimals}f}–{hi:.{decimals}f})"
 
-    columns = {"accuracy": "ACC", "f1": "F1", "sensitivity": "sensitivity",
-               "specificity": "specificity", "auc_call": "AUC (call)",
-               "auc_ordinal": "AUC (call + confidence)"}
+    label, auc = stats.METRIC_LABELS, stats.METRIC_LABELS["auc"]
+    columns = {**{m: label[m] for m in ("accuracy", "f1", "sensitivity", "specificity")},
+               "auc_call": f"{auc} (call)", "auc_ordinal": f"{auc} (call + confidence)"}
     out = pd.DataFrame({"reader": table["reader"], "lesions": table["n_lesions"].astype(int)})
     for m, name in columns.items():
         out[name] = [ci(r, m) for _, r in table.iterrows()]

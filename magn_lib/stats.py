@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import NamedTuple
 
 import numpy as np
@@ -37,6 +38,7 @@ from magn_lib.errors import InputError
 __all__ = [
     "DEFAULT_GROUP_NAMES",
     "METRICS",
+    "METRIC_LABELS",
     "OOF_COLUMNS",
     "KappaResult",
     "McNemarResult",
@@ -61,7 +63,13 @@ __all__ = [
 OOF_COLUMNS: tuple[str, ...] = (
     "method", "config", "fold", "lesion_id", "patient_id", "label", "probability",
 )
+# the one spelling of the metrics in every table, column and history of the project
 METRICS: tuple[str, ...] = ("accuracy", "auc", "f1", "sensitivity", "specificity")
+# how a reader-facing table labels them (the paper's abbreviations)
+METRIC_LABELS: Mapping[str, str] = MappingProxyType({
+    "accuracy": "ACC", "auc": "AUC", "f1": "F1", "sensitivity": "sensitivity",
+    "specificity": "specificity",
+})
 _THRESHOLD_METRICS: tuple[str, ...] = ("accuracy", "f1", "sensitivity", "specificity")
 DEFAULT_GROUP_NAMES: dict[int, str] = {1: "MM", 0: "Metastasis"}
 
@@ -1003,13 +1011,13 @@ def format_metrics(table: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
         mean, sd = row["auc_fold_mean"], row["auc_fold_sd"]
         return f"{mean:.{decimals}f} ± {sd:.{decimals}f}" if np.isfinite(mean) else "–"
 
+    auc = METRIC_LABELS["auc"]
     out = pd.DataFrame({
         "model": [model_name(m, c) for m, c in zip(table["method"], table["config"], strict=True)],
         "lesions": table["n_lesions"].astype(int),
-        "AUC (95% CI)": [ci(r, "auc") for _, r in table.iterrows()],
-        "AUC folds": [folds(r) for _, r in table.iterrows()],
+        f"{auc} (95% CI)": [ci(r, "auc") for _, r in table.iterrows()],
+        f"{auc} folds": [folds(r) for _, r in table.iterrows()],
     })
-    for m, name in (("accuracy", "ACC"), ("f1", "F1"), ("sensitivity", "sensitivity"),
-                    ("specificity", "specificity")):
-        out[name] = [ci(r, m) for _, r in table.iterrows()]
+    for m in _THRESHOLD_METRICS:
+        out[METRIC_LABELS[m]] = [ci(r, m) for _, r in table.iterrows()]
     return out

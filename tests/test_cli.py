@@ -23,12 +23,10 @@ def test_generate_writes_a_loadable_cohort_and_refuses_other_parameters(tmp_path
 
 
 def test_deid_key_is_refused_inside_reports_and_written_elsewhere(tmp_path, capsys,
-                                                                  monkeypatch):
-    from synthetic_fixture import small_cohort
-
+                                                                  monkeypatch, small_cohort):
     from magn_lib import config
 
-    manifest = small_cohort() / "manifest"
+    manifest = small_cohort / "manifest"
     monkeypatch.setattr(config, "project_root", lambda: tmp_path)
     inside = tmp_path / "reports" / "key.csv"
     assert cli.main(["deid-key", "--manifest", str(manifest), "--out", str(inside)]) == 2

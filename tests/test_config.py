@@ -67,6 +67,7 @@ def test_wrong_type_is_named(tmp_path, text, key):
         ({"views": ["sagittal", "lateral"]}, "views"),
         ({"views": []}, "views"),
         ({"backbone": "vgg16"}, "backbone"),
+        ({"pooling": "median"}, "pooling"),
         ({"n_folds": 1}, "n_folds"),
         ({"epochs": 0}, "epochs"),
         ({"radiomics_keep": 40}, "radiomics_keep"),

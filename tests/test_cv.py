@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from torch.utils.data import Dataset
 
+from magn_lib import stats
 from magn_lib.config import load_profile
 from magn_lib.cv import (
     CONFIGS,
@@ -23,9 +24,8 @@ from magn_lib.cv import (
     save_folds,
 )
 from magn_lib.errors import ConfigError, InputError
+from magn_lib.settings import GridSettings
 from magn_lib.train import predict
-
-torch.set_num_threads(1)  # 2 threads spin-wait badly on a busy 2-core machine
 
 
 def _lesions(n_patients=30, seed=0):
@@ -107,48 +107,26 @@ def test_configs():
 def test_binary_metrics_hand_case():
     m = binary_metrics([1, 1, 0, 0, 0], [0.9, 0.4, 0.6, 0.1, 0.2])
     # calls 1,0,1,0,0: TP 1, FN 1, FP 1, TN 2; AUC: 5 of 6 MM-metastasis pairs ordered right
-    assert m == pytest.approx({"n": 5, "n_mm": 2, "ACC": 0.6, "AUC": 5 / 6, "F1": 0.5,
+    assert m == pytest.approx({"n": 5, "n_mm": 2, "accuracy": 0.6, "auc": 5 / 6, "f1": 0.5,
                                "sensitivity": 0.5, "specificity": 2 / 3})
-    assert np.isnan(binary_metrics([0, 0], [0.1, 0.7])["AUC"])
+    assert np.isnan(binary_metrics([0, 0], [0.1, 0.7])["auc"])
 
 
-class ToyCohort(Dataset):
-    """Synthetic crops (item contract of the crop-cache Dataset) for given lesion ids."""
-
-    def __init__(self, table, size=32):
-        self.table = table.reset_index(drop=True)
-        self.labels = self.table["label"].tolist()
-        self.size = size
-
-    def __len__(self):
-        return len(self.table)
-
-    def __getitem__(self, i):
-        row = self.table.iloc[i]
-        rng = np.random.default_rng(int(row["lesion_id"][1:4]) * 10 + int(row["lesion_id"][-1]))
-        images, masks = {}, {}
-        for v in ("sagittal", "coronal", "axial"):
-            m = np.zeros((self.size, self.size), dtype=np.float32)
-            m[8:20, 10:22] = 1
-            img = rng.normal(0.3, 0.05, (3, self.size, self.size)) + m * 0.3 * (1 + row["label"])
-            images[v] = torch.from_numpy(img.astype(np.float32))
-            masks[v] = torch.from_numpy(m)
-        return {"images": images, "masks": masks, "label": torch.tensor(float(row["label"])),
-                "lesion_id": row["lesion_id"], "patient_id": row["patient_id"]}
-
-
-def test_run_grid_outputs_and_resume(tmp_path):
+def test_run_grid_outputs_and_resume(tmp_path, toy_crops):
     lesions = _lesions(n_patients=9, seed=1)
     folds = make_folds(lesions, n_splits=2, seed=0)
+    cohort = toy_crops(lesions, size=32)
     calls = []
 
     def factory(lesion_ids, *, train):
         calls.append((len(lesion_ids), train))
-        return ToyCohort(lesions.set_index("lesion_id").loc[list(lesion_ids)].reset_index())
+        return cohort.subset(lesion_ids)
 
-    params = load_profile("smoke", epochs=1, batch_size=8, device="cpu")
+    settings = GridSettings.from_profile(load_profile("smoke", epochs=1, batch_size=8,
+                                                      device="cpu"))
+    network = settings.network
     configs = ["axial", "multi-view+attention"]
-    preds, metrics, curves = run_grid(factory, folds, configs, params, tmp_path / "cv",
+    preds, metrics, curves = run_grid(factory, folds, configs, settings, tmp_path / "cv",
                                       progress=False)
     assert list(preds.columns) == list(PREDICTION_COLUMNS)
     assert (preds["method"] == "magn").all()
@@ -159,7 +137,7 @@ def test_run_grid_outputs_and_resume(tmp_path):
         assert (p["patient_id"] == p["patient_id_f"]).all()
     assert preds["probability"].between(0, 1).all()
     assert len(metrics) == 4 and set(metrics["config"]) == set(configs)
-    for col in ("ACC", "AUC", "F1", "sensitivity", "specificity", "weights_used"):
+    for col in (*stats.METRICS, "weights_used"):
         assert col in metrics.columns
     assert (metrics["weights_used"] == "he_uniform").all()
     assert {"config", "fold", "epoch", "train_loss", "val_auc"} <= set(curves.columns)
@@ -168,29 +146,36 @@ def test_run_grid_outputs_and_resume(tmp_path):
     assert pooled["n"].tolist() == [len(lesions)] * 2
 
     # the saved model of a kept configuration reproduces its out-of-fold predictions
-    model = load_fold_model(tmp_path / "cv", "multi-view+attention", 1, params)
+    model = load_fold_model(tmp_path / "cv", "multi-view+attention", 1, network)
     test_ids = folds.loc[folds["fold"] == 1, "lesion_id"].tolist()
     again = predict(model, factory(test_ids, train=False))
     saved = preds[(preds["config"] == "multi-view+attention") & (preds["fold"] == 1)]
     np.testing.assert_allclose(again["probability"], saved["probability"], rtol=1e-5)
     with pytest.raises(InputError, match="no saved model"):
-        load_fold_model(tmp_path / "cv", "axial", 0, params)
+        load_fold_model(tmp_path / "cv", "axial", 0, network)
 
-    # finished folds are skipped; changed parameters retrain
+    # finished folds are skipped, also where the work runs changed; changed settings retrain
     calls.clear()
-    preds2, metrics2, _ = run_grid(factory, folds, configs, params, tmp_path / "cv",
+    elsewhere = replace(settings, train=replace(settings.train, num_workers=1))
+    preds2, metrics2, _ = run_grid(factory, folds, configs, elsewhere, tmp_path / "cv",
                                    progress=False)
     assert calls == []
     pd.testing.assert_frame_equal(preds2, preds)
-    run_grid(factory, folds, ["axial"], params.replace(learning_rate=1e-4), tmp_path / "cv",
-             progress=False)
+    # the attention weight is not one of the unguided configuration's settings
+    run_grid(factory, folds, ["axial"],
+             replace(settings, train=replace(settings.train, attention_weight=0.25)),
+             tmp_path / "cv", progress=False)
+    assert calls == []
+    run_grid(factory, folds, ["axial"],
+             replace(settings, train=replace(settings.train, learning_rate=1e-4)),
+             tmp_path / "cv", progress=False)
     assert len(calls) == 4
 
     # Fig. 5 material: each lesion explained by the model of the fold that held it out
     from magn_lib.explain import held_out_maps
     from magn_lib.plots import plot_learning_curves
 
-    maps = held_out_maps(tmp_path / "cv", folds, factory, params, test_ids[:2],
+    maps = held_out_maps(tmp_path / "cv", folds, factory, network, test_ids[:2],
                          models={"with guidance": "multi-view+attention"})
     assert [m["lesion_id"] for m in maps] == test_ids[:2] and {m["fold"] for m in maps} == {1}
     for item in maps:

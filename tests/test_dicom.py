@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, MRImageStorage, generate_uid
 
-from magn_lib.config import project_root
 from magn_lib.dicom import (
     LPS_TO_RAS,
     deidentify_series,
@@ -574,19 +572,12 @@ def test_world_to_voxel_on_dicom_lps_point(tmp_path):
 # real data: Siemens sagittal T1 in four patient positions (dcm_qa_decubitus)
 
 
-def _reference_data() -> Path | None:
-    env = os.environ.get("MAGN_REFERENCE_DATA")
-    root = Path(env) if env else project_root().parent / "shared" / "reference-data"
-    folder = root / "dicom-decubitus"
-    return folder if folder.is_dir() else None
-
-
 @pytest.mark.parametrize("series", ["HFS/3_t1_fl2d_sag", "HFP/2_t1_fl2d_sag",
                                     "HFDL/2_t1_fl2d_sag", "HFDR/2_t1_fl2d_sag"])
-def test_real_decubitus_series_match_simpleitk(series):
-    root = _reference_data()
-    if root is None:
-        pytest.skip("reference data dicom-decubitus not found (set MAGN_REFERENCE_DATA)")
+def test_real_decubitus_series_match_simpleitk(series, reference_data):
+    root = reference_data / "dicom-decubitus"
+    if not root.is_dir():
+        pytest.skip(f"reference data dicom-decubitus not found at {root}")
     folder = root / series
     img = read_series(folder, patient=series.split("/")[0])
     assert img.shape == (256, 256, 35)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from magn_lib.explain import (
     attention_fidelity,
@@ -20,7 +19,6 @@ from magn_lib.explain import (
 from magn_lib.losses import normalized_class_cam
 from magn_lib.model import MAGN
 
-torch.set_num_threads(1)  # 2 threads spin-wait badly on a busy 2-core machine
 VIEWS3 = ("sagittal", "coronal", "axial")
 
 
@@ -121,29 +119,8 @@ def test_energy_inside_and_pointing_game_hand_cases():
     assert np.isnan(energy_inside(np.zeros((1, 10, 10)), mask[:1])).all()
 
 
-class ToyLesions(Dataset):
-    def __init__(self, n=4, size=64):
-        rng = np.random.default_rng(0)
-        self.items = []
-        for i in range(n):
-            m = np.zeros((size, size), dtype=np.float32)
-            m[10:40, 20:50] = 1
-            images = {v: torch.from_numpy(rng.random((3, size, size)).astype(np.float32))
-                      for v in VIEWS3}
-            self.items.append({"images": images,
-                               "masks": {v: torch.from_numpy(m) for v in VIEWS3},
-                               "label": torch.tensor(float(i % 2)),
-                               "lesion_id": f"P{i:03d}-L1", "patient_id": f"P{i:03d}"})
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
-
-def test_fidelity_tables():
-    ds = ToyLesions()
+def test_fidelity_tables(toy_crops):
+    ds = toy_crops(4, size=64, lesion_px=30)
     table = compare_guidance(_model(seed=1), _model(seed=2), ds, batch_size=3)
     assert len(table) == 2 * 4 * 3 * 2  # guidance x lesions x views x methods
     assert set(table["guidance"]) == {"guided", "unguided"}

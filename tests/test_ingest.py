@@ -8,17 +8,19 @@ import stat
 import nibabel as nib
 import numpy as np
 import pytest
-from synthetic_fixture import N_PATIENTS, small_cohort
 
 from magn_lib.errors import InputError
 from magn_lib.ingest import EXCLUSION_COLUMNS, ingest_cohort, write_deid_key
 from magn_lib.manifest import load_manifest
 from magn_lib.synthetic import load_truth
+from tests.helpers import SMALL_COHORT
+
+N_PATIENTS = SMALL_COHORT.n_patients
 
 
 @pytest.fixture(scope="module")
-def cohort():
-    return small_cohort()
+def cohort(small_cohort):
+    return small_cohort
 
 
 @pytest.fixture(scope="module")

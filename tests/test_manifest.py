@@ -13,18 +13,20 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_fixture import N_PATIENTS, small_cohort
 
 from magn_lib.errors import InputError
 from magn_lib.manifest import GRID_TOLERANCE_MM, Manifest, load_manifest, sagittal_grid
 from magn_lib.synthetic import load_truth
+from tests.helpers import SMALL_COHORT
+
+N_PATIENTS = SMALL_COHORT.n_patients
 
 TABLES = ("patients.csv", "lesions.csv", "series.csv", "readers.csv")
 
 
 @pytest.fixture(scope="module")
-def source() -> Path:
-    return small_cohort() / "manifest"
+def source(small_cohort) -> Path:
+    return small_cohort / "manifest"
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ import magn_lib.model as model_mod
 from magn_lib.errors import ConfigError, InputError
 from magn_lib.model import IMAGENET_MEAN, IMAGENET_STD, MAGN, he_uniform_init, lse_pool
 
-torch.set_num_threads(1)  # 2 threads spin-wait badly on a busy 2-core machine
-
 
 def _images(views, b=2, size=64, seed=0):
     g = torch.Generator().manual_seed(seed)

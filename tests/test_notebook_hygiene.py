@@ -71,15 +71,43 @@ def test_study_notebook_is_clean(path):
     assert notebook_problems(path) == []
 
 
-@pytest.mark.parametrize("path", STUDY_NOTEBOOKS, ids=lambda p: p.name)
-def test_study_notebook_defaults_are_the_demo_profile(path):
-    # JupyterLab runs a notebook with its defaults: they must be the demo profile's values, so
-    # that opening a notebook by hand gives the run `make study` gives.
+def _parameter_problems(path) -> list[str]:
+    """What is wrong with a notebook's parameters cell: a name that neither the profile nor the
+    runner provides (papermill never sets it: a typo or a stale name), or a default other than
+    the demo profile's (JupyterLab runs a notebook with its defaults: they must give the run
+    `make study` gives)."""
     demo = load_profile("demo").to_dict()
-    declared = declared_parameters(path)
-    for name, default in declared.items():
+    problems = []
+    for name, default in declared_parameters(path).items():
         if name in demo:
-            assert eval(default) == demo[name], f"{path.name}: {name} default differs from demo"
-    assert "run_dir" not in declared or eval(declared["run_dir"]) == "reports/demo"
-    for name in RUN_PARAMETERS:
-        assert name in RUN_PARAMETERS
+            if eval(default) != demo[name]:
+                problems.append(f"{name}: default {default} is not the demo profile's "
+                                f"{demo[name]!r}")
+        elif name not in RUN_PARAMETERS:
+            problems.append(f"{name}: neither a profile parameter nor one of {RUN_PARAMETERS}")
+        elif name == "run_dir" and eval(default) != "reports/demo":
+            problems.append(f"run_dir: default {default} is not 'reports/demo'")
+    return problems
+
+
+@pytest.mark.parametrize("path", STUDY_NOTEBOOKS, ids=lambda p: p.name)
+def test_study_notebook_parameters_are_the_demo_profile(path):
+    assert _parameter_problems(path) == []
+
+
+def test_bad_parameters_cell_is_caught(tmp_path):
+    nb = _clean()
+    nb.cells[1].source = ('profile = "demo"\nepoch = 10\nseed = 1\nrun_dir = "reports/mine"\n'
+                          'work_dir = "work/demo"\n')
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    path = tmp_path / "bad.ipynb"
+    nbformat.write(nb, path)
+    problems = _parameter_problems(path)
+    assert len(problems) == 3, problems
+    assert problems[0].startswith("epoch: neither a profile parameter")
+    assert problems[1].startswith("seed: default 1 is not the demo profile's 2022")
+    assert problems[2].startswith("run_dir: default")
+    nb.cells[1].source = 'profile = "demo"\nepochs = 10\nseed = 2022\nrun_dir = "reports/demo"\n'
+    nbformat.write(nb, path)
+    assert _parameter_problems(path) == []

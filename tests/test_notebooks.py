@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import open_in_browser
 
 from magn_lib.config import load_profile, project_root
 from magn_lib.pipeline import discover_notebooks, embedded_cohort_dir, run_study
@@ -124,13 +123,13 @@ def test_no_identity_in_reports_or_work(smoke_run):
                 assert not leaked, f"{leaked} in {rel}"
 
 
-def test_clinician_pages_in_chromium(smoke_run, browser, tmp_path):
+def test_clinician_pages_in_chromium(smoke_run, open_page, tmp_path):
     result, root, _ = smoke_run
     paths = result.paths
     machine_paths = [str(root), str(project_root()), str(Path.home()) + "/"]
     pages = [paths.index_html, *sorted(paths.html_dir.glob("*.html"))]
     for page_path in pages:
-        page, problems = open_in_browser(browser, page_path, tmp_path / f"{page_path.stem}.png")
+        page, problems = open_page(page_path, tmp_path / f"{page_path.stem}.png")
         assert problems == [], f"{page_path.name}: {problems}"
         text = page.inner_text("body")
         html = page_path.read_text()

@@ -122,26 +122,31 @@ def test_table2_numbers_equal_the_stats_functions(oof):
                                "extra-view", "multi-view", "reader1", "reader2"]
     for r in t2.itertuples():
         m = mt[(mt.method == r.method) & (mt.config == r.config)].iloc[0]
-        assert (r.acc, r.acc_low, r.acc_high) == (m.accuracy, m.accuracy_low, m.accuracy_high)
+        assert (r.accuracy, r.accuracy_low, r.accuracy_high) == (m.accuracy, m.accuracy_low,
+                                                                 m.accuracy_high)
         assert (r.f1, r.f1_low, r.f1_high) == (m.f1, m.f1_low, m.f1_high)
         assert (r.auc, r.auc_low, r.auc_high) == (m.auc, m.auc_low, m.auc_high)
         assert r.auc_fold_mean == m.auc_fold_mean or np.isnan(r.auc_fold_mean)
     sag = t2[t2.config == "sagittal+attention"].iloc[0]
-    assert (sag.paper_acc, sag.paper_auc, sag.paper_auc_sd, sag.paper_f1) == (
+    assert (sag.paper_accuracy, sag.paper_auc, sag.paper_auc_sd, sag.paper_f1) == (
         0.8061, 0.7492, 0.0671, 0.6893)
     mv = t2[(t2.method == "magn") & (t2.config == "multi-view+attention")].iloc[0]
-    assert (mv.paper_acc, mv.paper_f1) == (0.8108, 0.7120)
+    assert (mv.paper_accuracy, mv.paper_f1) == (0.8108, 0.7120)
     rad = t2[t2.method == "radiomics"].iloc[0]
     assert rad.paper_auc == 0.7616 and not rad.attention
-    assert t2[t2.config == "reader2"].iloc[0].paper_acc == 0.6912
-    assert np.isnan(t2[t2.config == "extra-view"].iloc[0].paper_acc)
+    assert t2[t2.config == "reader2"].iloc[0].paper_accuracy == 0.6912
+    assert np.isnan(t2[t2.config == "extra-view"].iloc[0].paper_accuracy)
     sub = oof[(oof.method == "magn") & (oof.config == "sagittal")]
     assert t2.iloc[0].auc_low == pytest.approx(stats.delong_ci(sub.label, sub.probability)[1])
     shown = plots.format_table2(t2)
     assert shown.loc[1, "Attention"] == "✓" and shown.loc[0, "Attention"] == "–"
     assert shown.loc[1, "Paper AUC"] == "0.749 ± 0.067"
     assert shown.loc[5, "Configuration"] == "Radiologist 1"
-    assert shown.loc[0, "ACC [95% CI]"].startswith(f"{t2.acc[0]:.3f} [")
+    assert shown.loc[0, "ACC [95% CI]"].startswith(f"{t2.accuracy[0]:.3f} [")
+    # the paper's labels, as today: one mapping gives every display name
+    assert list(shown.columns) == [
+        "Section", "Configuration", "Attention", "ACC [95% CI]", "AUC folds (mean ± SD)",
+        "AUC pooled [DeLong 95% CI]", "F1 [95% CI]", "Paper ACC", "Paper AUC", "Paper F1"]
 
 
 def test_cam_grid_three_views_with_and_without_guidance():

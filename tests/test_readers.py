@@ -120,7 +120,8 @@ def test_readers_vs_models_equals_stats_on_aligned_lesions():
     assert row.model_only_correct == np.sum(~reader_ok & model_ok)
     mc = stats.mcnemar_test(y, sub.call.to_numpy(), mcall)
     assert row.mcnemar_p == pytest.approx(mc.p_value)
-    assert row.acc_reader == pytest.approx(reader_ok.mean())
+    assert row.accuracy_reader == pytest.approx(reader_ok.mean())
+    assert row.accuracy_model == pytest.approx(model_ok.mean())
 
 
 def test_bad_reads_are_reported_together():
@@ -167,4 +168,5 @@ def test_format_reader_metrics():
     }])
     text = format_reader_metrics(table)
     assert text.loc[0, "ACC"] == "0.70 (0.60–0.80)" and text.loc[0, "lesions"] == 40
-    assert list(text.columns)[-1] == "AUC (call + confidence)"
+    assert list(text.columns) == ["reader", "lesions", "ACC", "F1", "sensitivity",
+                                  "specificity", "AUC (call)", "AUC (call + confidence)"]

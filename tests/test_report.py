@@ -5,7 +5,6 @@ import re
 import nbformat
 import pandas as pd
 import pytest
-from conftest import open_in_browser
 from matplotlib.figure import Figure
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
@@ -96,7 +95,7 @@ def test_front_page_items_must_exist_inside_the_run(tmp_path):
         write_front_page(run, summary=["x"], figures=[("F", outside, "")])
 
 
-def test_index_and_notebook_pages_open_cleanly_in_chromium(tmp_path, browser):
+def test_index_and_notebook_pages_open_cleanly_in_chromium(tmp_path, open_page):
     run = tmp_path / "run"
     (run / "artifacts").mkdir(parents=True)
     (run / "html").mkdir()
@@ -117,7 +116,7 @@ def test_index_and_notebook_pages_open_cleanly_in_chromium(tmp_path, browser):
     (run / "html" / "01_results.html").write_text(page_html)
     for path in (index, run / "html" / "01_results.html"):
         shot = tmp_path / f"{path.stem}.png"
-        page, problems = open_in_browser(browser, path, shot)
+        page, problems = open_page(path, shot)
         assert problems == []
         assert shot.stat().st_size > 5_000
         images = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")

@@ -7,7 +7,6 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
-from synthetic_fixture import N_PATIENTS, small_cohort
 
 from magn_lib.ingest import IngestResult, ingest_cohort, save_nifti
 from magn_lib.manifest import load_manifest
@@ -21,11 +20,14 @@ from magn_lib.stages import (
     transfer_example,
     truth_masks,
 )
+from tests.helpers import SMALL_COHORT
+
+N_PATIENTS = SMALL_COHORT.n_patients
 
 
 @pytest.fixture(scope="module")
-def stages(tmp_path_factory):
-    cohort = small_cohort()
+def stages(tmp_path_factory, small_cohort):
+    cohort = small_cohort
     manifest = load_manifest(cohort / "manifest")
     work = tmp_path_factory.mktemp("work")
     ingest = ingest_cohort(manifest, work, progress=False)

@@ -532,3 +532,6 @@ def test_format_metrics_text_matches_the_numbers():
         f"{row['auc']:.2f} ({row['auc_low']:.2f}–{row['auc_high']:.2f})")
     assert text.loc[0, "AUC folds"] == f"{row['auc_fold_mean']:.2f} ± {row['auc_fold_sd']:.2f}"
     assert text.loc[0, "lesions"] == n
+    assert list(text.columns) == ["model", "lesions", "AUC (95% CI)", "AUC folds", "ACC", "F1",
+                                  "sensitivity", "specificity"]
+    assert text.loc[0, "ACC"].startswith(f"{row['accuracy']:.2f} (")

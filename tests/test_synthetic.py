@@ -15,7 +15,6 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from scipy import ndimage
-from synthetic_fixture import MARKER_RAS, N_PATIENTS, POSITIONS, VENDORS, small_cohort
 
 from magn_lib.dicom import read_series
 from magn_lib.synthetic import (
@@ -26,13 +25,19 @@ from magn_lib.synthetic import (
     load_truth,
     make_cohort,
 )
+from tests.helpers import SMALL_COHORT
+
+MARKER_RAS = SMALL_COHORT.marker_ras
+N_PATIENTS = SMALL_COHORT.n_patients
+POSITIONS = SMALL_COHORT.positions
+VENDORS = SMALL_COHORT.vendors
 
 TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 @pytest.fixture(scope="module")
-def cohort() -> Path:
-    return small_cohort()
+def cohort(small_cohort) -> Path:
+    return small_cohort
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -12,7 +9,6 @@ from nibabel.processing import resample_from_to
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from magn_lib.config import project_root
 from magn_lib.errors import InputError
 from magn_lib.transfer import (
     dice,
@@ -59,11 +55,6 @@ def blob(shape, seed) -> np.ndarray:
 
 def image(data, aff) -> nib.Nifti1Image:
     return nib.Nifti1Image(np.asarray(data), aff)
-
-
-def reference_data() -> Path:
-    root = os.environ.get("MAGN_REFERENCE_DATA")
-    return Path(root) if root else project_root().parent / "shared" / "reference-data"
 
 
 # --- transfer -------------------------------------------------------------------------------
@@ -328,8 +319,8 @@ def test_surface_distances_of_concentric_spheres():
 # --- real geometry --------------------------------------------------------------------------
 
 
-def test_sct_spine_sagittal_mask_onto_axial_grid(capsys):
-    root = reference_data() / "sct-spine"
+def test_sct_spine_sagittal_mask_onto_axial_grid(capsys, reference_data):
+    root = reference_data / "sct-spine"
     if not (root / "t2" / "t2_seg-manual.nii.gz").is_file():
         pytest.skip(f"reference data sct-spine not found at {root} (set MAGN_REFERENCE_DATA)")
     mask = nib.load(root / "t2" / "t2_seg-manual.nii.gz")

@@ -1,0 +1,125 @@
+"""What the tests and the benchmarks share: the toy lesion dataset, the small embedded cohort's
+specification, and where the real reference data live.
+
+The pytest fixtures built on these are in ``conftest.py``; benchmarks import this module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from magn_lib.config import VIEWS, project_root
+
+__all__ = ["SMALL_COHORT", "CohortSpec", "ToyCrops", "make_small_cohort", "reference_data_root"]
+
+
+def reference_data_root() -> Path | None:
+    """``$MAGN_REFERENCE_DATA`` or ``../shared/reference-data`` beside the checkout, if present."""
+    candidates = [
+        os.environ.get("MAGN_REFERENCE_DATA"),
+        project_root().parent / "shared" / "reference-data",
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+class ToyCrops(Dataset):
+    """Synthetic lesion crops with the item contract of :class:`magn_lib.data.CropDataset`.
+
+    Items: ``{"images": {view: float32 Tensor[3, S, S] in [0, 1]}, "masks": {view: Tensor[S, S]
+    0/1}, "label": Tensor[] (1 = MM), "lesion_id": str, "patient_id": str}``. In each view a
+    square lesion of ``lesion_px`` pixels (its mask) lies at a random place on a noisy
+    background; MM lesions are brighter than metastases. Deterministic in ``seed``;
+    :meth:`subset` gives the same items for some of the lesions (what a cross-validation
+    dataset factory returns).
+
+    Args:
+        lesions: a number ``n`` (lesions ``P000-L1`` ... of patients ``P000`` ..., labels
+            alternating 0, 1) or a table with ``lesion_id``, ``patient_id`` and ``label``.
+        size: crop size ``S`` in pixels.
+        views: the views of every item.
+        seed: the draws of the whole dataset, lesion after lesion.
+        lesion_px: side of the square lesion (default ``size // 3``).
+
+    Attributes:
+        items: the items, in order (tests may change them in place).
+        labels: the labels as ``list[int]`` (what :func:`magn_lib.train.dataset_labels` reads).
+    """
+
+    def __init__(self, lesions: int | pd.DataFrame = 8, *, size: int = 32,
+                 views: Sequence[str] = VIEWS, seed: int = 0,
+                 lesion_px: int | None = None) -> None:
+        if isinstance(lesions, int):
+            table = pd.DataFrame({"lesion_id": [f"P{i:03d}-L1" for i in range(lesions)],
+                                  "patient_id": [f"P{i:03d}" for i in range(lesions)],
+                                  "label": [i % 2 for i in range(lesions)]})
+        else:
+            table = lesions.reset_index(drop=True)
+        rng = np.random.default_rng(seed)
+        side = lesion_px or size // 3
+        self.labels = [int(v) for v in table["label"]]
+        self.items = []
+        for lesion_id, patient_id, label in zip(table["lesion_id"], table["patient_id"],
+                                                self.labels, strict=True):
+            images, masks = {}, {}
+            for view in views:
+                mask = np.zeros((size, size), dtype=np.float32)
+                r, c = rng.integers(0, size - side, 2)
+                mask[r:r + side, c:c + side] = 1
+                img = rng.normal(0.3, 0.05, (3, size, size)) + mask * (0.6 if label else 0.3)
+                images[view] = torch.from_numpy(np.clip(img, 0, 1).astype(np.float32))
+                masks[view] = torch.from_numpy(mask)
+            self.items.append({"images": images, "masks": masks,
+                               "label": torch.tensor(float(label)),
+                               "lesion_id": str(lesion_id), "patient_id": str(patient_id)})
+
+    def subset(self, lesion_ids: Sequence[str]) -> ToyCrops:
+        """The same items for ``lesion_ids`` only, in that order."""
+        position = {item["lesion_id"]: i for i, item in enumerate(self.items)}
+        out = object.__new__(ToyCrops)
+        out.items = [self.items[position[str(i)]] for i in lesion_ids]
+        out.labels = [int(item["label"]) for item in out.items]
+        return out
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+@dataclass(frozen=True)
+class CohortSpec:
+    """The tests' small embedded cohort: patients that exercise every scanner and the unusual
+    patient positions, with a bright marker planted at a known world point (RAS+ mm, near where
+    the phantoms' spines lie)."""
+
+    n_patients: int = 4
+    seed: int = 3
+    # supine, prone, decubitus, feet first
+    positions: tuple[str, ...] = ("HFS", "HFP", "HFDL", "FFS")
+    vendors: tuple[str, ...] = ("ge", "philips", "siemens", "philips")
+    marker_ras: tuple[float, float, float] = (3.3, -41.7, 6.1)
+
+
+SMALL_COHORT = CohortSpec()
+
+
+def make_small_cohort(root: Path, spec: CohortSpec = SMALL_COHORT) -> Path:
+    """Write the cohort of ``spec`` into ``root`` (``manifest/`` and ``truth/`` inside, a few
+    seconds); returns ``root``."""
+    from magn_lib.synthetic import make_cohort
+
+    make_cohort(root, n_patients=spec.n_patients, seed=spec.seed, n_jobs=1, progress=False,
+                positions=spec.positions, vendors=spec.vendors, marker_ras=spec.marker_ras)
+    return root
