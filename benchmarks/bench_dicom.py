@@ -10,13 +10,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from benchmarks.common import Result, best_time
 from magn_lib.dicom import read_series
-from tests.helpers import reference_data_root
+from tests.helpers import reference_data_root, sitk_read
 
 __all__ = ["run"]
 
@@ -50,13 +49,6 @@ def _synthetic_series(folder: Path, *, n: int = 40, size: int = 256) -> Path:
     return folder
 
 
-def _sitk_read(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
-    reader.SetOutputPixelType(sitk.sitkFloat32)
-    return reader.Execute()
-
-
 def run() -> list[Result]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = _reference_series()
@@ -65,8 +57,8 @@ def run() -> list[Result]:
             folder = _synthetic_series(Path(tmp))
             what = "synthetic sagittal, 40 x 256 x 256"
         ours = best_time(lambda: read_series(folder), repeat=5)
-        theirs = best_time(lambda: _sitk_read(folder), repeat=5)
-        img, ref = read_series(folder), _sitk_read(folder)
+        theirs = best_time(lambda: sitk_read(folder), repeat=5)
+        img, ref = read_series(folder), sitk_read(folder)
         lps = np.eye(4)
         lps[:3, :3] = np.array(ref.GetDirection()).reshape(3, 3) * np.array(ref.GetSpacing())
         lps[:3, 3] = ref.GetOrigin()

@@ -15,7 +15,6 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, MRImageStorage, generate_uid
 
@@ -29,6 +28,7 @@ from magn_lib.dicom import (
     world_to_voxel,
 )
 from magn_lib.errors import InputError
+from tests.helpers import assert_matches_itk
 
 PATIENT = "P042"
 
@@ -165,32 +165,6 @@ def edit(path: Path, **changes) -> None:
         else:
             setattr(ds, key, value)
     ds.save_as(path, enforce_file_format=True)
-
-
-def sitk_read(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
-    reader.SetOutputPixelType(sitk.sitkFloat32)
-    return reader.Execute()
-
-
-def assert_matches_itk(img: nib.Nifti1Image, folder: Path) -> None:
-    """Every ITK voxel centre (LPS -> RAS) is one of ours within 0.01 mm, same intensity."""
-    ref = sitk_read(folder)
-    ref_data = sitk.GetArrayFromImage(ref).transpose(2, 1, 0)  # ITK array view is [k, j, i]
-    assert sorted(ref_data.shape) == sorted(img.shape)
-    index = np.indices(ref_data.shape).reshape(3, -1).T.astype(float)
-    direction = np.array(ref.GetDirection()).reshape(3, 3)
-    lps = index * np.array(ref.GetSpacing()) @ direction.T + np.array(ref.GetOrigin())
-    ras = lps * np.array([-1.0, -1.0, 1.0])
-    ours = np.rint(nib.affines.apply_affine(np.linalg.inv(img.affine), ras)).astype(int)
-    assert (ours >= 0).all() and (ours < np.array(img.shape)).all()
-    linear = np.ravel_multi_index(tuple(ours.T), img.shape)
-    assert np.unique(linear).size == linear.size  # a bijection between the grids
-    distance = np.linalg.norm(nib.affines.apply_affine(img.affine, ours) - ras, axis=1)
-    assert distance.max() < 0.01
-    data = np.asarray(img.dataobj)
-    np.testing.assert_array_equal(data[tuple(ours.T)], ref_data.reshape(-1))
 
 
 def assert_names(err: pytest.ExceptionInfo, *, file: Path | str, problem: str) -> None:

@@ -25,7 +25,7 @@ from magn_lib.synthetic import (
     load_truth,
     make_cohort,
 )
-from tests.helpers import SMALL_COHORT
+from tests.helpers import SMALL_COHORT, assert_matches_itk
 
 MARKER_RAS = SMALL_COHORT.marker_ras
 N_PATIENTS = SMALL_COHORT.n_patients
@@ -177,8 +177,6 @@ def test_marker_lands_at_its_world_point_in_every_view(cohort, series, index):
 
 def test_read_series_equals_simpleitk_on_every_series(cohort, series):
     """Voxel-centre world coordinates within 0.01 mm and identical intensities, every series."""
-    from test_dicom import assert_matches_itk
-
     for _, _, folder in _folders(cohort, series):
         assert_matches_itk(read_series(folder), folder)
 
