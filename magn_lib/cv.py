@@ -31,12 +31,12 @@ import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from magn_lib import stats
 from magn_lib.config import VIEWS, resolve_path
 from magn_lib.errors import ConfigError, InputError
 from magn_lib.model import MAGN
+from magn_lib.progress import tqdm
 from magn_lib.repro import set_determinism
 from magn_lib.train import fit_fold, predict
 

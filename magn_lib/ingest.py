@@ -239,7 +239,8 @@ def ingest_cohort(
         An :class:`IngestResult`; its tables are also written under ``work_dir/ingest/``.
     """
     from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
+
+    from magn_lib.progress import tqdm
 
     work_dir = Path(work_dir)
     views = tuple(views or manifest.views)

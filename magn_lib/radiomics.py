@@ -47,10 +47,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
-from tqdm import tqdm
 
 from magn_lib.config import VIEWS, resolve_path
 from magn_lib.errors import ConfigError, InputError
+from magn_lib.progress import tqdm
 
 __all__ = [
     "CLASSIFIERS",

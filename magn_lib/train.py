@@ -32,10 +32,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from magn_lib.errors import ConfigError
 from magn_lib.losses import magn_loss_parts
+from magn_lib.progress import tqdm
 from magn_lib.repro import set_determinism
 
 __all__ = ["CHECKPOINT_FORMAT", "dataset_labels", "fit_fold", "predict", "resolve_device"]
