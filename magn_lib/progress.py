@@ -128,7 +128,8 @@ def format_event(event: dict[str, Any]) -> str:
     if event.get("postfix"):
         text += f", {event['postfix']}"
     timing = f"{format_duration(event['elapsed'])} elapsed"
-    if event["event"] != "close" and event.get("remaining") is not None:
+    unfinished = event.get("total") is None or event["n"] < event["total"]
+    if event["event"] != "close" and unfinished and event.get("remaining") is not None:
         timing += f", ~{format_duration(event['remaining'])} left"
     return f"{text} ({timing})"
 

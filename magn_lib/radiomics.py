@@ -346,7 +346,8 @@ def _run_tasks(
     # inter-process overhead small; the generator feeds the progress bar as results arrive.
     parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator", batch_size="auto")
     results = parallel(joblib.delayed(fn)(*task) for task in tasks)
-    return list(tqdm(results, total=len(tasks), desc=desc, disable=not progress, leave=False))
+    return list(tqdm(results, total=len(tasks), desc=desc, unit="lesion", disable=not progress,
+                     leave=False))
 
 
 def _assemble(
