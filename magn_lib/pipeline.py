@@ -822,6 +822,10 @@ def run_study(
             )
             upstream = run.fingerprint
             runs.append(run)
+        unread = sorted(set(given) - {k for r in runs for k in r.parameters})
+        if unread:
+            raise ConfigError(f"{unread[0]}: no notebook of the study reads this parameter, "
+                              "so overriding it would change nothing")
         up_to_date = [
             _completed_fingerprint(paths.executed_dir / f"{r.name}.ipynb") == r.fingerprint
             for r in runs

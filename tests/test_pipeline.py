@@ -251,6 +251,8 @@ def test_overrides_reach_only_the_notebooks_declaring_them(study):
     assert run_study("smoke", **study).notebooks[0].status == "executed"
     with pytest.raises(ConfigError, match="did you mean 'epochs'"):
         run_study("smoke", overrides={"epoch": 2}, **study)
+    with pytest.raises(ConfigError, match="crop_size: no notebook of the study reads"):
+        run_study("smoke", overrides={"crop_size": 64}, **study)
 
 
 def test_one_notebook_or_a_range_behaves_as_a_whole_run(study):
