@@ -190,7 +190,8 @@ def load_folds(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputError("fold table does not exist", file=path,
-                         hint="run the MAGN notebook (it writes the folds) first")
+                         hint="run notebook 03_magn_training first (it writes the folds; "
+                              "magn study --to 03)")
     table = pd.read_csv(path, dtype={"lesion_id": str, "patient_id": str})
     missing = [c for c in FOLD_COLUMNS if c not in table.columns]
     if missing:
