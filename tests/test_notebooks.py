@@ -30,7 +30,8 @@ from magn_lib.synthetic import load_truth
 
 # the smoke study takes ~4 min on 2 free cores; far longer on a machine shared by others
 pytestmark = pytest.mark.timeout(3600)
-# the tests sharing the smoke run stay on one worker, in this order (pytest --dist loadgroup)
+# the tests sharing the smoke run need one worker, in this order: pytest runs with
+# `--dist loadfile` (pyproject.toml), which keeps a module on one worker; the mark names them
 study = pytest.mark.xdist_group("smoke-study")
 
 # what a clone holds that the study needs (data/, reports/ and work/ are made by the run)
