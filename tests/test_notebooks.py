@@ -59,8 +59,9 @@ def readme_blocks() -> list[list[str]]:
 def test_readme_marks_the_commands_it_promises():
     smoke, paper = readme_blocks()
     assert smoke[0] == "magn study --profile smoke"
-    assert smoke[1] == "magn study --profile smoke --only 05 --set n_bootstrap=500"
-    assert smoke[2].startswith("papermill -k magn notebooks/05_radiologist_comparison.ipynb")
+    assert smoke[1] == ("magn study --profile smoke --only 04 --set "
+                        "radiomics_classifier=random_forest")
+    assert smoke[2].startswith("papermill -k magn notebooks/04_radiomics.ipynb")
     assert paper[1] == ("papermill -k magn notebooks/03_magn_training.ipynb "
                         "reports/paper/03_magn_training.ipynb -p profile paper")
 
@@ -317,14 +318,16 @@ def test_predict_reproduces_the_held_out_prediction(smoke_run, capsys, monkeypat
 
 @study
 def test_the_readme_one_notebook_commands(smoke_run, checkout):
-    # last of the group: re-running 05 with an override leaves 06 out of date (no index.html)
+    # last of the group: re-running 04 with an override leaves 05-06 out of date (no index)
     _, only, by_hand = readme_blocks()[0]
     done = checkout.run(only)
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((smoke_run.reports / "run_manifest.json").read_text())
-    assert [n["status"] for n in record["notebooks"]] == ["skipped"] * 4 + ["executed", "not run"]
-    assert record["overrides"] == {"n_bootstrap": 500} and not record["complete"]
-    assert record["notebooks"][4]["sources"]["n_bootstrap"] == "override"
+    assert [n["status"] for n in record["notebooks"]] == (
+        ["skipped"] * 3 + ["executed", "not run", "not run"])
+    assert record["overrides"] == {"radiomics_classifier": "random_forest"}
+    assert not record["complete"]
+    assert record["notebooks"][3]["sources"]["radiomics_classifier"] == "override"
     assert "[6/6] 06_figures: out of date, not selected" in done.stderr
     assert "the report is not published" in done.stdout
     assert not (smoke_run.reports / "index.html").exists()
@@ -334,14 +337,15 @@ def test_the_readme_one_notebook_commands(smoke_run, checkout):
     done = checkout.run(by_hand)
     assert done.returncode == 0, done.stderr[-2000:]
     expected = json.loads(checkout.run("magn config --profile smoke").stdout)
-    expected["n_bootstrap"] = 500
-    nb = nbformat.read(str(checkout.root / "reports" / "smoke" / "05_by_hand.ipynb"),
+    expected["radiomics_classifier"] = "random_forest"
+    nb = nbformat.read(str(checkout.root / "reports" / "smoke" / "04_by_hand.ipynb"),
                        as_version=4)
     reported = reported_parameters(nb)
     assert reported["parameters"] == {k: expected[k] for k in reported["parameters"]}
-    assert set(reported["parameters"]) == {"seed", "n_patients", "separability",
-                                           "n_bootstrap", "n_jobs"}
-    assert reported["sources"] == {k: "override" if k == "n_bootstrap" else "profile"
+    assert set(reported["parameters"]) == {
+        "views", "seed", "n_folds", "radiomics_settings", "radiomics_classifier",
+        "radiomics_top_k", "radiomics_keep", "n_bootstrap", "n_jobs"}
+    assert reported["sources"] == {k: "override" if k == "radiomics_classifier" else "profile"
                                    for k in reported["parameters"]}
     assert "Passed unknown parameter" not in done.stderr
 
