@@ -7,7 +7,11 @@ PY          := $(VENV)/bin/python
 PIP         := $(PY) -m pip --disable-pip-version-check
 LOCK        := requirements.lock
 KERNEL      := magn
-STAMP       := $(VENV)/.magn-setup-stamp
+# The environment is (re)installed when the pins change, decided by content, not file times: the
+# stamp is named by a hash of requirements.lock and pyproject.toml (a fresh clone beside an
+# existing environment with the same pins installs nothing).
+SETUP_HASH  := $(shell cat $(LOCK) pyproject.toml 2>/dev/null | { sha256sum 2>/dev/null || shasum -a 256; } | cut -c1-16)
+STAMP       := $(VENV)/.magn-setup-$(SETUP_HASH)
 KERNEL_SPEC := $(VENV)/share/jupyter/kernels/$(KERNEL)/kernel.json
 PROFILE     ?= demo
 PYTEST_ARGS ?=
@@ -26,13 +30,16 @@ $(PY):
 
 # Build prerequisites first: pyradiomics 3.0.1 is an sdist whose setup.py imports numpy and
 # versioneer, so it must be built without isolation against the already-installed numpy.
-$(STAMP): $(LOCK) pyproject.toml | $(PY)
+$(STAMP): | $(PY)
 	$(PIP) install -c $(LOCK) pip setuptools wheel numpy versioneer
 	$(PIP) install -c $(LOCK) --no-build-isolation pyradiomics==3.0.1
 	$(PIP) install -c $(LOCK) -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (magn)"
+	rm -f $(VENV)/.magn-setup-*
 	touch $@
 
-$(KERNEL_SPEC): $(STAMP)
+# the kernel spec is written with the environment (above); this rule only restores a deleted one
+$(KERNEL_SPEC): | $(STAMP)
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (magn)"
 
 setup: $(STAMP) $(KERNEL_SPEC)

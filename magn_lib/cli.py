@@ -1,48 +1,126 @@
-"""The ``magn`` command: ``magn study``, ``magn generate``, ``magn predict``, ``magn doctor``."""
+"""The ``magn`` command: ``magn study``, ``magn generate``, ``magn predict``, ``magn doctor``.
+
+Exit status (every subcommand): 0 done; 1 a notebook of the study failed; 2 a usage or
+configuration error (bad option, profile or ``--set``, a notebook before ``--only``/``--from``
+not up to date, the kernel missing); 3 an input-data error (manifest, DICOM, mask: the message
+names the patient and the file). Output to a closed pipe (``magn config | head -1``) ends
+quietly with status 0.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
-from magn_lib.errors import ConfigError, InputError
+from magn_lib import __version__
+from magn_lib.errors import ConfigError, InputError, UpstreamError
 
-__all__ = ["main"]
+__all__ = [
+    "EXIT_INPUT",
+    "EXIT_NOTEBOOK_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+]
+
+EXIT_OK = 0
+EXIT_NOTEBOOK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INPUT = 3
+
+EXIT_CODES_HELP = """exit status:
+  0  done
+  1  a notebook of the study failed (its partial copy is kept; no report is published)
+  2  usage or configuration error (option, profile, --set, notebook selection, kernel)
+  3  input-data error (manifest, DICOM series, mask; the message names patient and file)"""
+
+PROFILE_HELP = ("smoke, demo or paper (configs/<name>.yaml), or a YAML file of one's own "
+                "listing only what it changes")
+# the grid's configurations (magn_lib.cv.CONFIGS; listed here so that `magn --help` does not
+# import torch — a test keeps the two in step)
+GRID_CONFIGS = (
+    "sagittal", "sagittal+attention", "axial", "axial+attention", "coronal",
+    "coronal+attention", "multi-view", "multi-view+attention",
+)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from magn_lib.repro import check_environment
+    from magn_lib.repro import check_environment, checkout_mismatch
 
     versions = check_environment()
     width = max(map(len, versions))
     for dist, version in versions.items():
         print(f"  {dist:<{width}}  {version}")
     print(f"environment OK: {len(versions)} key packages import")
+    mismatch = checkout_mismatch()
+    if mismatch:
+        print(f"warning: {mismatch}", file=sys.stderr)
     return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    from magn_lib.config import parse_override
+
+    return dict(parse_override(item) for item in args.set or [])
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from magn_lib.config import load_profile
+    from magn_lib.config import resolve_parameters
 
-    print(json.dumps(load_profile(args.profile).to_dict(), indent=2))
+    params = resolve_parameters(args.profile, _overrides(args))
+    print(json.dumps(params.profile.to_dict(), indent=2))
     return 0
+
+
+def _shown_path(path: os.PathLike[str] | str) -> str:
+    """``path`` relative to the working folder when inside it, else absolute."""
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
     from magn_lib.pipeline import run_study
+    from magn_lib.progress import format_duration
+    from magn_lib.repro import checkout_mismatch
 
+    mismatch = checkout_mismatch()
+    if mismatch:
+        print(f"magn study: warning: {mismatch}", file=sys.stderr)
     result = run_study(
         profile=args.profile,
+        overrides=_overrides(args),
+        only=args.only,
+        start=getattr(args, "from"),
+        stop=args.to,
         manifest_dir=args.manifest,
         run_dir=args.out,
         work_dir=args.work,
         force=args.force,
         kernel_name=args.kernel,
         notebooks_dir=args.notebooks,
+        progress=not args.quiet,
     )
-    return 0 if result.succeeded else 1
+    counts = {}
+    for run in result.notebooks:
+        counts[run.status] = counts.get(run.status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+    elapsed = format_duration(result.duration_s)
+    if not result.succeeded:
+        print(f"magn study: {result.error}", file=sys.stderr)
+        print(f"magn study: FAILED after {elapsed} ({summary}); no report published "
+              f"(run record: {_shown_path(result.paths.run_manifest)})")
+        return EXIT_INPUT if result.failure == "input" else EXIT_NOTEBOOK_FAILED
+    if result.complete:
+        print(f"magn study: done in {elapsed} ({summary}). "
+              f"Report: {_shown_path(result.paths.index_html)}")
+    else:
+        print(f"magn study: done in {elapsed} ({summary}); the report is not published "
+              "because some notebooks are out of date: run them (or drop --only/--to)")
+    return EXIT_OK
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -92,18 +170,53 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_keys() -> str:
+    import dataclasses
+
+    from magn_lib.config import Profile
+
+    return ", ".join(f.name for f in dataclasses.fields(Profile) if f.name != "profile")
+
+
+def _notebook_choices() -> str:
+    from magn_lib.config import project_root
+
+    folder = project_root() / "notebooks"
+    return ", ".join(sorted(p.stem for p in folder.glob("[0-9][0-9]_*.ipynb")))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="magn",
         description="Multi-view attention-guided network study (Chen et al. 2022).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=formatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"magn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands (magn COMMAND --help for each)")
 
     study = sub.add_parser(
-        "study", help="run every notebook of the study in order and write the HTML report"
+        "study", help="run the notebooks of the study in order and write the HTML report",
+        description="Run the study's notebooks in order (all, or a selection) with papermill "
+                    "and write the HTML report. Notebooks whose inputs are unchanged are "
+                    "skipped. Progress goes to stderr, the final status line to stdout.",
+        epilog=f"notebooks (for --only/--from/--to, by NN or name): {_notebook_choices()}\n"
+               f"parameters (for --set): {_profile_keys()}\n\n{EXIT_CODES_HELP}",
+        formatter_class=formatter,
     )
-    study.add_argument("--profile", default="demo",
-                       help="smoke, demo, paper, or a YAML file of one's own (default: demo)")
+    study.add_argument("--profile", default="demo", help=f"{PROFILE_HELP} (default: demo)")
+    study.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override one parameter of the profile, e.g. --set epochs=2 "
+                            "(repeatable; keys listed below; values as in YAML)")
+    study.add_argument("--only", metavar="NN[,NN...]",
+                       help="run only these notebooks, e.g. --only 03 (those before it must "
+                            "be up to date)")
+    study.add_argument("--from", metavar="NN", help="run from this notebook on, e.g. --from 03")
+    study.add_argument("--to", metavar="NN", help="run up to this notebook, e.g. --to 02")
+    study.add_argument("--quiet", action="store_true",
+                       help="no progress; only the final status line (and errors)")
     study.add_argument("--manifest", default=None,
                        help="data_manifest folder of your cohort (default: the embedded cohort)")
     study.add_argument("--out", default=None,
@@ -111,17 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--work", default=None,
                        help="folder for intermediate data (default: work/<name of --out>)")
     study.add_argument("--force", action="store_true",
-                       help="re-run every notebook even if its inputs are unchanged")
+                       help="re-run the selected notebooks even if their inputs are unchanged")
     study.add_argument("--kernel", default="magn", help="Jupyter kernel name (default: magn)")
     study.add_argument("--notebooks", default=None,
                        help="folder of NN_name.ipynb notebooks (default: the study's notebooks/)")
     study.set_defaults(func=_cmd_study)
 
     generate = sub.add_parser(
-        "generate", help="write the embedded synthetic cohort (DICOM, masks, manifest, truth)"
+        "generate", help="write the embedded synthetic cohort (DICOM, masks, manifest, truth)",
+        epilog=EXIT_CODES_HELP, formatter_class=formatter,
     )
     generate.add_argument("--profile", default="demo",
-                          help="profile whose n_patients/seed/separability to use")
+                          help=f"profile whose n_patients/seed/separability to use: "
+                               f"{PROFILE_HELP} (default: demo)")
     generate.add_argument("--out", default=None,
                           help="cohort folder (default: data/embedded/<parameters>)")
     generate.add_argument("--n-patients", type=int, default=None)
@@ -135,13 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     key = sub.add_parser(
         "deid-key",
         help="write the key from study patient ids to the DICOM identity (private file)",
+        epilog=EXIT_CODES_HELP, formatter_class=formatter,
     )
     key.add_argument("--manifest", required=True, help="the cohort's manifest folder")
     key.add_argument("--out", required=True, help="key file (CSV), outside reports/ and work/")
     key.set_defaults(func=_cmd_deid_key)
 
     pred = sub.add_parser(
-        "predict", help="score one new lesion with the trained models of a finished study run"
+        "predict", help="score one new lesion with the trained models of a finished study run",
+        epilog=EXIT_CODES_HELP, formatter_class=formatter,
     )
     pred.add_argument("--run", required=True, help="the run's report folder, e.g. reports/demo")
     pred.add_argument("--sagittal", required=True, help="sagittal DICOM series folder")
@@ -149,27 +266,61 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--axial", help="axial DICOM series folder")
     pred.add_argument("--mask", required=True, help="lesion mask (NIfTI) on the sagittal grid")
     pred.add_argument("--mask-label", type=int, default=1, help="the lesion's value in the mask")
-    pred.add_argument("--config", default="multi-view+attention",
-                      help="configuration whose fold models score (default: the paper's MAGN)")
+    pred.add_argument("--config", default="multi-view+attention", choices=GRID_CONFIGS,
+                      metavar="CONFIG",
+                      help="configuration whose fold models score: one of "
+                           f"{', '.join(GRID_CONFIGS)} (default: multi-view+attention, the "
+                           "paper's MAGN; the study keeps the models of multi-view and "
+                           "multi-view+attention)")
     pred.set_defaults(func=_cmd_predict)
 
-    config = sub.add_parser("config", help="print a profile's resolved parameters")
-    config.add_argument("--profile", default="demo")
+    config = sub.add_parser(
+        "config", help="print a profile's resolved parameters (JSON)",
+        epilog=f"parameters (for --set): {_profile_keys()}\n\n{EXIT_CODES_HELP}",
+        formatter_class=formatter,
+    )
+    config.add_argument("--profile", default="demo", help=f"{PROFILE_HELP} (default: demo)")
+    config.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override one parameter, as for magn study (repeatable)")
     config.set_defaults(func=_cmd_config)
 
-    doctor = sub.add_parser("doctor", help="import every key package and print its version")
+    doctor = sub.add_parser(
+        "doctor", help="import every key package and print its version; warn when magn_lib "
+                       "is imported from another checkout than the one you are in",
+        epilog=EXIT_CODES_HELP, formatter_class=formatter,
+    )
     doctor.set_defaults(func=_cmd_doctor)
     return parser
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe: send what is left of stdout to /dev/null, so that the interpreter's
+    final flush raises nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
-    except (ConfigError, InputError, RuntimeError, FileExistsError) as exc:
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _silence_stdout()  # the reader stopped reading (`magn config | head -1`): not an error
+        return EXIT_OK
+    except InputError as exc:
+        print(f"magn {args.command}: input error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except (ConfigError, UpstreamError, RuntimeError, FileExistsError) as exc:
         print(f"magn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@ the key. The three shipped profiles are ``smoke`` (tests), ``demo`` (``make stud
 CPU) and ``paper`` (the published settings, for one GPU); a path to a YAML file of one's own is
 accepted wherever a profile name is.
 
+The profile is the one source of a notebook's parameters. A notebook's ``parameters`` cell holds
+``profile = "demo"`` and every other parameter ``= None`` ("take it from the profile");
+:func:`notebook_parameters` resolves profile file → the parameters that are not ``None``
+(overrides: papermill's ``-p``, ``magn study --set``) → validation, and returns the effective
+values with, for each, whether it came from the profile or an override.
+
 Paths: everything relative is resolved against the project root (the folder holding
 ``pyproject.toml`` and ``magn_lib/``), so notebooks behave the same when run from JupyterLab
 (whose working folder is ``notebooks/``) and from the study runner.
@@ -15,8 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,15 +36,22 @@ from magn_lib.layout import RunPaths, run_paths  # re-exported: they used to liv
 
 __all__ = [
     "BACKBONES",
+    "PARAMETERS_MIMETYPE",
     "POOLINGS",
     "PROFILES",
+    "RUN_FOLDERS",
     "VIEWS",
+    "EffectiveParameters",
     "Profile",
     "RunPaths",
     "configs_dir",
     "load_profile",
+    "notebook_parameters",
+    "parse_override",
+    "profile_file",
     "profile_from_parameters",
     "project_root",
+    "resolve_parameters",
     "resolve_path",
     "run_paths",
 ]
@@ -46,6 +61,11 @@ BACKBONES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
 POOLINGS: tuple[str, ...] = ("lse", "avg", "max")
 PROFILES: tuple[str, ...] = ("smoke", "demo", "paper")
 RADIOMICS_CLASSIFIERS: tuple[str, ...] = ("gradient_boosting", "random_forest")
+# a notebook's parameters besides the profile's: where the run reads and writes
+RUN_FOLDERS: tuple[str, ...] = ("run_dir", "work_dir", "manifest_dir")
+# the MIME type under which a notebook publishes its effective parameters (machine-readable;
+# JupyterLab and the HTML views show the Markdown table beside it instead)
+PARAMETERS_MIMETYPE = "application/vnd.magn.parameters+json"
 
 
 @dataclass(frozen=True)
@@ -195,16 +215,10 @@ def _check_known(mapping: dict[str, Any], *, source: str) -> None:
             raise ConfigError(f"{key}: unknown parameter in {source}{hint}")
 
 
-def profile_from_parameters(namespace: dict[str, Any]) -> Profile:
-    """A notebook's parameters as a validated :class:`Profile`.
-
-    Takes every profile parameter defined in ``namespace`` (a notebook passes ``globals()``:
-    its ``parameters`` cell, possibly overridden by papermill) and the ``demo`` defaults for
-    the rest. A notebook therefore declares, in its parameters cell, every profile parameter
-    it uses.
-    """
-    known = {f.name for f in dataclasses.fields(Profile)}
-    return Profile(**{k: _copy(v) for k, v in namespace.items() if k in known})
+def profile_from_parameters(namespace: Mapping[str, Any]) -> Profile:
+    """A notebook's parameters as a validated :class:`Profile`: ``notebook_parameters(...)``'s
+    effective profile (see :func:`notebook_parameters`)."""
+    return notebook_parameters(namespace).profile
 
 
 def project_root() -> Path:
@@ -225,12 +239,47 @@ def resolve_path(path: str | Path) -> Path:
     return path if path.is_absolute() else project_root() / path
 
 
+def profile_file(profile: str | Path = "demo") -> Path:
+    """The YAML file of a profile: ``configs/<name>.yaml`` for a name, else the path itself.
+
+    Raises:
+        ConfigError: unknown profile name, or a YAML path that does not exist.
+    """
+    path = Path(profile)
+    if path.suffix not in (".yaml", ".yml"):
+        path = configs_dir() / f"{profile}.yaml"
+        if not path.is_file():
+            raise ConfigError(
+                f"profile: {str(profile)!r} is not a known profile ({', '.join(PROFILES)}) "
+                "nor a YAML file"
+            )
+        return path
+    path = resolve_path(path)
+    if not path.is_file():
+        raise ConfigError(f"profile: file {path} does not exist")
+    return path
+
+
+def _profile_values(path: Path) -> dict[str, Any]:
+    with open(path) as f:
+        try:
+            values = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"profile: {path.name} is not valid YAML ({exc})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"profile: {path.name} must hold a mapping of parameter: value")
+    _check_known(values, source=path.name)
+    values.setdefault("profile", path.stem)
+    return values
+
+
 def load_profile(profile: str | Path = "demo", **overrides: Any) -> Profile:
     """Load a profile by name (``configs/<name>.yaml``) or from a YAML file path.
 
     Args:
         profile: ``"smoke"``, ``"demo"``, ``"paper"`` or a path to a YAML file.
-        **overrides: parameters that replace the file's values (notebook parameters, CLI).
+        **overrides: parameters that replace the file's values (CLI); every value given
+            counts, ``None`` included (:func:`resolve_parameters` skips ``None`` instead).
 
     Returns:
         The validated :class:`Profile`.
@@ -238,24 +287,193 @@ def load_profile(profile: str | Path = "demo", **overrides: Any) -> Profile:
     Raises:
         ConfigError: unknown profile or key, wrong type or out-of-range value; names the key.
     """
-    path = Path(profile)
-    if path.suffix not in (".yaml", ".yml"):
-        path = configs_dir() / f"{profile}.yaml"
-        if not path.is_file():
-            raise ConfigError(
-                f"profile: {profile!r} is not a known profile ({', '.join(PROFILES)}) "
-                "nor a YAML file"
-            )
-    else:
-        path = resolve_path(path)
-        if not path.is_file():
-            raise ConfigError(f"profile: file {path} does not exist")
-    with open(path) as f:
-        values = yaml.safe_load(f) or {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"profile: {path.name} must hold a mapping of parameter: value")
-    _check_known(values, source=path.name)
+    values = _profile_values(profile_file(profile))
     _check_known(overrides, source="overrides")
-    values.setdefault("profile", path.stem)
     values.update(overrides)
     return Profile(**values)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"key=value"`` (``magn study --set``) as ``(key, value)``; the value is read as a YAML
+    scalar or flow list: ``epochs=2`` → 2, ``learning_rate=1e-3`` → 0.001,
+    ``weights=imagenet`` → "imagenet", ``views=[sagittal,axial]`` → a list.
+
+    Raises:
+        ConfigError: no ``=``, an unknown key (named, with the closest known one), or a value
+            that is not YAML.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set epochs=2")
+    _check_known({key: None}, source="--set")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"{key}: cannot read the value {raw!r} of --set") from None
+    if value is None:
+        raise ConfigError(
+            f"{key}: --set {key}=null cannot be passed on to the notebooks, where None means "
+            f"'from the profile'; use a profile file of your own that sets {key}: null"
+        )
+    if isinstance(value, str) and float in typing.get_args(_field_types()[key]) + (
+            _field_types()[key],):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string; the parameter is a number
+            value = float(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+@dataclass(frozen=True)
+class EffectiveParameters:
+    """A notebook's parameters after resolution (profile file → overrides → validation).
+
+    Attributes:
+        profile: every parameter of the run, validated.
+        reference: the profile as named (``"smoke"`` or a YAML path).
+        file: the profile's YAML file.
+        keys: the parameters shown (those the notebook declares, plus any override).
+        overrides: the parameters that replaced the profile's values.
+        run_dir, work_dir: the run's report and work folders (given, else
+            ``reports/<profile>`` and ``work/<name of run_dir>``), as strings.
+        manifest_dir: the manifest folder, ``None`` for the embedded cohort.
+    """
+
+    profile: Profile
+    reference: str
+    file: Path
+    keys: tuple[str, ...]
+    overrides: dict[str, Any]
+    run_dir: str
+    work_dir: str
+    manifest_dir: str | None = None
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """``{key: effective value}`` of :attr:`keys`."""
+        return {key: _copy(getattr(self.profile, key)) for key in self.keys}
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """``{key: "override" | "profile"}`` of :attr:`keys`."""
+        return {key: "override" if key in self.overrides else "profile" for key in self.keys}
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON record a notebook publishes (and ``run_manifest.json`` keeps)."""
+        return {
+            "profile": self.profile.profile,
+            "profile_file": _display(self.file),
+            "parameters": self.values,
+            "sources": self.sources,
+            "run": {"run_dir": self.run_dir, "work_dir": self.work_dir,
+                    "manifest_dir": self.manifest_dir},
+        }
+
+    def to_markdown(self) -> str:
+        """The table of effective parameters shown near the top of each notebook."""
+        n = len(self.overrides)
+        lines = [
+            f"**Effective parameters** of this run: profile `{self.profile.profile}` "
+            f"(`{_display(self.file)}`), "
+            + (f"{n} override{'s' if n > 1 else ''}." if n else "no override."),
+            "",
+            "| parameter | value | from |",
+            "|---|---|---|",
+        ]
+        for key, value in self.values.items():
+            source = "**override**" if key in self.overrides else "profile"
+            lines.append(f"| `{key}` | {_format_value(value)} | {source} |")
+        manifest = self.manifest_dir or "embedded synthetic cohort"
+        for key, value in (("run_dir", self.run_dir), ("work_dir", self.work_dir),
+                           ("manifest_dir", manifest)):
+            lines.append(f"| `{key}` | {_format_value(value)} | run |")
+        return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return {
+            "text/markdown": self.to_markdown(),
+            "text/plain": json.dumps(self.to_record(), indent=1, default=str),
+            PARAMETERS_MIMETYPE: json.loads(json.dumps(self.to_record(), default=str)),
+        }
+
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _display(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(project_root()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def resolve_parameters(
+    profile: str | Path | None = "demo",
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    keys: Sequence[str] = (),
+    run_dir: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    manifest_dir: str | Path | None = None,
+) -> EffectiveParameters:
+    """Resolve parameters: profile file → the overrides that are not ``None`` → validation.
+
+    Args:
+        profile: profile name or YAML path; ``None`` means ``"demo"``.
+        overrides: ``{parameter: value}``; ``None`` values mean "from the profile" and are
+            dropped (to run without pretrained weights where a profile has them, use a
+            profile file that sets ``weights: null``).
+        keys: the parameters to show first (a notebook's declared ones); overridden keys are
+            always shown.
+        run_dir, work_dir, manifest_dir: the run's folders (``None``: the defaults).
+
+    Raises:
+        ConfigError: unknown profile or key, wrong type or out-of-range value; names the key.
+    """
+    reference = "demo" if profile is None else str(profile)
+    given = {k: _copy(v) for k, v in (overrides or {}).items() if v is not None}
+    _check_known(given, source="overrides")
+    file = profile_file(reference)
+    values = _profile_values(file)
+    values.update(given)
+    effective = Profile(**values)
+    shown = tuple(dict.fromkeys([*(k for k in keys if k != "profile"), *given]))
+    run = str(run_dir) if run_dir else f"reports/{effective.profile}"
+    work = str(work_dir) if work_dir else f"work/{Path(run).name}"
+    return EffectiveParameters(
+        profile=effective, reference=reference, file=file, keys=shown, overrides=given,
+        run_dir=run, work_dir=work, manifest_dir=str(manifest_dir) if manifest_dir else None,
+    )
+
+
+def notebook_parameters(namespace: Mapping[str, Any]) -> EffectiveParameters:
+    """A notebook's effective parameters, from its namespace (``globals()``).
+
+    ``namespace["profile"]`` names the profile (default ``demo``); every profile parameter in
+    the namespace whose value is not ``None`` overrides the profile's value (that is what
+    papermill's ``-p`` and ``magn study --set`` give); ``run_dir``, ``work_dir`` and
+    ``manifest_dir`` are the run's folders. A notebook opened by hand, with its ``None``
+    defaults, therefore runs the ``demo`` profile unchanged.
+    """
+    fields = [f.name for f in dataclasses.fields(Profile) if f.name != "profile"]
+    declared = [name for name in fields if name in namespace]
+    return resolve_parameters(
+        namespace.get("profile"),
+        {name: namespace[name] for name in declared},
+        keys=declared,
+        run_dir=namespace.get("run_dir"),
+        work_dir=namespace.get("work_dir"),
+        manifest_dir=namespace.get("manifest_dir"),
+    )
+

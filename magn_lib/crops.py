@@ -537,7 +537,8 @@ def read_cache(path: str | os.PathLike[str]) -> CropCache:
     """Load a cache written by :func:`write_cache` fully into memory (no pickle)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError("crop cache not found", file=path, hint="run the crops stage first")
+        raise InputError("crop cache not found", file=path,
+                         hint="run notebook 02_annotation_transfer first (magn study --to 02)")
     with np.load(path, allow_pickle=False) as npz:
         arrays = {key: npz[key] for key in npz.files}
     return CropCache.from_arrays(arrays, file=str(path))

@@ -32,13 +32,13 @@ import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from magn_lib import stats
 from magn_lib.config import VIEWS, resolve_path
 from magn_lib.errors import ConfigError, InputError
 from magn_lib.layout import GridPaths
 from magn_lib.model import MAGN
+from magn_lib.progress import tqdm
 from magn_lib.repro import set_determinism
 from magn_lib.settings import GridSettings, NetworkSettings, settings_fingerprint
 from magn_lib.train import fit_fold, predict
@@ -193,7 +193,8 @@ def load_folds(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputError("fold table does not exist", file=path,
-                         hint="run the MAGN notebook (it writes the folds) first")
+                         hint="run notebook 03_magn_training first (it writes the folds; "
+                              "magn study --to 03)")
     table = pd.read_csv(path, dtype={"lesion_id": str, "patient_id": str})
     missing = [c for c in FOLD_COLUMNS if c not in table.columns]
     if missing:

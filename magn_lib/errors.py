@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from os import PathLike
 
-__all__ = ["ConfigError", "InputError"]
+__all__ = ["ConfigError", "InputError", "UpstreamError"]
 
 
 class InputError(ValueError):
@@ -67,3 +67,19 @@ class InputError(ValueError):
 
 class ConfigError(ValueError):
     """A problem in a profile or parameter file; the message names the key."""
+
+
+class UpstreamError(RuntimeError):
+    """An earlier notebook's results are missing or out of date.
+
+    Args:
+        problem: what is missing, e.g. which file.
+        notebook: the notebook that must run first (``"02_annotation_transfer"``).
+        command: the command that runs it (``"magn study --profile demo --to 02"``).
+    """
+
+    def __init__(self, problem: str, *, notebook: str, command: str) -> None:
+        self.problem = problem
+        self.notebook = notebook
+        self.command = command
+        super().__init__(f"{problem}. Run notebook {notebook} first: `{command}`")

@@ -243,7 +243,8 @@ def ingest_cohort(
         (:meth:`magn_lib.layout.WorkPaths.ingest_table`).
     """
     from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
+
+    from magn_lib.progress import tqdm
 
     paths = WorkPaths(Path(work_dir))
     views = tuple(views or manifest.views)

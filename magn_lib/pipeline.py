@@ -1,45 +1,72 @@
-"""The study runner: every numbered notebook in order, with papermill, into one run folder.
+"""The study runner: the numbered notebooks in order, with papermill, into one run folder.
 
-``run_study`` resolves the profile and run folders, prepares the embedded cohort when no manifest
-is given, then executes ``notebooks/NN_*.ipynb`` in order. Each notebook gets the profile
-parameters it declares in its ``parameters`` cell (plus the run's folders). A notebook whose
-executed copy exists and whose fingerprint (notebook source, injected parameters, input manifest
-checksums, library code, and the fingerprint of the notebook before it) is unchanged is skipped.
+``run_study`` resolves the profile (and ``--set`` overrides) and the run folders, prepares the
+embedded cohort when no manifest is given, then executes ``notebooks/NN_*.ipynb`` in order (all
+of them, or a selection: ``only``, ``start``, ``stop``). Each notebook gets ``profile``, the
+overrides among the parameters it declares, and the run's folders; it resolves everything else
+from the profile itself (:func:`magn_lib.config.notebook_parameters`) and publishes the
+effective values, which the runner checks against its own resolution and records.
+
+A notebook whose executed copy exists and whose fingerprint (notebook source, the effective
+values of the parameters it declares, input manifest checksums, library code, and the
+fingerprint of the notebook before it) is unchanged is skipped. A selection behaves as a whole
+run would: every notebook before the selection must be up to date (else the run stops and says
+what to run), and the report is published only when every notebook is up to date.
 Executed notebooks go to ``reports/<run>/executed/``; each is rendered to a clinician view
 (``html/``) and a full view (``html-full/``); ``index.html`` links them in order and
 ``run_manifest.json`` records what ran, where, with what.
+
+Progress: the runner starts each kernel with ``$MAGN_PROGRESS_FILE`` (see
+:mod:`magn_lib.progress`), follows that file and prints every notebook's bars (per patient,
+lesion, configuration × fold, epoch) in its terminal, on stderr; nothing of them reaches the
+executed notebooks or their HTML.
 
 A notebook that raises stops the run: ``run_study`` reports the failing notebook and cell, keeps
 the partial executed copy for debugging, publishes no HTML of it and removes ``index.html`` so
 that nothing claims the run succeeded.
 
-Notebook hygiene (no outputs in git, a literal-only ``parameters`` cell first, no ``def`` or
-``class``) is checked by :func:`notebook_problems`.
+Notebook hygiene (no outputs in git, a literal-only ``parameters`` cell first whose profile
+parameters are ``None``, no ``def`` or ``class``) is checked by :func:`notebook_problems`; what
+each study notebook needs from the notebooks before it is checked by :func:`require_upstream`.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
 import os
 import re
+import shlex
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import nbformat
 
 from magn_lib import __version__
-from magn_lib.config import Profile, RunPaths, load_profile, project_root, resolve_path, run_paths
-from magn_lib.errors import ConfigError
-from magn_lib.layout import ReportPaths, default_run_paths
+from magn_lib.config import (
+    PARAMETERS_MIMETYPE,
+    RUN_FOLDERS,
+    EffectiveParameters,
+    Profile,
+    RunPaths,
+    load_profile,
+    project_root,
+    resolve_parameters,
+    resolve_path,
+    run_paths,
+)
+from magn_lib.errors import ConfigError, UpstreamError
+from magn_lib.layout import ReportPaths
+from magn_lib.progress import PROGRESS_ENV, ProgressTail, format_duration, format_event
 from magn_lib.report import (
     IndexEntry,
     atomic_write_text,
@@ -52,6 +79,8 @@ from magn_lib.repro import environment_info, file_sha256, git_state
 
 __all__ = [
     "RUN_PARAMETERS",
+    "STUDY_NEEDS",
+    "STUDY_OUTPUTS",
     "NotebookRun",
     "StudyResult",
     "discover_notebooks",
@@ -60,20 +89,29 @@ __all__ = [
     "input_checksums",
     "notebook_problems",
     "record_warning",
+    "reported_parameters",
+    "require_upstream",
     "resolve_manifest",
     "run_study",
+    "study_command",
 ]
 
 NOTEBOOK_PATTERN = re.compile(r"^\d{2}_[A-Za-z0-9_]+\.ipynb$")
 # parameters the runner provides besides the profile's own
-RUN_PARAMETERS = ("run_dir", "work_dir", "manifest_dir")
+RUN_PARAMETERS = RUN_FOLDERS
 # metadata key of an executed notebook that the runner stamps once the notebook completed
 RUN_STAMP = "magn_run"
+_PROFILE_KEYS = frozenset(f.name for f in dataclasses.fields(Profile)) - {"profile"}
 
 
 @dataclass
 class NotebookRun:
-    """What happened to one notebook in this run. Times are UTC ISO-8601, durations seconds."""
+    """What happened to one notebook in this run. Times are UTC ISO-8601, durations seconds.
+
+    ``parameters`` are the effective values of the parameters the notebook declares (as the
+    notebook itself reported them when it executed in this run), ``sources`` says for each
+    whether it came from the profile or an override, ``injected`` is what papermill passed.
+    """
 
     name: str
     title: str
@@ -81,6 +119,8 @@ class NotebookRun:
     status: str = "pending"  # executed | skipped | failed | not run
     fingerprint: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    injected: dict[str, Any] = field(default_factory=dict)
     started: str | None = None
     finished: str | None = None
     duration_s: float | None = None
@@ -89,12 +129,20 @@ class NotebookRun:
 
 @dataclass
 class StudyResult:
-    """The outcome of :func:`run_study`."""
+    """The outcome of :func:`run_study`.
+
+    ``succeeded``: no notebook failed. ``complete``: every notebook is up to date, so the
+    report (``index.html``) was published. ``failure``: ``"input"`` when the failing notebook
+    stopped on an :class:`~magn_lib.errors.InputError` (bad data), ``"notebook"`` otherwise.
+    """
 
     succeeded: bool
     paths: RunPaths
     notebooks: list[NotebookRun]
     error: str | None = None
+    complete: bool = False
+    failure: str | None = None
+    duration_s: float = 0.0
 
 
 # --------------------------------------------------------------------------- notebooks
@@ -125,7 +173,8 @@ def notebook_problems(nb: nbformat.NotebookNode | str | Path) -> list[str]:
 
     Rules: no outputs and no execution counts; the first code cell is tagged ``parameters`` and
     holds only ``name = literal`` assignments (papermill injects its values after that cell, so
-    anything derived belongs in the next cell); no ``def`` or ``class`` anywhere (functions
+    anything derived belongs in the next cell), with ``profile`` a string and every profile
+    parameter ``None`` (taken from the profile); no ``def`` or ``class`` anywhere (functions
     belong in ``magn_lib``); every code cell parses; the notebook declares a one-line
     ``metadata.magn.summary`` used on the report's index page.
     """
@@ -160,6 +209,7 @@ def notebook_problems(nb: nbformat.NotebookNode | str | Path) -> list[str]:
         except SyntaxError:
             body = []
         for stmt in body:
+            problems.extend(_parameter_default_problems(stmt))
             if not (
                 isinstance(stmt, ast.Assign)
                 and all(isinstance(t, ast.Name) for t in stmt.targets)
@@ -177,6 +227,33 @@ def notebook_problems(nb: nbformat.NotebookNode | str | Path) -> list[str]:
     summary = nb.metadata.get("magn", {}).get("summary", "")
     if not isinstance(summary, str) or not summary.strip():
         problems.append("notebook metadata lacks magn.summary (one line for the report index)")
+    return problems
+
+
+def _parameter_default_problems(stmt: ast.stmt) -> list[str]:
+    """A profile parameter must default to ``None`` (= from the profile): a literal default
+    would override the profile silently wherever the notebook runs."""
+    if isinstance(stmt, ast.Assign):
+        names, value = [t.id for t in stmt.targets if isinstance(t, ast.Name)], stmt.value
+    elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+        names, value = [stmt.target.id], stmt.value
+    else:
+        return []
+    is_none = isinstance(value, ast.Constant) and value.value is None
+    is_text = isinstance(value, ast.Constant) and isinstance(value.value, str)
+    problems = []
+    for name in names:
+        if name in _PROFILE_KEYS and not is_none:
+            problems.append(
+                f"parameters cell line {stmt.lineno}: `{name}` must default to None (its value "
+                "comes from the profile; override it with papermill -p or magn study --set)"
+            )
+        elif name == "profile" and not is_text:
+            problems.append(f"parameters cell line {stmt.lineno}: `profile` must be a string "
+                            "(a profile name or a YAML file)")
+        elif name in RUN_FOLDERS and not (is_none or is_text):
+            problems.append(f"parameters cell line {stmt.lineno}: `{name}` must be None (the "
+                            "default folder) or a string")
     return problems
 
 
@@ -200,6 +277,87 @@ def declared_parameters(path: str | Path) -> dict[str, Any]:
 
     declared = papermill.inspect_notebook(str(path))
     return {name: info.get("default") for name, info in declared.items()}
+
+
+# --------------------------------------------------------------------------- upstream results
+
+# the files by which each study notebook's results are recognised, as (folder, relative path):
+# folder "work" is the run's work folder, "artifacts" its report's artifacts folder
+STUDY_OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "01_cohort_statistics": (("work", "ingest/lesions.csv"), ("work", "transfer/lesions.csv"),
+                             ("artifacts", "table1.csv")),
+    "02_annotation_transfer": (("work", "crops.npz"),),
+    "03_magn_training": (("artifacts", "folds.csv"), ("artifacts", "oof_magn.csv")),
+    "04_radiomics": (("artifacts", "oof_radiomics.csv"),),
+}
+# the earlier notebooks whose results each study notebook reads
+STUDY_NEEDS: dict[str, tuple[str, ...]] = {
+    "01_cohort_statistics": (),
+    "02_annotation_transfer": ("01_cohort_statistics",),
+    "03_magn_training": ("01_cohort_statistics", "02_annotation_transfer"),
+    "04_radiomics": ("01_cohort_statistics", "02_annotation_transfer"),
+    "05_radiologist_comparison": ("01_cohort_statistics", "03_magn_training", "04_radiomics"),
+    "06_figures": ("01_cohort_statistics", "02_annotation_transfer", "03_magn_training",
+                   "04_radiomics"),
+}
+
+
+def study_command(
+    params: EffectiveParameters, *, only: Sequence[str] = (), start: str | None = None,
+    stop: str | None = None,
+) -> str:
+    """The ``magn study`` command for a run with these parameters and folders (options at
+    their defaults left out), selecting notebooks by their ``NN`` prefix."""
+    words = ["magn", "study", "--profile", params.reference]
+    if params.manifest_dir:
+        words += ["--manifest", params.manifest_dir]
+    if params.run_dir != f"reports/{params.profile.profile}":
+        words += ["--out", params.run_dir]
+    if params.work_dir != f"work/{Path(params.run_dir).name}":
+        words += ["--work", params.work_dir]
+    for key, value in params.overrides.items():
+        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        words += ["--set", f"{key}={'[' + text + ']' if isinstance(value, list) else text}"]
+    if only:
+        words += ["--only", ",".join(name[:2] for name in only)]
+    if start:
+        words += ["--from", start[:2]]
+    if stop:
+        words += ["--to", stop[:2]]
+    return shlex.join(words)
+
+
+def require_upstream(notebook: str, params: EffectiveParameters) -> None:
+    """Check that the notebooks ``notebook`` reads from have run in this run's folders.
+
+    Called near the top of every study notebook, so that a notebook opened alone says what to
+    run instead of failing later on a missing file.
+
+    Args:
+        notebook: the study notebook's name, e.g. ``"03_magn_training"``.
+        params: the notebook's :func:`~magn_lib.config.notebook_parameters`.
+
+    Raises:
+        UpstreamError: naming the first notebook whose results are missing, the missing file
+            and the ``magn study`` command that runs the missing notebooks.
+    """
+    paths = run_paths(params.run_dir, params.work_dir)
+    folders = {"work": paths.work_dir, "artifacts": paths.artifacts_dir}
+    missing: list[tuple[str, Path]] = []
+    for needed in STUDY_NEEDS.get(notebook, ()):
+        for folder, relative in STUDY_OUTPUTS.get(needed, ()):
+            if not (folders[folder] / relative).is_file():
+                missing.append((needed, folders[folder] / relative))
+                break
+    if missing:
+        first, path = missing[0]
+        last = missing[-1][0]
+        which = f"notebook {first}" if first == last else f"notebooks {first} to {last}"
+        raise UpstreamError(
+            f"{notebook} reads the results of {which}, which have not run for this run "
+            f"({_display_path(path)} does not exist)",
+            notebook=first, command=study_command(params, stop=last),
+        )
 
 
 # --------------------------------------------------------------------------- checksums
@@ -367,13 +525,6 @@ def resolve_manifest(manifest_dir: str | Path | None, profile: Profile, *,
     return _prepare_embedded_cohort(profile, progress=progress)
 
 
-def _injected_parameters(
-    declared: Mapping[str, Any], profile: Profile, run: Mapping[str, str]
-) -> dict[str, Any]:
-    available = {**profile.to_dict(), **run}
-    return {name: available[name] for name in declared if name in available}
-
-
 def _completed_fingerprint(executed: Path) -> str | None:
     if not executed.is_file():
         return None
@@ -383,6 +534,17 @@ def _completed_fingerprint(executed: Path) -> str | None:
         return None
     stamp = nb.metadata.get(RUN_STAMP, {})
     return stamp.get("fingerprint") if stamp.get("status") == "completed" else None
+
+
+def reported_parameters(nb: nbformat.NotebookNode) -> dict[str, Any] | None:
+    """The effective parameters an executed notebook published (its first output of
+    :data:`~magn_lib.config.PARAMETERS_MIMETYPE`), or ``None`` when it published none."""
+    for cell in nb.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            record = output.get("data", {}).get(PARAMETERS_MIMETYPE)
+            if record is not None:
+                return dict(record)
+    return None
 
 
 def _publish_html(nb: nbformat.NotebookNode, name: str, paths: RunPaths) -> None:
@@ -398,8 +560,22 @@ def _unpublish_html(name: str, paths: RunPaths) -> None:
         path.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the kernels started inside the block."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 def _execute(
-    source: Path, executed: Path, parameters: dict[str, Any], *, kernel_name: str, progress: bool
+    source: Path, executed: Path, parameters: dict[str, Any], *, kernel_name: str
 ) -> nbformat.NotebookNode:
     import papermill
 
@@ -409,28 +585,139 @@ def _execute(
         parameters=parameters,
         kernel_name=kernel_name,
         cwd=str(project_root()),
-        progress_bar=progress,
+        progress_bar=False,  # the runner prints its own progress (notebooks and their stages)
         log_output=False,
         request_save_on_cell_execute=True,
     )
 
 
-def _failure_message(exc: BaseException, name: str, executed: Path) -> str:
+def _failure(exc: BaseException, name: str, executed: Path) -> tuple[str, str]:
+    """The message for a failed notebook and its kind (``"input"`` or ``"notebook"``)."""
     from papermill.exceptions import PapermillExecutionError
 
+    kind = "notebook"
     if isinstance(exc, PapermillExecutionError):
         what = f"cell {exc.exec_count or exc.cell_index}: {exc.ename}: {exc.evalue}"
+        kind = "input" if exc.ename == "InputError" else "notebook"
     else:
         what = f"{type(exc).__name__}: {exc}"
-    return (
+    message = (
         f"notebook {name} failed in {what}. The partial executed copy is kept for debugging at "
         f"{_display_path(executed)}; no HTML of it was published."
     )
+    return message, kind
+
+
+# non-terminal output (a log file, a pipe): at most one line per bar in this many seconds,
+# besides the line each bar prints when it finishes
+LOG_INTERVAL_S = 15.0
+
+
+class _Console:
+    """The runner's terminal output (stderr): one line per notebook and per finished bar; on a
+    terminal the bars in progress update one status line, in a log one line every
+    :data:`LOG_INTERVAL_S` seconds per bar."""
+
+    def __init__(self, stream: TextIO | None, *, enabled: bool) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
+        self._status_shown = False
+        self._last_line: dict[str, float] = {}
+
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self._status_shown:
+            self.stream.write("\r\033[K")
+            self._status_shown = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _status(self, text: str) -> None:
+        import shutil
+
+        width = shutil.get_terminal_size().columns - 1
+        self.stream.write("\r\033[K" + text[:width])
+        self.stream.flush()
+        self._status_shown = True
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        text = "    " + format_event(event)
+        bar = str(event.get("bar"))
+        if event.get("event") == "close":
+            self._last_line.pop(bar, None)
+            self.line(text)
+        elif self.tty:
+            self._status(text)
+        elif bar not in self._last_line:
+            self._last_line[bar] = time.monotonic()  # a short bar prints only when it ends
+        elif time.monotonic() - self._last_line[bar] >= LOG_INTERVAL_S:
+            self._last_line[bar] = time.monotonic()
+            self.line(text)
+
+
+def _match_notebook(token: str, names: Sequence[str], option: str) -> int:
+    token = token.strip().removesuffix(".ipynb")
+    for i, name in enumerate(names):
+        if token == name or token == name[:2]:
+            return i
+    raise ConfigError(
+        f"{option}: {token!r} is not a notebook of the study; choose from "
+        + ", ".join(f"{n[:2]} ({n})" for n in names)
+    )
+
+
+def _selection(names: Sequence[str], only: Sequence[str] | str | None, start: str | None,
+               stop: str | None) -> list[bool]:
+    """Which notebooks run: ``only`` (names or ``NN`` prefixes, a list or comma-separated),
+    else the range ``start``..``stop`` (either end open)."""
+    if only and (start or stop):
+        raise ConfigError("--only cannot be combined with --from/--to")
+    if only:
+        tokens = only.split(",") if isinstance(only, str) else [
+            t for item in only for t in str(item).split(",")]
+        chosen = {_match_notebook(t, names, "--only") for t in tokens if t.strip()}
+        return [i in chosen for i in range(len(names))]
+    first = _match_notebook(start, names, "--from") if start else 0
+    last = _match_notebook(stop, names, "--to") if stop else len(names) - 1
+    if first > last:
+        raise ConfigError(f"--from {names[first]} comes after --to {names[last]}")
+    return [first <= i <= last for i in range(len(names))]
+
+
+def _profile_reference(profile: str | Path | Profile,
+                       overrides: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """The profile as notebooks can resolve it (a name, or a YAML path relative to the project
+    root when inside it) and the overrides; a :class:`Profile` becomes its named profile plus
+    the values that differ from it."""
+    given = dict(overrides or {})
+    if isinstance(profile, Profile):
+        base = load_profile(profile.profile).to_dict()
+        differ = {k: v for k, v in profile.to_dict().items() if k != "profile" and v != base[k]}
+        return profile.profile, {**differ, **given}
+    reference = str(profile)
+    if Path(reference).suffix in (".yaml", ".yml"):
+        reference = _display_path(resolve_path(reference))
+    return reference, given
+
+
+def _previous_durations(run_manifest: Path) -> dict[str, float]:
+    try:
+        record = json.loads(run_manifest.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {n["name"]: n["duration_s"] for n in record.get("notebooks", [])
+            if n.get("status") == "executed" and n.get("duration_s")}
 
 
 def run_study(
     profile: str | Path | Profile = "demo",
     *,
+    overrides: Mapping[str, Any] | None = None,
+    only: Sequence[str] | str | None = None,
+    start: str | None = None,
+    stop: str | None = None,
     manifest_dir: str | Path | None = None,
     run_dir: str | Path | None = None,
     work_dir: str | Path | None = None,
@@ -438,42 +725,63 @@ def run_study(
     kernel_name: str = "magn",
     notebooks_dir: str | Path | None = None,
     progress: bool = True,
+    stream: TextIO | None = None,
 ) -> StudyResult:
-    """Run every notebook of the study in order; see the module docstring.
+    """Run the notebooks of the study in order; see the module docstring.
 
     Args:
-        profile: profile name (``smoke``/``demo``/``paper``), YAML path, or a loaded Profile.
+        profile: profile name (``smoke``/``demo``/``paper``) or YAML path (a loaded
+            :class:`Profile` is taken as its named profile plus the values that differ).
+        overrides: ``{parameter: value}`` replacing the profile's values (``magn study
+            --set``), validated like a profile file; ``None`` values are refused.
+        only: the notebooks to run (``"03"``, ``"03_magn_training"``, a list or
+            ``"01,03"``); the others must be up to date where they come before.
+        start, stop: run the notebooks from ``start`` to ``stop`` (``NN`` or names).
         manifest_dir: the user's ``data_manifest`` folder; ``None`` = the embedded cohort,
             generated under ``data/embedded/`` on first use (:func:`embedded_cohort_dir`).
         run_dir: report folder (default ``reports/<profile>``).
         work_dir: intermediate-data folder (default ``work/<name of run_dir>``).
-        force: re-run every notebook even when unchanged.
+        force: re-run the selected notebooks even when unchanged.
         kernel_name: Jupyter kernel that executes the notebooks.
         notebooks_dir: folder of ``NN_*.ipynb`` notebooks (default ``notebooks/``).
-        progress: show tqdm bars for notebooks and cells.
+        progress: print progress (notebooks and their stages) to ``stream``.
+        stream: where progress goes (default ``sys.stderr``).
 
     Returns:
         A :class:`StudyResult`; ``succeeded`` is False when a notebook failed.
-    """
-    from tqdm.auto import tqdm
 
-    cfg = profile if isinstance(profile, Profile) else load_profile(profile)
-    paths = run_paths(run_dir or default_run_paths(cfg.profile).report_dir, work_dir)
+    Raises:
+        ConfigError: a bad profile, override or selection.
+        UpstreamError: a notebook before the selection is not up to date (says what to run).
+        RuntimeError: the kernel is not registered, or another run holds the run folder.
+    """
+    t_start = time.time()
+    if any(v is None for v in (overrides or {}).values()):
+        raise ConfigError("overrides: None means 'from the profile' and cannot be passed on")
+    reference, given = _profile_reference(profile, overrides)
+    params = resolve_parameters(reference, given, run_dir=run_dir, work_dir=work_dir,
+                                manifest_dir=manifest_dir)
+    cfg = params.profile
+    paths = run_paths(params.run_dir, params.work_dir)
     notebooks = discover_notebooks(notebooks_dir)
     if not notebooks:
         raise ConfigError(f"notebooks_dir: no NN_name.ipynb notebooks in {notebooks_dir}")
+    names = [p.stem for p in notebooks]
+    selected = _selection(names, only, start, stop)
     _check_kernel(kernel_name)
+    console = _Console(stream, enabled=progress)
 
     with _run_lock(paths):
-        started = time.time()
         started_iso = _now()
         for folder in (paths.executed_dir, paths.html_dir, paths.artifacts_dir, paths.work_dir):
             folder.mkdir(parents=True, exist_ok=True)
         embedded = manifest_dir is None
-        manifest = (
-            _prepare_embedded_cohort(cfg, progress=progress)
-            if embedded else resolve_path(manifest_dir)
-        )
+        if embedded:
+            where = _display_path(embedded_cohort_dir(cfg))
+            console.line(f"embedded cohort: {where} (generated on first use)")
+            manifest = _prepare_embedded_cohort(cfg, progress=console.tty)
+        else:
+            manifest = resolve_path(manifest_dir)
         if not manifest.is_dir():
             raise ConfigError(f"manifest: {manifest} is not a folder")
         inputs = input_checksums(manifest)
@@ -483,84 +791,142 @@ def run_study(
             "work_dir": _display_path(paths.work_dir),
             "manifest_dir": _display_path(manifest),
         }
+        effective = cfg.to_dict()
+        previous = _previous_durations(paths.run_manifest)
 
+        # plan: every notebook's parameters and fingerprint (they chain from one to the next,
+        # whether the notebook runs now or not)
         runs: list[NotebookRun] = []
+        upstream = ""
         for path in notebooks:
             nb = nbformat.read(str(path), as_version=4)
-            runs.append(
-                NotebookRun(
-                    name=path.stem,
-                    title=notebook_title(nb),
-                    summary=nb.metadata.get("magn", {}).get("summary", ""),
-                )
+            declared = declared_parameters(path)
+            run = NotebookRun(
+                name=path.stem,
+                title=notebook_title(nb),
+                summary=nb.metadata.get("magn", {}).get("summary", ""),
             )
-
-        upstream = ""
-        error = None
-        bar = tqdm(total=len(notebooks), desc="study", unit="notebook", disable=not progress)
-        for path, run in zip(notebooks, runs, strict=True):
-            bar.set_postfix_str(run.name)
-            executed = paths.executed(path.stem)
-            run.parameters = _injected_parameters(declared_parameters(path), cfg, run_params)
+            run.parameters = {k: effective[k] for k in declared if k in _PROFILE_KEYS}
+            run.sources = {k: "override" if k in given else "profile" for k in run.parameters}
+            run.injected = {
+                **({"profile": reference} if "profile" in declared else {}),
+                **{k: v for k, v in given.items() if k in declared},
+                **{k: v for k, v in run_params.items() if k in declared},
+            }
             run.fingerprint = _fingerprint(
                 notebook=notebook_source_sha256(path),
-                parameters=run.parameters,
+                parameters={**run.parameters, "profile": cfg.profile,
+                            **{k: v for k, v in run_params.items() if k in declared}},
                 inputs=inputs,
                 code=code,
                 upstream=upstream,
             )
             upstream = run.fingerprint
-            if not force and _completed_fingerprint(executed) == run.fingerprint:
+            runs.append(run)
+        unread = sorted(set(given) - {k for r in runs for k in r.parameters})
+        if unread:
+            raise ConfigError(f"{unread[0]}: no notebook of the study reads this parameter, "
+                              "so overriding it would change nothing")
+        up_to_date = [
+            _completed_fingerprint(paths.executed(r.name)) == r.fingerprint
+            for r in runs
+        ]
+        first = selected.index(True)
+        stale = [r.name for r, ok in zip(runs[:first], up_to_date[:first], strict=True) if not ok]
+        if stale:
+            raise UpstreamError(
+                f"{runs[first].name} comes after {', '.join(stale)}, which "
+                f"{'has' if len(stale) == 1 else 'have'} not run with these settings (no "
+                "completed executed copy, or its parameters, inputs or code changed since)",
+                notebook=stale[0],
+                command=study_command(params, start=stale[0], stop=runs[first - 1].name),
+            )
+
+        error = failure = None
+        n = len(runs)
+        for i, (path, run) in enumerate(zip(notebooks, runs, strict=True)):
+            executed = paths.executed(path.stem)
+            label = f"[{i + 1}/{n}] {run.name}"
+            if error is not None:
+                break
+            if up_to_date[i] and not (force and selected[i]):
                 done = nbformat.read(str(executed), as_version=4)
                 timing = done.metadata.get("papermill", {})
                 run.status = "skipped"
                 run.started, run.finished = timing.get("start_time"), timing.get("end_time")
                 run.duration_s = timing.get("duration")
+                _adopt_reported(run, reported_parameters(done))
                 if not paths.html(run.name).is_file():
                     _publish_html(done, run.name, paths)
-                bar.update()
+                console.line(f"{label}: unchanged, skipped")
+                continue
+            if not selected[i]:
+                console.line(f"{label}: out of date, not selected")
                 continue
 
             _unpublish_html(run.name, paths)
             _clear_warnings(paths.report_dir, run.name)
+            estimate = previous.get(run.name)
+            console.line(f"{label}: running"
+                         + (f" (last run took {format_duration(estimate)})" if estimate else ""))
+            channel = paths.work_dir / ".progress" / f"{run.name}.jsonl"
+            channel.parent.mkdir(parents=True, exist_ok=True)
+            channel.unlink(missing_ok=True)
             run.started = _now()
             t0 = time.time()
             try:
-                done = _execute(
-                    path, executed, run.parameters, kernel_name=kernel_name, progress=progress
-                )
+                with _environment(PROGRESS_ENV, str(channel)):
+                    tail = ProgressTail(channel, console.on_event) if progress else None
+                    with tail or contextlib.nullcontext():
+                        done = _execute(path, executed, run.injected, kernel_name=kernel_name)
+                mismatch = _adopt_reported(run, reported_parameters(done))
+                if mismatch:
+                    raise ConfigError(mismatch)
             except Exception as exc:
                 run.status = "failed"
                 run.finished = _now()
                 run.duration_s = round(time.time() - t0, 2)
-                run.error = error = _failure_message(exc, run.name, executed)
-                break
+                if isinstance(exc, ConfigError):
+                    message, failure = f"notebook {run.name}: {exc}", "notebook"
+                else:
+                    message, failure = _failure(exc, run.name, executed)
+                run.error = error = message
+                console.line(f"{label}: FAILED after {format_duration(run.duration_s)}")
+                continue
+            finally:
+                channel.unlink(missing_ok=True)
             run.finished = _now()
             run.duration_s = round(time.time() - t0, 2)
             run.status = "executed"
             done.metadata[RUN_STAMP] = {"fingerprint": run.fingerprint, "status": "completed"}
             atomic_write_text(executed, nbformat.writes(done))
             _publish_html(done, run.name, paths)
-            bar.update()
-        bar.close()
+            console.line(f"{label}: done in {format_duration(run.duration_s)}")
 
         for run in runs:
             if run.status == "pending":
                 run.status = "not run"
         succeeded = error is None
+        complete = succeeded and all(r.status in ("executed", "skipped") for r in runs)
         warnings = read_warnings(paths.report_dir)
+        duration = round(time.time() - t_start, 2)
         manifest_record = {
             "magn_version": __version__,
             "status": "succeeded" if succeeded else "failed",
+            "complete": complete,
             "error": error,
             "started": started_iso,
             "finished": _now(),
-            "duration_s": round(time.time() - started, 2),
+            "duration_s": duration,
             "command": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv)),
             "git": git_state(project_root()),
             "environment": environment_info(),
             "profile": cfg.profile,
-            "parameters": cfg.to_dict(),
+            "profile_file": {"path": _display_path(params.file),
+                             "sha256": file_sha256(params.file)},
+            "overrides": dict(given),
+            "parameters": effective,
+            "selection": [r.name for r, chosen in zip(runs, selected, strict=True) if chosen],
             "seeds": {"seed": cfg.seed},
             "run": {**run_params, "embedded_cohort": embedded},
             "inputs": {"manifest_files_sha256": inputs},
@@ -568,15 +934,34 @@ def run_study(
             "notebooks": [asdict(r) for r in runs],
             "warnings": warnings,
         }
-        atomic_write_text(paths.run_manifest, json.dumps(manifest_record, indent=2))
+        atomic_write_text(paths.run_manifest, json.dumps(manifest_record, indent=2,
+                                                         default=str))
 
-        if succeeded:
+        if complete:
             page = _index_page(cfg, runs, manifest_record, paths)
             atomic_write_text(paths.index_html, page)
         else:
             paths.index_html.unlink(missing_ok=True)
-            print(f"magn study: {error}", file=sys.stderr)
-    return StudyResult(succeeded=succeeded, paths=paths, notebooks=runs, error=error)
+    return StudyResult(succeeded=succeeded, paths=paths, notebooks=runs, error=error,
+                       complete=complete, failure=failure, duration_s=duration)
+
+
+def _adopt_reported(run: NotebookRun, record: dict[str, Any] | None) -> str | None:
+    """Take the effective parameters a notebook reported as the run's record; return what
+    differs from the runner's own resolution (a profile file edited during the run, say)."""
+    if record is None:
+        return None
+    reported = record.get("parameters", {})
+    expected = json.loads(json.dumps(run.parameters, default=str))
+    differ = {k: (expected.get(k), reported.get(k)) for k in expected
+              if k in reported and reported[k] != expected[k]}
+    run.parameters = {**run.parameters, **reported}
+    run.sources = {**run.sources, **record.get("sources", {})}
+    if differ:
+        return "ran with other parameters than the runner resolved: " + ", ".join(
+            f"{k} {got!r} instead of {want!r}" for k, (want, got) in differ.items()
+        ) + " (was the profile file changed during the run?)"
+    return None
 
 
 def _index_page(

@@ -47,11 +47,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
-from tqdm import tqdm
 
 from magn_lib.config import VIEWS, resolve_path
 from magn_lib.errors import ConfigError, InputError
 from magn_lib.layout import feature_cache
+from magn_lib.progress import tqdm
 
 __all__ = [
     "CLASSIFIERS",
@@ -347,7 +347,8 @@ def _run_tasks(
     # inter-process overhead small; the generator feeds the progress bar as results arrive.
     parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator", batch_size="auto")
     results = parallel(joblib.delayed(fn)(*task) for task in tasks)
-    return list(tqdm(results, total=len(tasks), desc=desc, disable=not progress, leave=False))
+    return list(tqdm(results, total=len(tasks), desc=desc, unit="lesion", disable=not progress,
+                     leave=False))
 
 
 def _assemble(

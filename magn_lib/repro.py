@@ -2,7 +2,9 @@
 
 ``set_determinism`` seeds Python, NumPy and PyTorch and asks PyTorch for deterministic
 kernels. ``environment_info`` and ``git_state`` describe where a run happened; the study runner
-writes them into ``run_manifest.json``.
+writes them into ``run_manifest.json``. ``checkout_mismatch`` tells when ``magn_lib`` is
+imported from another checkout than the one being worked in (an editable install of a second
+clone runs that clone's code and notebooks, and writes into its folders).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import importlib.metadata
 import os
 import platform
 import random
+import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ import numpy as np
 __all__ = [
     "KEY_PACKAGES",
     "check_environment",
+    "checkout_mismatch",
     "environment_info",
     "file_sha256",
     "git_state",
@@ -181,3 +186,44 @@ def git_state(root: str | Path) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": bool(status)}
+
+
+def _checkout_of(folder: Path) -> Path | None:
+    """The magn checkout holding ``folder`` (a folder with ``pyproject.toml`` naming the
+    ``magn`` project and a ``magn_lib/`` package), or ``None``."""
+    for candidate in (folder, *folder.parents):
+        pyproject = candidate / "pyproject.toml"
+        if (candidate / "magn_lib").is_dir() and pyproject.is_file():
+            try:
+                text = pyproject.read_text(encoding="utf-8")
+            except OSError:
+                return None
+            if re.search(r'^name\s*=\s*"magn"\s*$', text, flags=re.MULTILINE):
+                return candidate.resolve()
+    return None
+
+
+def checkout_mismatch(*, cwd: str | Path | None = None, prefix: str | Path | None = None,
+                      library: str | Path | None = None) -> str | None:
+    """Why the ``magn_lib`` in use may not be the code one is working on, or ``None``.
+
+    Compares the checkout ``magn_lib`` is imported from with the checkout holding the working
+    folder (``cwd``) and the one holding the Python environment (``prefix``, e.g. its
+    ``.venv``); either differing is reported.
+    """
+    if library is None:
+        import magn_lib
+
+        library = Path(magn_lib.__file__).resolve().parent
+    imported = Path(library).resolve().parent
+    problems = []
+    for what, folder in (("the working folder", Path(cwd) if cwd else Path.cwd()),
+                         ("this Python environment", Path(prefix or sys.prefix))):
+        checkout = _checkout_of(folder.resolve())
+        if checkout is not None and checkout != imported:
+            problems.append(f"{what} is in the checkout {checkout}")
+    if not problems:
+        return None
+    return (f"magn_lib is imported from {imported}, but " + " and ".join(problems)
+            + ": commands run that other checkout's code and notebooks. Run `make setup` in "
+            "the checkout you work in (or use its own .venv).")

@@ -136,7 +136,7 @@ def transfer_cohort(
         views: target views (sagittal is the source and is not transferred).
         progress: show a tqdm bar.
     """
-    from tqdm.auto import tqdm
+    from magn_lib.progress import tqdm
 
     vendor = {}
     if not ingest.series.empty and "vendor" in ingest.series:
@@ -259,7 +259,7 @@ def build_crop_cache(
     Returns:
         The :class:`~magn_lib.crops.CropCache` (also written to ``path``).
     """
-    from tqdm.auto import tqdm
+    from magn_lib.progress import tqdm
 
     path = Path(path)
     lesions = transfer.lesions

@@ -1258,7 +1258,8 @@ def make_cohort(out_dir: str | PathLike[str], *, n_patients: int, seed: int, **k
         TypeError, ValueError: unknown knob or bad value.
     """
     from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
+
+    from magn_lib.progress import tqdm
 
     if isinstance(n_patients, bool) or not isinstance(n_patients, int) or n_patients < 1:
         raise ValueError(f"n_patients must be a positive integer, got {n_patients!r}")

@@ -33,10 +33,10 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from magn_lib.errors import ConfigError
 from magn_lib.losses import magn_loss_parts
+from magn_lib.progress import tqdm
 from magn_lib.repro import set_determinism
 from magn_lib.settings import TrainSettings, settings_record
 from magn_lib.stats import binary_metrics

@@ -122,11 +122,80 @@ def test_profile_from_notebook_parameters():
     from magn_lib.config import profile_from_parameters
 
     namespace = {"profile": "smoke", "epochs": 2, "run_dir": "reports/x", "views": ["axial"],
-                 "pd": object()}
+                 "crop_size": None, "pd": object()}
     profile = profile_from_parameters(namespace)
     assert profile.profile == "smoke" and profile.epochs == 2 and profile.views == ["axial"]
-    assert profile.crop_size == Profile().crop_size
+    # None and absent parameters come from the profile named, not from the demo defaults
+    assert profile.crop_size == load_profile("smoke").crop_size == 48
+    assert profile.n_folds == 3
     namespace["views"].append("sagittal")
     assert profile.views == ["axial"]
     with pytest.raises(ConfigError, match="^epochs: expected int"):
         profile_from_parameters({"epochs": "2"})
+
+
+def test_notebook_parameters_resolve_profile_then_overrides():
+    from magn_lib.config import notebook_parameters
+
+    # what a parameters cell holds when opened by hand: demo, unchanged
+    by_hand = notebook_parameters({"profile": "demo", "run_dir": None, "work_dir": None,
+                                   "epochs": None, "learning_rate": None})
+    assert by_hand.profile == load_profile("demo")
+    assert by_hand.overrides == {} and by_hand.sources == {"epochs": "profile",
+                                                           "learning_rate": "profile"}
+    assert (by_hand.run_dir, by_hand.work_dir, by_hand.manifest_dir) == (
+        "reports/demo", "work/demo", None)
+
+    # papermill -p profile paper -p epochs 1: exactly one thing changes
+    paper = notebook_parameters({"profile": "paper", "epochs": 1, "learning_rate": None,
+                                 "weights": None, "run_dir": None, "work_dir": None})
+    assert paper.profile == load_profile("paper", epochs=1)
+    assert paper.profile.learning_rate == 1e-3 and paper.profile.weights == "imagenet"
+    assert paper.values == {"epochs": 1, "learning_rate": 1e-3, "weights": "imagenet"}
+    assert paper.sources == {"epochs": "override", "learning_rate": "profile",
+                             "weights": "profile"}
+    assert paper.run_dir == "reports/paper" and paper.work_dir == "work/paper"
+    # a run folder given names the default work folder after it
+    named = notebook_parameters({"profile": "smoke", "run_dir": "/tmp/runs/site_a"})
+    assert named.work_dir == "work/site_a"
+
+    with pytest.raises(ConfigError, match="^epochs: expected int"):
+        notebook_parameters({"profile": "paper", "epochs": "1"})
+    with pytest.raises(ConfigError, match="'nonesuch' is not a known profile"):
+        notebook_parameters({"profile": "nonesuch"})
+
+
+def test_effective_parameters_are_shown_and_published():
+    from magn_lib.config import PARAMETERS_MIMETYPE, resolve_parameters
+
+    params = resolve_parameters("smoke", {"n_bootstrap": 500, "seed": None},
+                                keys=["seed", "n_bootstrap", "views"])
+    table = params.to_markdown()
+    assert "profile `smoke` (`configs/smoke.yaml`), 1 override" in table
+    assert "| `seed` | 7 | profile |" in table
+    assert "| `n_bootstrap` | 500 | **override** |" in table
+    assert "| `views` | sagittal, coronal, axial | profile |" in table
+    bundle = params._repr_mimebundle_()
+    record = bundle[PARAMETERS_MIMETYPE]
+    assert record["parameters"] == {"seed": 7, "n_bootstrap": 500,
+                                    "views": ["sagittal", "coronal", "axial"]}
+    assert record["sources"]["n_bootstrap"] == "override" and record["profile"] == "smoke"
+    assert bundle["text/markdown"] == table
+    # an override of a parameter not declared is still shown (and validated)
+    assert "epochs" in resolve_parameters("smoke", {"epochs": 2}, keys=["seed"]).keys
+
+
+def test_parse_override_reads_yaml_values_and_names_bad_keys():
+    from magn_lib.config import parse_override
+
+    assert parse_override("epochs=2") == ("epochs", 2)
+    assert parse_override("learning_rate=1e-3") == ("learning_rate", 1e-3)
+    assert parse_override("weights=imagenet") == ("weights", "imagenet")
+    assert parse_override("views=[sagittal, axial]") == ("views", ["sagittal", "axial"])
+    assert parse_override("augment=false") == ("augment", False)
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        parse_override("epoch=2")
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_override("epochs")
+    with pytest.raises(ConfigError, match="weights: --set weights=null cannot"):
+        parse_override("weights=null")

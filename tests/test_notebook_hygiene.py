@@ -6,7 +6,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from magn_lib.config import load_profile
+from magn_lib.config import load_profile, notebook_parameters
 from magn_lib.pipeline import (
     RUN_PARAMETERS,
     declared_parameters,
@@ -20,9 +20,9 @@ STUDY_NOTEBOOKS = discover_notebooks()
 def _clean() -> nbformat.NotebookNode:
     nb = new_notebook()
     nb.metadata["magn"] = {"summary": "One line."}
-    params = new_code_cell('profile = "demo"\nepochs = 10\nviews = ["sagittal", "axial"]\n')
+    params = new_code_cell('profile = "demo"\nrun_dir = None\nepochs = None\nviews = None\n')
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [new_markdown_cell("# Title"), params, new_code_cell("x = epochs * 2\nprint(x)")]
+    nb.cells = [new_markdown_cell("# Title"), params, new_code_cell("x = epochs\nprint(x)")]
     return nb
 
 
@@ -71,43 +71,45 @@ def test_study_notebook_is_clean(path):
     assert notebook_problems(path) == []
 
 
-def _parameter_problems(path) -> list[str]:
-    """What is wrong with a notebook's parameters cell: a name that neither the profile nor the
-    runner provides (papermill never sets it: a typo or a stale name), or a default other than
-    the demo profile's (JupyterLab runs a notebook with its defaults: they must give the run
-    `make study` gives)."""
-    demo = load_profile("demo").to_dict()
-    problems = []
-    for name, default in declared_parameters(path).items():
-        if name in demo:
-            if eval(default) != demo[name]:
-                problems.append(f"{name}: default {default} is not the demo profile's "
-                                f"{demo[name]!r}")
-        elif name not in RUN_PARAMETERS:
-            problems.append(f"{name}: neither a profile parameter nor one of {RUN_PARAMETERS}")
-        elif name == "run_dir" and eval(default) != "reports/demo":
-            problems.append(f"run_dir: default {default} is not 'reports/demo'")
-    return problems
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [("epochs = 10", "`epochs` must default to None"),
+     ('views = ["axial"]', "`views` must default to None"),
+     ("profile = None", "`profile` must be a string"),
+     ("run_dir = 3", "`run_dir` must be None")],
+)
+def test_profile_parameters_must_default_to_none(line, problem):
+    # a literal default would silently override the profile wherever the notebook runs
+    nb = _clean()
+    nb.cells[1].source += line + "\n"
+    assert any(problem in p for p in notebook_problems(nb))
 
 
 @pytest.mark.parametrize("path", STUDY_NOTEBOOKS, ids=lambda p: p.name)
-def test_study_notebook_parameters_are_the_demo_profile(path):
-    assert _parameter_problems(path) == []
+def test_study_notebook_opened_by_hand_runs_demo(path):
+    # JupyterLab runs a notebook with its parameters cell as written: the `demo` profile, with
+    # the default run folders, and every parameter the notebook declares taken from it
+    declared = declared_parameters(path)
+    assert eval(declared.pop("profile")) == "demo"
+    namespace = {name: eval(default) for name, default in declared.items()}
+    assert {k: v for k, v in namespace.items() if v is not None} == {}
+    params = notebook_parameters(namespace)
+    assert params.profile == load_profile("demo") and params.overrides == {}
+    assert (params.run_dir, params.work_dir) == ("reports/demo", "work/demo")
+    assert set(params.keys) == set(declared) - set(RUN_PARAMETERS)
 
 
-def test_bad_parameters_cell_is_caught(tmp_path):
-    nb = _clean()
-    nb.cells[1].source = ('profile = "demo"\nepoch = 10\nseed = 1\nrun_dir = "reports/mine"\n'
-                          'work_dir = "work/demo"\n')
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    path = tmp_path / "bad.ipynb"
-    nbformat.write(nb, path)
-    problems = _parameter_problems(path)
-    assert len(problems) == 3, problems
-    assert problems[0].startswith("epoch: neither a profile parameter")
-    assert problems[1].startswith("seed: default 1 is not the demo profile's 2022")
-    assert problems[2].startswith("run_dir: default")
-    nb.cells[1].source = 'profile = "demo"\nepochs = 10\nseed = 2022\nrun_dir = "reports/demo"\n'
-    nbformat.write(nb, path)
-    assert _parameter_problems(path) == []
+def test_study_notebooks_say_what_they_need_and_check_it():
+    from magn_lib.pipeline import STUDY_NEEDS
+
+    assert list(STUDY_NEEDS) == [p.stem for p in STUDY_NOTEBOOKS]
+    for path in STUDY_NOTEBOOKS:
+        nb = nbformat.read(str(path), as_version=4)
+        params = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+        before = " ".join(c.source for c in nb.cells[:params] if c.cell_type == "markdown")
+        assert "**What this notebook needs:**" in before, path.name
+        for needed in STUDY_NEEDS[path.stem]:
+            assert f"**{needed[:2]}**" in before, f"{path.name} does not name {needed}"
+        top = next(c for c in nb.cells[params + 1:] if c.cell_type == "code").source
+        assert "params = notebook_parameters(globals())" in top, path.name
+        assert f'require_upstream("{path.stem}", params)' in top, path.name

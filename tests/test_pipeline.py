@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from magn_lib import cli
+from magn_lib.errors import ConfigError, UpstreamError
 from magn_lib.pipeline import (
     NOTEBOOK_PATTERN,
     RUN_STAMP,
@@ -18,24 +20,39 @@ from magn_lib.pipeline import (
     notebook_problems,
     read_warnings,
     record_warning,
+    reported_parameters,
     run_study,
 )
+
+PARAMS = '''\
+from IPython.display import display
+from magn_lib.config import notebook_parameters
+params = notebook_parameters(globals())
+run_dir = params.run_dir
+display(params)
+'''
 
 FIRST = '''\
 import sys
 from magn_lib.config import resolve_path
+from magn_lib.progress import tqdm
 counter = resolve_path(run_dir) / "artifacts" / "count.txt"
 n = int(counter.read_text()) + 1 if counter.exists() else 1
 counter.write_text(str(n))
-print(f"first notebook ran, time {n}, epochs {epochs}")
+for step in tqdm(range(3), desc="first loop", unit="step"):
+    pass
+print(f"first notebook ran, time {n}, epochs {params.profile.epochs}")
 print("stderr-chatter", file=sys.stderr)
 '''
 
 SECOND = '''\
+from magn_lib.errors import InputError
 from magn_lib.pipeline import record_warning
 record_warning(run_dir, "02_second", "pretrained weights unavailable: He-uniform used")
-if seed == 13:
+if params.profile.seed == 13:
     raise ValueError("planted failure for the test")
+if params.profile.seed == 14:
+    raise InputError("planted bad input", patient="P001", file="lesions.csv")
 print("second notebook done")
 '''
 
@@ -46,7 +63,8 @@ def _notebook(title: str, summary: str, parameters: str, body: str) -> nbformat.
     nb.metadata["magn"] = {"summary": summary}
     params = new_code_cell(parameters)
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [new_markdown_cell(f"# {title}\n\nWhat this shows."), params, new_code_cell(body)]
+    nb.cells = [new_markdown_cell(f"# {title}\n\nWhat this shows."), params,
+                new_code_cell(PARAMS), new_code_cell(body)]
     return nb
 
 
@@ -55,11 +73,13 @@ def study(tmp_path):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     nbformat.write(
-        _notebook("First step", "Counts its runs.", 'run_dir = "reports/x"\nepochs = 1\n', FIRST),
+        _notebook("First step", "Counts its runs.",
+                  'profile = "demo"\nrun_dir = None\nepochs = None\n', FIRST),
         notebooks / "01_first.ipynb",
     )
     nbformat.write(
-        _notebook("Second step", "Fails on seed 13.", 'run_dir = ""\nseed = 0\n', SECOND),
+        _notebook("Second step", "Fails on seed 13.",
+                  'profile = "demo"\nrun_dir = None\nseed = None\n', SECOND),
         notebooks / "02_second.ipynb",
     )
     (notebooks / "scratch.ipynb").write_text("{}")  # not NN_name: ignored by the runner
@@ -88,21 +108,36 @@ def test_discovery_and_hygiene_of_fixtures(study):
 
 def test_run_resume_force_and_report(study):
     run_dir = study["run_dir"]
-    result = run_study("smoke", **study)
-    assert result.succeeded
+    terminal = io.StringIO()
+    result = run_study("smoke", **{**study, "progress": True}, stream=terminal)
+    assert result.succeeded and result.complete
     assert [r.status for r in result.notebooks] == ["executed", "executed"]
     assert _count(run_dir) == 1
 
-    # parameters injected: only those each notebook declares, from the profile and the run
+    # injected: the profile and the run's folders, no profile value (each notebook resolves
+    # them); recorded: the effective values the notebook reported, with their source
     first, second = result.notebooks
-    assert first.parameters == {"run_dir": str(run_dir), "epochs": 1}
-    assert set(second.parameters) == {"run_dir", "seed"} and second.parameters["seed"] == 7
+    assert first.injected == {"profile": "smoke", "run_dir": str(run_dir)}
+    assert first.parameters == {"epochs": 1} and first.sources == {"epochs": "profile"}
+    assert second.parameters == {"seed": 7}
+    executed = nbformat.read(str(run_dir / "executed" / "01_first.ipynb"), as_version=4)
+    assert reported_parameters(executed)["parameters"] == {"epochs": 1}
+
+    # progress: each notebook and each bar in the terminal, none of it in the notebooks
+    lines = terminal.getvalue().splitlines()
+    assert "[1/2] 01_first: running" in lines and "[2/2] 02_second: running" in lines
+    assert any(re.fullmatch(r"\[1/2\] 01_first: done in \d+:\d\d", line) for line in lines)
+    assert any(re.fullmatch(r"\s+first loop: 3/3 step \(\d+:\d\d elapsed\)", line)
+               for line in lines), lines
 
     # HTML: a clinician view without code, prompts or stderr; a full view with code
     clinician = (run_dir / "html" / "01_first.html").read_text()
     full = (run_dir / "html-full" / "01_first.html").read_text()
     assert "first notebook ran, time 1" in clinician
     assert "resolve_path" not in clinician and "stderr-chatter" not in clinician
+    assert "Effective parameters" in clinician and "| `epochs` |" not in clinician
+    for page in (clinician, full):
+        assert "first loop:" not in page and not re.search(r"\d+%\|", page)
     code_markup = r'class="[^"]*\bjp-(InputPrompt|OutputPrompt|CodeMirrorEditor)\b'
     assert not re.search(code_markup, clinician)
     assert re.search(code_markup, full)
@@ -114,7 +149,10 @@ def test_run_resume_force_and_report(study):
 
     manifest = json.loads((run_dir / "run_manifest.json").read_text())
     assert manifest["status"] == "succeeded" and manifest["profile"] == "smoke"
+    assert manifest["complete"] and manifest["overrides"] == {}
+    assert manifest["profile_file"]["path"] == "configs/smoke.yaml"
     assert manifest["parameters"]["epochs"] == 1 and manifest["seeds"] == {"seed": 7}
+    assert manifest["notebooks"][0]["parameters"] == {"epochs": 1}
     assert set(manifest["git"]) == {"commit", "dirty"}
     assert set(manifest["inputs"]["manifest_files_sha256"]) == {"lesions.csv"}
     assert len(manifest["inputs"]["manifest_files_sha256"]["lesions.csv"]) == 64
@@ -161,11 +199,13 @@ def test_failure_is_honest(study, tmp_path, capsys):
     code = cli.main([
         "study", "--profile", str(failing), "--manifest", str(study["manifest_dir"]),
         "--out", str(run_dir), "--work", str(study["work_dir"]),
-        "--notebooks", str(study["notebooks_dir"]),
+        "--notebooks", str(study["notebooks_dir"]), "--quiet",
     ])
-    assert code != 0
-    err = capsys.readouterr().err
+    assert code == cli.EXIT_NOTEBOOK_FAILED
+    out, err = capsys.readouterr()
     assert "02_second failed" in err and "planted failure" in err
+    assert out.splitlines()[-1].startswith("magn study: FAILED after ")
+    assert "[1/2]" not in err  # --quiet: no progress
 
     partial = nbformat.read(str(run_dir / "executed" / "02_second.ipynb"), as_version=4)
     assert RUN_STAMP not in partial.metadata  # never stamped as completed
@@ -183,6 +223,70 @@ def test_failure_is_honest(study, tmp_path, capsys):
     assert [r.status for r in result.notebooks] == ["skipped", "failed"]
 
 
+def test_bad_input_in_a_notebook_is_exit_status_3(study, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("profile: smoke\nseed: 14\n")
+    code = cli.main([
+        "study", "--profile", str(bad), "--manifest", str(study["manifest_dir"]),
+        "--out", str(study["run_dir"]), "--work", str(study["work_dir"]),
+        "--notebooks", str(study["notebooks_dir"]), "--quiet",
+    ])
+    assert code == cli.EXIT_INPUT
+    assert "InputError: patient P001, file lesions.csv: planted bad input" in \
+        capsys.readouterr().err
+
+
+def test_overrides_reach_only_the_notebooks_declaring_them(study):
+    run_study("smoke", **study)
+    result = run_study("smoke", overrides={"epochs": 2}, **study)
+    first, second = result.notebooks
+    assert [first.status, second.status] == ["executed", "executed"]  # 02 is downstream
+    assert first.injected["epochs"] == 2 and "epochs" not in second.injected
+    assert first.parameters == {"epochs": 2} and first.sources == {"epochs": "override"}
+    manifest = json.loads((study["run_dir"] / "run_manifest.json").read_text())
+    assert manifest["overrides"] == {"epochs": 2} and manifest["parameters"]["epochs"] == 2
+    # the same override again: nothing to do; without it: back to the profile's value
+    assert {r.status for r in run_study("smoke", overrides={"epochs": 2}, **study).notebooks} \
+        == {"skipped"}
+    assert run_study("smoke", **study).notebooks[0].status == "executed"
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        run_study("smoke", overrides={"epoch": 2}, **study)
+    with pytest.raises(ConfigError, match="crop_size: no notebook of the study reads"):
+        run_study("smoke", overrides={"crop_size": 64}, **study)
+
+
+def test_one_notebook_or_a_range_behaves_as_a_whole_run(study):
+    run_dir = study["run_dir"]
+    # nothing has run: the notebook before the selection is missing, and the error says how
+    with pytest.raises(UpstreamError) as caught:
+        run_study("smoke", only="02", **study)
+    assert caught.value.notebook == "01_first"
+    assert "--to 01" in caught.value.command and "magn study --profile smoke" in \
+        caught.value.command
+    assert not (run_dir / "executed" / "02_second.ipynb").exists()
+
+    # up to 01: run, but the report is not complete, so no index.html
+    partial = run_study("smoke", stop="01", **study)
+    assert [r.status for r in partial.notebooks] == ["executed", "not run"]
+    assert partial.succeeded and not partial.complete
+    assert not (run_dir / "index.html").exists()
+    # from 02: 01 is up to date, so it is skipped as in a whole run; now the report exists
+    rest = run_study("smoke", start="02", **study)
+    assert [r.status for r in rest.notebooks] == ["skipped", "executed"] and rest.complete
+    assert (run_dir / "index.html").is_file() and _count(run_dir) == 1
+    # only 02 again, forced: 01 untouched
+    again = run_study("smoke", only=["02"], force=True, **study)
+    assert [r.status for r in again.notebooks] == ["skipped", "executed"]
+    assert _count(run_dir) == 1
+    # an override of 01's parameter makes 01 out of date for --only 02
+    with pytest.raises(UpstreamError, match="01_first, which has not run with these settings"):
+        run_study("smoke", only="02_second", overrides={"epochs": 3}, **study)
+    with pytest.raises(ConfigError, match="'07' is not a notebook of the study"):
+        run_study("smoke", only="07", **study)
+    with pytest.raises(ConfigError, match="--from 02_second comes after --to 01_first"):
+        run_study("smoke", start="02", stop="01", **study)
+
+
 def test_missing_kernel_is_a_clear_error(study):
     with pytest.raises(RuntimeError, match="kernel 'no-such-kernel' is not registered"):
         run_study("smoke", kernel_name="no-such-kernel", **study)
@@ -195,3 +299,34 @@ def test_record_warning_keeps_each_once(tmp_path):
     assert read_warnings(tmp_path) == [
         {"source": "03", "message": "a"}, {"source": "04", "message": "b"}
     ]
+
+
+def test_require_upstream_names_the_first_missing_notebook(tmp_path):
+    from magn_lib.config import resolve_parameters
+    from magn_lib.pipeline import require_upstream, study_command
+
+    run, work = tmp_path / "reports" / "a", tmp_path / "work" / "a"
+    params = resolve_parameters("smoke", run_dir=run, work_dir=work)
+    with pytest.raises(UpstreamError) as missing:
+        require_upstream("03_magn_training", params)
+    assert missing.value.notebook == "01_cohort_statistics"
+    assert "notebooks 01_cohort_statistics to 02_annotation_transfer" in str(missing.value)
+    assert missing.value.command == (
+        f"magn study --profile smoke --out {run} --work {work} --to 02")
+    # notebook 01's results there: notebook 02 is the one to run
+    for path in (work / "ingest" / "lesions.csv", work / "transfer" / "lesions.csv",
+                 run / "artifacts" / "table1.csv"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x\n")
+    with pytest.raises(UpstreamError, match=r"\(.*crops\.npz does not exist\)") as missing:
+        require_upstream("03_magn_training", params)
+    assert missing.value.notebook == "02_annotation_transfer"
+    (work / "crops.npz").write_bytes(b"")
+    require_upstream("03_magn_training", params)
+    require_upstream("01_cohort_statistics", params)
+    # the command leaves default folders out and repeats the overrides
+    assert study_command(resolve_parameters("paper"), stop="02") == \
+        "magn study --profile paper --to 02"
+    assert study_command(resolve_parameters("smoke", {"epochs": 2, "views": ["axial"]}),
+                         only=["03_magn_training"]) == \
+        "magn study --profile smoke --set epochs=2 --set 'views=[axial]' --only 03"

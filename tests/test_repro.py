@@ -55,3 +55,32 @@ def test_file_sha256_matches_hashlib(tmp_path):
     path = tmp_path / "blob.bin"
     path.write_bytes(b"x" * 3_000_000)
     assert file_sha256(path, chunk=4096) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
+
+
+def test_checkout_mismatch_names_both_checkouts(tmp_path):
+    from magn_lib.repro import checkout_mismatch
+
+    def checkout(name):
+        root = tmp_path / name
+        (root / "magn_lib").mkdir(parents=True)
+        (root / "pyproject.toml").write_text('[project]\nname = "magn"\nversion = "0"\n')
+        return root
+
+    mine, other = checkout("mine"), checkout("other")
+    (mine / "notebooks").mkdir()
+    (mine / ".venv").mkdir()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    same = checkout_mismatch(cwd=mine / "notebooks", prefix=mine / ".venv",
+                             library=mine / "magn_lib")
+    assert same is None
+    assert checkout_mismatch(cwd=outside, prefix=outside, library=other / "magn_lib") is None
+    message = checkout_mismatch(cwd=mine / "notebooks", prefix=mine / ".venv",
+                                library=other / "magn_lib")
+    assert f"imported from {other.resolve()}" in message
+    assert f"working folder is in the checkout {mine.resolve()}" in message
+    assert "this Python environment" in message and "make setup" in message
+    # a folder that merely holds a pyproject.toml of another project is no checkout
+    (outside / "magn_lib").mkdir()
+    (outside / "pyproject.toml").write_text('[project]\nname = "other"\n')
+    assert checkout_mismatch(cwd=outside, prefix=outside, library=mine / "magn_lib") is None
