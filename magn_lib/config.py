@@ -32,7 +32,12 @@ from typing import Any
 import yaml
 
 from magn_lib.errors import ConfigError
-from magn_lib.layout import RunPaths, run_paths  # re-exported: they used to live here
+from magn_lib.layout import (  # re-exported: they used to live here
+    RunPaths,
+    default_report_folder,
+    default_work_folder,
+    run_paths,
+)
 
 __all__ = [
     "BACKBONES",
@@ -449,8 +454,8 @@ def resolve_parameters(
     values.update(given)
     effective = Profile(**values)
     shown = tuple(dict.fromkeys([*(k for k in keys if k != "profile"), *given]))
-    run = str(run_dir) if run_dir else f"reports/{effective.profile}"
-    work = str(work_dir) if work_dir else f"work/{Path(run).name}"
+    run = str(run_dir) if run_dir else default_report_folder(effective.profile)
+    work = str(work_dir) if work_dir else default_work_folder(run)
     return EffectiveParameters(
         profile=effective, reference=reference, file=file, keys=shown, overrides=given,
         run_dir=run, work_dir=work, manifest_dir=str(manifest_dir) if manifest_dir else None,

@@ -52,7 +52,9 @@ __all__ = [
     "TRANSFER_TABLES",
     "WorkPaths",
     "default_run_paths",
+    "default_report_folder",
     "default_run_parents",
+    "default_work_folder",
     "feature_cache",
     "run_paths",
 ]
@@ -221,6 +223,10 @@ class WorkPaths:
         """The radiomics feature caches (:func:`feature_cache`)."""
         return self.work_dir / "radiomics"
 
+    def progress_channel(self, notebook: str) -> Path:
+        """The progress events a running notebook writes for the study runner (JSON lines)."""
+        return self.work_dir / ".progress" / f"{notebook}.jsonl"
+
 
 @dataclass(frozen=True)
 class ReportPaths:
@@ -326,6 +332,18 @@ def run_paths(run_dir: str | Path, work_dir: str | Path | None = None) -> RunPat
     report_dir = resolve_path(run_dir)
     work = resolve_path(work_dir) if work_dir else project_root() / _WORK / report_dir.name
     return RunPaths(report_dir=report_dir, work_dir=work)
+
+
+def default_report_folder(name: str) -> str:
+    """The report folder of run ``name`` when none is given, relative to the project root:
+    ``reports/<name>`` (POSIX)."""
+    return f"{_REPORTS}/{name}"
+
+
+def default_work_folder(run_dir: str | Path) -> str:
+    """The work folder of the run reported in ``run_dir`` when none is given, relative to the
+    project root: ``work/<name of run_dir>`` (POSIX)."""
+    return f"{_WORK}/{Path(run_dir).name}"
 
 
 def default_run_paths(name: str) -> RunPaths:

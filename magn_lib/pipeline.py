@@ -43,7 +43,7 @@ import re
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,7 +65,7 @@ from magn_lib.config import (
     run_paths,
 )
 from magn_lib.errors import ConfigError, UpstreamError
-from magn_lib.layout import ReportPaths
+from magn_lib.layout import ReportPaths, default_report_folder, default_work_folder
 from magn_lib.progress import PROGRESS_ENV, ProgressTail, format_duration, format_event
 from magn_lib.report import (
     IndexEntry,
@@ -281,14 +281,13 @@ def declared_parameters(path: str | Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- upstream results
 
-# the files by which each study notebook's results are recognised, as (folder, relative path):
-# folder "work" is the run's work folder, "artifacts" its report's artifacts folder
-STUDY_OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "01_cohort_statistics": (("work", "ingest/lesions.csv"), ("work", "transfer/lesions.csv"),
-                             ("artifacts", "table1.csv")),
-    "02_annotation_transfer": (("work", "crops.npz"),),
-    "03_magn_training": (("artifacts", "folds.csv"), ("artifacts", "oof_magn.csv")),
-    "04_radiomics": (("artifacts", "oof_radiomics.csv"),),
+# the files by which each study notebook's results are recognised (named by the run's layout)
+STUDY_OUTPUTS: dict[str, Callable[[RunPaths], tuple[Path, ...]]] = {
+    "01_cohort_statistics": lambda p: (p.ingest_table("lesions"), p.transfer_table("lesions"),
+                                       p.table("table1")),
+    "02_annotation_transfer": lambda p: (p.crop_cache,),
+    "03_magn_training": lambda p: (p.folds_csv, p.oof("magn")),
+    "04_radiomics": lambda p: (p.oof("radiomics"),),
 }
 # the earlier notebooks whose results each study notebook reads
 STUDY_NEEDS: dict[str, tuple[str, ...]] = {
@@ -311,9 +310,9 @@ def study_command(
     words = ["magn", "study", "--profile", params.reference]
     if params.manifest_dir:
         words += ["--manifest", params.manifest_dir]
-    if params.run_dir != f"reports/{params.profile.profile}":
+    if params.run_dir != default_report_folder(params.profile.profile):
         words += ["--out", params.run_dir]
-    if params.work_dir != f"work/{Path(params.run_dir).name}":
+    if params.work_dir != default_work_folder(params.run_dir):
         words += ["--work", params.work_dir]
     for key, value in params.overrides.items():
         text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
@@ -342,12 +341,12 @@ def require_upstream(notebook: str, params: EffectiveParameters) -> None:
             and the ``magn study`` command that runs the missing notebooks.
     """
     paths = run_paths(params.run_dir, params.work_dir)
-    folders = {"work": paths.work_dir, "artifacts": paths.artifacts_dir}
     missing: list[tuple[str, Path]] = []
     for needed in STUDY_NEEDS.get(notebook, ()):
-        for folder, relative in STUDY_OUTPUTS.get(needed, ()):
-            if not (folders[folder] / relative).is_file():
-                missing.append((needed, folders[folder] / relative))
+        outputs = STUDY_OUTPUTS.get(needed)
+        for path in outputs(paths) if outputs else ():
+            if not path.is_file():
+                missing.append((needed, path))
                 break
     if missing:
         first, path = missing[0]
@@ -869,7 +868,7 @@ def run_study(
             estimate = previous.get(run.name)
             console.line(f"{label}: running"
                          + (f" (last run took {format_duration(estimate)})" if estimate else ""))
-            channel = paths.work_dir / ".progress" / f"{run.name}.jsonl"
+            channel = paths.progress_channel(run.name)
             channel.parent.mkdir(parents=True, exist_ok=True)
             channel.unlink(missing_ok=True)
             run.started = _now()
