@@ -14,8 +14,10 @@ Only geometry and pixel values leave the DICOM files: NIfTI headers carry no tex
 carry only the study's pseudonymous ids, and error reasons written to the exclusions table are
 scrubbed of every identifying value found in the patient's headers and of the manifest folder.
 A patient whose series cannot be read is excluded with the reason; the others proceed. A
-patient whose sources (file names, sizes, modification times, mask label) are unchanged since
-the last ingest is skipped.
+patient whose sources (file names and contents, by a BLAKE2b hash of each file; mask label)
+are unchanged since the last ingest, and whose outputs are all there, is skipped; its stamp is
+written atomically once the patient is done, and a stamp that does not parse means "ingest it
+again".
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ import pandas as pd
 from magn_lib import __version__
 from magn_lib.dicom import read_series, series_identity, series_metadata
 from magn_lib.errors import InputError
+from magn_lib.guards import check_key_location
 from magn_lib.layout import INGEST_TABLES, WorkPaths
 from magn_lib.manifest import Manifest
+from magn_lib.repro import file_blake2b
 
 __all__ = [
     "EXCLUSION_COLUMNS",
@@ -114,16 +118,44 @@ def save_nifti(img: nib.Nifti1Image, path: str | Path) -> None:
         raise
 
 
+# 2: files keyed on their content (BLAKE2b), no longer on size and modification time
+STAMP_FORMAT = 2
+
+
 def _signature(paths: Sequence[Path], extra: Any) -> dict[str, Any]:
-    """Cheap fingerprint of source files: names, sizes and modification times."""
+    """Fingerprint of source files by content: each file's name and BLAKE2b hash, so that a
+    file re-exported with other pixel values but the same size and time (``cp -p``, rsync)
+    is noticed."""
     files = []
     for root in paths:
         candidates = sorted(root.rglob("*")) if root.is_dir() else [root]
         for f in candidates:
             if f.is_file():
-                st = f.stat()
-                files.append([str(f), st.st_size, st.st_mtime_ns])
-    return {"reader": __version__, "files": files, "extra": extra}
+                files.append([str(f), file_blake2b(f)])
+    return {"format": STAMP_FORMAT, "reader": __version__, "files": files, "extra": extra}
+
+
+def _read_stamp(path: Path) -> dict[str, Any] | None:
+    """An ingest stamp, or ``None`` when it is missing or does not parse (a stamp half-written
+    by a killed process, say): that patient is ingested again."""
+    try:
+        stamp = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    ok = isinstance(stamp, dict) and isinstance(stamp.get("series"), list)
+    return stamp if ok else None
+
+
+def _write_stamp(path: Path, stamp: dict[str, Any]) -> None:
+    """Write a stamp atomically (temporary file in its folder, then a rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(stamp, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _scrub(text: str, secrets: Sequence[str], root: Path) -> str:
@@ -160,10 +192,13 @@ def _ingest_patient(
         {"views": list(views), "lesions": lesions[["lesion_id", "mask", "mask_label"]]
          .astype(str).values.tolist()},
     )
-    if stamp.is_file():
-        previous = json.loads(stamp.read_text())
-        if previous.get("signature") == signature:
-            return {"patient_id": patient_id, "series": previous["series"], "skipped": True}
+    previous = _read_stamp(stamp)
+    outputs = [paths.volume(patient_id, view) for view in views] + [
+        paths.mask(lesion_id, "sagittal") for lesion_id in lesions["lesion_id"]]
+    if previous is not None and previous.get("signature") == signature \
+            and all(out.is_file() for out in outputs):
+        return {"patient_id": patient_id, "series": previous["series"], "skipped": True}
+    stamp.unlink(missing_ok=True)  # a stamp only for a finished ingest: none while it runs
     try:
         rows = []
         for view, folder in folders.items():
@@ -185,7 +220,7 @@ def _ingest_patient(
     except InputError as exc:
         reason = _scrub(str(exc), _identity_values(list(folders.values())), manifest.root)
         return {"patient_id": patient_id, "error": reason}
-    stamp.write_text(json.dumps({"signature": signature, "series": rows}))
+    _write_stamp(stamp, {"signature": signature, "series": rows})
     return {"patient_id": patient_id, "series": rows, "skipped": False}
 
 
@@ -303,20 +338,18 @@ def write_deid_key(
 ) -> Path:
     """Write the key from each study ``patient_id`` to the identity in its DICOM headers.
 
-    Written only on request, readable by the owner only, and never inside ``forbidden``
-    folders (the run's ``reports/`` and ``work/``): whoever holds the key can re-identify.
+    Written only on request, readable by the owner only, never inside a report or work
+    folder of any run (each run marks its folders; :func:`magn_lib.guards.check_key_location`
+    walks up from the key's resolved path) nor inside ``forbidden`` folders (the default
+    ``reports/`` and ``work/``): whoever holds the key can re-identify.
 
     Returns:
         The key file (CSV: patient_id, view, and every identifying attribute found).
+
+    Raises:
+        InputError: the key's place is inside a run folder or a forbidden one.
     """
-    path = Path(path).expanduser().resolve()
-    for folder in forbidden:
-        folder = Path(folder).expanduser().resolve()
-        if path == folder or folder in path.parents:
-            raise InputError(
-                f"the de-identification key must not be written inside {folder.name}/",
-                file=path, hint="choose a private location outside reports/ and work/",
-            )
+    path = check_key_location(path, forbidden=forbidden)
     rows = []
     for item in manifest.series.itertuples():
         identity = series_identity(manifest.path(item.folder), patient=item.patient_id)
