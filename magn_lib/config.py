@@ -163,6 +163,12 @@ class Profile:
                 f"({NETWORK_STRIDE} px): the attention maps would have a single cell; use at "
                 f"least {NETWORK_STRIDE}"
             )
+        if self.batch_size == 1 and -(-self.crop_size // NETWORK_STRIDE) == 1:
+            raise ConfigError(
+                f"batch_size: 1 with {self.crop_size} px crops leaves BatchNorm one value per "
+                "channel in the last block (1 x 1 maps), which it cannot train on; use a batch "
+                f"of 2 or more, or crops larger than {NETWORK_STRIDE} px"
+            )
         if self.n_jobs == 0 or self.num_workers < 0:
             raise ConfigError(
                 "n_jobs: 0 runs nothing; use a number of workers >= 1, or -1 for one per core"

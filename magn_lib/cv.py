@@ -183,8 +183,12 @@ def save_folds(folds: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    folds[list(FOLD_COLUMNS)].to_csv(tmp, index=False)
-    tmp.replace(path)  # atomic rename (os.replace)
+    try:
+        folds[list(FOLD_COLUMNS)].to_csv(tmp, index=False)
+        tmp.replace(path)  # atomic rename (os.replace)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temporary file
+        raise
     return path
 
 
@@ -344,8 +348,12 @@ def fold_fingerprint(settings: GridSettings, config: str | GridConfig, fold: int
 
 def _write_json(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)  # atomic rename (os.replace)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
+        tmp.replace(path)  # atomic rename (os.replace)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _run_one(config: GridConfig, fold: int, dataset_factory: Callable[..., Dataset],

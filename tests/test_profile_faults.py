@@ -71,6 +71,7 @@ def test_a_duplicate_key_is_refused_with_both_lines(tmp_path, capsys):
     (f"crop_size: {NETWORK_STRIDE // 4}", r"^crop_size: 8 px is smaller than the network's "
                                            r"stride \(32 px\)"),
     ("n_jobs: 0", r"^n_jobs: 0 runs nothing"),
+    ("crop_size: 32\nbatch_size: 1", r"^batch_size: 1 with 32 px crops"),
     ("num_workers: -1", r"^num_workers: must be 0"),
     ("profile: ../escape", r"^profile: '../escape' must be a plain name"),
     ("profile: site/a", r"^profile: 'site/a' must be a plain name"),

@@ -285,3 +285,44 @@ def test_a_notebook_stopped_by_a_full_disk_says_so(tmp_path):
     assert "The disk is full (" in message and "MB free where the report is" in message
     direct = OSError(errno.ENOSPC, "No space left on device")
     assert pipeline._failure(direct, "01_cohort_statistics", tmp_path / "x.ipynb")[1] == "disk"
+
+
+def _writers() -> dict[str, tuple[str, object]]:
+    """Every writer of a stage output, stamp or report file: ``{name: (file name, write)}``."""
+    from magn_lib import cv, train
+    from magn_lib.guards import mark_run_folders
+    from magn_lib.layout import RunPaths
+    from magn_lib.report import atomic_write_text, save_table
+
+    frame = pd.DataFrame({"lesion_id": ["P000-L1"], "value": [1.0]})
+    image = nib.Nifti1Image(np.ones((2, 2, 2), np.float32), np.eye(4))
+    folds = make_folds(_lesions(10), n_splits=2, seed=0)
+    return {
+        "report text": ("index.html", lambda p: atomic_write_text(p, "new")),
+        "report table": ("table1.csv", lambda p: save_table(frame, p)),
+        "stage table": ("lesions.csv", lambda p: ingest._write_csv(frame, p)),
+        "ingest stamp": (".ingest.json", lambda p: ingest._write_stamp(p, {"series": []})),
+        "volume": ("axial.nii.gz", lambda p: ingest.save_nifti(image, p)),
+        "folds": ("folds.csv", lambda p: cv.save_folds(folds, p)),
+        "fold stamp": ("done.json", lambda p: cv._write_json({"fingerprint": "x"}, p)),
+        "checkpoint": ("checkpoint.pt", lambda p: train._save_atomic({"epoch": 1}, p)),
+        "run marker": (".magn-run.json",
+                       lambda p: mark_run_folders(RunPaths(p.parent, p.parent))),
+    }
+
+
+@pytest.mark.parametrize("writer", sorted(_writers()))
+def test_a_full_disk_never_leaves_half_a_file(tmp_path, monkeypatch, writer):
+    name, write = _writers()[writer]
+    target = tmp_path / name
+    target.write_bytes(b"the previous, complete version")
+
+    def disk_full(src, dst, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError) as caught:
+        write(target)
+    assert caught.value.errno == errno.ENOSPC
+    assert target.read_bytes() == b"the previous, complete version"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary file left
