@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", default=None,
                        help="report folder of this run (default: reports/<profile>)")
     study.add_argument("--work", default=None,
-                       help="folder for intermediate data (default: work/<name of --out>)")
+                       help="folder for intermediate data (default: work/<name of --out>-<8 hex>, "
+                            "unique to the report folder)")
     study.add_argument("--force", action="store_true",
                        help="re-run the selected notebooks even if their inputs are unchanged")
     study.add_argument("--kernel", default="magn", help="Jupyter kernel name (default: magn)")
@@ -257,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP, formatter_class=formatter,
     )
     key.add_argument("--manifest", required=True, help="the cohort's manifest folder")
-    key.add_argument("--out", required=True, help="key file (CSV), outside reports/ and work/")
+    key.add_argument("--out", required=True,
+                     help="key file (CSV), outside reports/, work/ and every run's folders")
     key.set_defaults(func=_cmd_deid_key)
 
     pred = sub.add_parser(

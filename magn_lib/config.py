@@ -471,7 +471,7 @@ class EffectiveParameters:
         keys: the parameters shown (those the notebook declares, plus any override).
         overrides: the parameters that replaced the profile's values.
         run_dir, work_dir: the run's report and work folders (given, else
-            ``reports/<profile>`` and ``work/<name of run_dir>``), as strings.
+            ``reports/<profile>`` and ``work/<name of run_dir>-<8 hex>``), as strings.
         manifest_dir: the manifest folder, ``None`` for the embedded cohort.
     """
 

@@ -823,7 +823,8 @@ def run_study(
         manifest_dir: the user's ``data_manifest`` folder; ``None`` = the embedded cohort,
             generated under ``data/embedded/`` on first use (:func:`embedded_cohort_dir`).
         run_dir: report folder (default ``reports/<profile>``).
-        work_dir: intermediate-data folder (default ``work/<name of run_dir>``).
+        work_dir: intermediate-data folder (default ``work/<name of run_dir>-<8 hex>``,
+            :func:`~magn_lib.layout.default_work_folder`).
         force: re-run the selected notebooks even when unchanged.
         kernel_name: Jupyter kernel that executes the notebooks.
         notebooks_dir: folder of ``NN_*.ipynb`` notebooks (default ``notebooks/``).

@@ -140,3 +140,14 @@ def test_a_diverging_loss_stops_the_fold_naming_the_learning_rate(tmp_path, toy_
     assert not checkpoint.exists()  # no checkpoint of a diverged state
     # no optimiser step was taken with the NaN loss (BatchNorm's running statistics aside)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_learning_rate_far_too_high_stops_the_fold_at_once(toy_crops):
+    ds = toy_crops(8, size=32, views=("axial",), seed=5)
+    set_determinism(0)
+    model = MAGN(views=("axial",), backbone="resnet18")
+    settings = TrainSettings(learning_rate=1e20, device="cpu", epochs=4, batch_size=4, seed=0)
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, batch \d, at learning rate 1e\+20; "
+                                               r"lower learning_rate in the profile \(e\.g\. "
+                                               r"--set learning_rate=1e\+19\)"):
+        fit_fold(model, ds, settings, progress=False)
