@@ -22,6 +22,7 @@ again".
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -125,13 +126,18 @@ STAMP_FORMAT = 2
 def _signature(paths: Sequence[Path], extra: Any) -> dict[str, Any]:
     """Fingerprint of source files by content: each file's name and BLAKE2b hash, so that a
     file re-exported with other pixel values but the same size and time (``cp -p``, rsync)
-    is noticed."""
+    is noticed.
+
+    The names are kept as digests: the stamp lies in the work folder, and the user's folder
+    and file names may hold the patient's name (PACS exports name folders so).
+    """
     files = []
     for root in paths:
-        candidates = sorted(root.rglob("*")) if root.is_dir() else [root]
+        candidates = sorted(root.rglob("*"), key=os.fsencode) if root.is_dir() else [root]
         for f in candidates:
             if f.is_file():
-                files.append([str(f), file_blake2b(f)])
+                name = hashlib.sha256(os.fsencode(f)).hexdigest()[:20]
+                files.append([name, file_blake2b(f)])
     return {"format": STAMP_FORMAT, "reader": __version__, "files": files, "extra": extra}
 
 
