@@ -17,7 +17,6 @@ config ``"reader1"``, ``"reader2"``. ``PAPER_TABLE2`` is matched to these names.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from matplotlib.figure import Figure
 
 from magn_lib import stats
 from magn_lib.config import VIEWS
+from magn_lib.files import atomic_open
 
 __all__ = [
     "PAPER_TABLE2",
@@ -105,18 +105,11 @@ def save_figure(fig: Figure, path_without_suffix: str | os.PathLike[str], *,
         (png_path, svg_path).
     """
     base = Path(path_without_suffix)
-    base.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt, meta in (("png", {"Software": None}), ("svg", {"Date": None})):
         target = base.with_name(base.name + f".{fmt}")
-        fd, tmp = tempfile.mkstemp(prefix=f".{base.name}.", suffix=f".{fmt}.tmp", dir=base.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
-            Path(tmp).replace(target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(target, "wb") as stream:
+            fig.savefig(stream, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
         written.append(target)
     return written[0], written[1]
 

@@ -12,8 +12,6 @@ import base64
 import copy
 import html
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import nbformat
 import numpy as np
 from nbconvert import HTMLExporter
 
+from magn_lib.files import write_csv, write_text
 from magn_lib.layout import ReportPaths
 
 __all__ = [
@@ -44,17 +43,8 @@ ANALYST_ONLY_TAG = "analyst-only"
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`magn_lib.files.write_text`)."""
+    write_text(path, text)
 
 
 def save_table(frame: Any, path: str | Path, *, index: bool = False) -> Path:
@@ -66,9 +56,7 @@ def save_table(frame: Any, path: str | Path, *, index: bool = False) -> Path:
             ``paths.oof(method)`` (:class:`magn_lib.layout.ReportPaths`).
         index: write the frame's index as the first column.
     """
-    path = Path(path)
-    atomic_write_text(path, frame.to_csv(index=index))
-    return path
+    return write_csv(frame, path, index=index)
 
 
 def clinician_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
