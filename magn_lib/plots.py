@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 
 from magn_lib import stats
 from magn_lib.config import VIEWS
+from magn_lib.display import format_interval
 from magn_lib.files import atomic_open
 
 __all__ = [
@@ -360,14 +361,15 @@ def table2(
     return out.reset_index(drop=True)
 
 
-def format_table2(t2: pd.DataFrame, *, decimals: int = 3) -> pd.DataFrame:
-    """Display version of ``table2``: strings "x [low, high]" and "mean ± SD", paper beside."""
+def format_table2(t2: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
+    """Display version of ``table2``: "0.83 (95 % CI 0.74–0.91)" (the report's one interval
+    style, :func:`magn_lib.display.format_interval`) and "mean ± SD", the paper beside."""
 
     def f(x: float) -> str:
         return "–" if not np.isfinite(x) else f"{x:.{decimals}f}"
 
     def ci(x: float, lo: float, hi: float) -> str:
-        return f"{f(x)} [{f(lo)}, {f(hi)}]" if np.isfinite(x) else "–"
+        return format_interval(x, lo, hi, decimals=decimals)
 
     def pm(m: float, s: float) -> str:
         return f"{f(m)} ± {f(s)}" if np.isfinite(m) and np.isfinite(s) else f(m)
@@ -378,13 +380,13 @@ def format_table2(t2: pd.DataFrame, *, decimals: int = 3) -> pd.DataFrame:
         "Configuration": [v.capitalize() if m != "reader" else c.replace("reader", "Radiologist ")
                           for m, v, c in zip(t2["method"], t2["view"], t2["config"], strict=True)],
         "Attention": np.where(t2["attention"], "✓", "–"),
-        f"{acc} [95% CI]": [ci(*v) for v in zip(t2["accuracy"], t2["accuracy_low"],
+        acc: [ci(*v) for v in zip(t2["accuracy"], t2["accuracy_low"],
                                                  t2["accuracy_high"], strict=True)],
         f"{auc} folds (mean ± SD)": [pm(*v) for v in zip(t2["auc_fold_mean"], t2["auc_fold_sd"],
                                                          strict=True)],
-        f"{auc} pooled [DeLong 95% CI]": [ci(*v) for v in zip(t2["auc"], t2["auc_low"],
+        f"{auc} pooled (DeLong)": [ci(*v) for v in zip(t2["auc"], t2["auc_low"],
                                                               t2["auc_high"], strict=True)],
-        f"{f1} [95% CI]": [ci(*v) for v in zip(t2["f1"], t2["f1_low"], t2["f1_high"],
+        f1: [ci(*v) for v in zip(t2["f1"], t2["f1_low"], t2["f1_high"],
                                                strict=True)],
         f"Paper {acc}": [f(v) for v in t2["paper_accuracy"]],
         f"Paper {auc}": [pm(*v) for v in zip(t2["paper_auc"], t2["paper_auc_sd"], strict=True)],

@@ -21,6 +21,7 @@ import nbformat
 import numpy as np
 from nbconvert import HTMLExporter
 
+from magn_lib.display import clinician_table, format_interval, format_p
 from magn_lib.files import write_csv, write_text
 from magn_lib.layout import ReportPaths
 
@@ -202,7 +203,7 @@ def plain_summary(
         r = rows.get(model_name(*key))
         if r is None or not np.isfinite(r["auc"]):
             return "not available"
-        return f"{r['auc']:.2f} (95 % CI {r['auc_low']:.2f}–{r['auc_high']:.2f})"
+        return format_interval(r["auc"], r["auc_low"], r["auc_high"])
 
     def acc(key: tuple[str, str]) -> str:
         r = rows.get(model_name(*key))
@@ -221,7 +222,7 @@ def plain_summary(
     ]
     primary_name, comparator_name = model_name(*primary), model_name(*comparator)
     result = (
-        f"Result: the proposed network (MAGN, three views with attention guidance) reached an "
+        f"Result: The proposed network (MAGN, three views with attention guidance) reached an "
         f"area under the ROC curve (AUC) of {auc(primary)} and classified {acc(primary)} of "
         f"the lesions correctly; the multi-view radiomics model reached an AUC of "
         f"{auc(comparator)} ({acc(comparator)} correct)."
@@ -237,8 +238,9 @@ def plain_summary(
     if len(test):
         p = float(test["p_value"].iloc[0])
         verdict = "a difference" if p < 0.05 else "no clear difference"
-        result += (f" On the same lesions the two AUCs show {verdict} (DeLong test, p = "
-                   f"{'<0.001' if p < 0.001 else f'{p:.3f}'}).")
+        p_text = format_p(p)
+        result += (f" On the same lesions the two AUCs show {verdict} (DeLong test, p "
+                   f"{p_text if p_text.startswith('<') else '= ' + p_text}).")
     paragraphs.append(result)
     if embedded:
         paragraphs.append(
@@ -338,7 +340,7 @@ def _table_html(csv_path: Path) -> str:
     import pandas as pd
 
     frame = pd.read_csv(csv_path, keep_default_na=False)
-    return frame.to_html(index=False, escape=True, border=0, na_rep="")
+    return clinician_table(frame, index=False)._repr_html_()
 
 
 def _figure_html(png_path: Path, title: str, caption: str) -> str:

@@ -140,13 +140,14 @@ def test_table2_numbers_equal_the_stats_functions(oof):
     assert t2.iloc[0].auc_low == pytest.approx(stats.delong_ci(sub.label, sub.probability)[1])
     shown = plots.format_table2(t2)
     assert shown.loc[1, "Attention"] == "✓" and shown.loc[0, "Attention"] == "–"
-    assert shown.loc[1, "Paper AUC"] == "0.749 ± 0.067"
+    assert shown.loc[1, "Paper AUC"] == "0.75 ± 0.07"
     assert shown.loc[5, "Configuration"] == "Radiologist 1"
-    assert shown.loc[0, "ACC [95% CI]"].startswith(f"{t2.accuracy[0]:.3f} [")
+    assert shown.loc[0, "ACC"] == (f"{t2.accuracy[0]:.2f} (95 % CI {t2.accuracy_low[0]:.2f}–"
+                                   f"{t2.accuracy_high[0]:.2f})")
     # the paper's labels, as today: one mapping gives every display name
     assert list(shown.columns) == [
-        "Section", "Configuration", "Attention", "ACC [95% CI]", "AUC folds (mean ± SD)",
-        "AUC pooled [DeLong 95% CI]", "F1 [95% CI]", "Paper ACC", "Paper AUC", "Paper F1"]
+        "Section", "Configuration", "Attention", "ACC", "AUC folds (mean ± SD)",
+        "AUC pooled (DeLong)", "F1", "Paper ACC", "Paper AUC", "Paper F1"]
 
 
 def test_cam_grid_three_views_with_and_without_guidance():
