@@ -138,8 +138,9 @@ def _write_mode(call: ast.Call, position: int = 1) -> bool:
 
 
 def _streams_of_helper(tree: ast.AST) -> set[str]:
-    """Names bound to a helper's stream or temporary path (``with atomic_open(...) as s``) and
-    the parameters of lambdas given to :func:`magn_lib.files.save`."""
+    """Names bound to a helper's stream or temporary path (``with atomic_open(...) as s``), to
+    an in-memory buffer (``io.BytesIO()``) and the parameters of lambdas given to
+    :func:`magn_lib.files.save`."""
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.With):
@@ -148,6 +149,9 @@ def _streams_of_helper(tree: ast.AST) -> set[str]:
                 if isinstance(call, ast.Call) and _called_name(call) in _HELPER_CONTEXTS \
                         and isinstance(item.optional_vars, ast.Name):
                     names.add(item.optional_vars.id)
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) \
+                and _called_name(node.value) in ("BytesIO", "StringIO"):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))  # in memory
         if isinstance(node, ast.Call) and _called_name(node) == "save":
             for arg in node.args:
                 if isinstance(arg, ast.Lambda):
@@ -205,6 +209,7 @@ def test_the_scanner_finds_each_kind_of_direct_write():
         "with atomic_open(p, 'wb') as s:\n    torch.save(obj, s)",
         "save(p, lambda stream: np.savez(stream, x=x))",
         "with atomic_path(p) as tmp:\n    nib.save(img, tmp)",
+        "buffer = io.BytesIO()\nfig.savefig(buffer, format='png')",
     ])
     assert direct_writes(allowed) == []
 
