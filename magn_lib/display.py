@@ -72,6 +72,11 @@ LABELS: Mapping[str, str] = MappingProxyType({
     "hd95_mm": "95th-percentile Hausdorff distance (mm)", "flagged": "Flagged",
     "energy_inside": "Map energy inside the lesion",
     "pointing_hit_rate": "Peak inside the lesion (share)",
+    "mask_fraction": "Lesion share of the crop", "sagittal_volume_mm3": "Sagittal volume (mm³)",
+    "volume_mm3": "Volume (mm³)", "n_voxels": "Voxels", "missing": "Missing",
+    "n_folds": "Folds that selected it", "fraction": "Share of folds",
+    "kappa_low": "Kappa, lower 95 % limit", "kappa_high": "Kappa, upper 95 % limit",
+    "kappa_se": "Kappa, standard error", "kappa_ordinal": "Weighted kappa (with confidence)",
     # descriptive statistics (DataFrame.describe)
     "mean": "Mean", "std": "SD", "min": "Min", "max": "Max", "50%": "Median",
     # Table 1 variables

@@ -62,7 +62,8 @@ def save_table(frame: Any, path: str | Path, *, index: bool = False) -> Path:
 
 
 def clinician_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """A copy of ``nb`` for readers without code: stderr streams and analyst-only cells removed.
+    """A copy of ``nb`` for readers without code: stderr streams, analyst-only cells and the
+    run's folders (in the effective-parameters table) removed.
 
     Code inputs and prompts are dropped at rendering time (see :func:`render_html`); here we
     remove the outputs that only make sense next to code (tqdm bars and warnings on stderr).
@@ -77,9 +78,24 @@ def clinician_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
                 out for out in cell.get("outputs", [])
                 if not (out.get("output_type") == "stream" and out.get("name") == "stderr")
             ]
+            for out in cell.outputs:
+                _drop_run_folders(out)
         cells.append(cell)
     nb.cells = cells
     return nb
+
+
+def _drop_run_folders(output: dict[str, Any]) -> None:
+    """Leave the run's folders (report, work, manifest) out of the effective-parameters table
+    of a clinician view: the work folder is private, and folders are the analyst's concern
+    (the analyst view and ``run_manifest.json`` keep them)."""
+    from magn_lib.config import PARAMETERS_MIMETYPE
+
+    data = output.get("data", {})
+    if PARAMETERS_MIMETYPE in data and "text/markdown" in data:
+        lines = data["text/markdown"].splitlines()
+        data["text/markdown"] = "\n".join(line for line in lines
+                                          if not line.rstrip().endswith("| run |"))
 
 
 def render_html(nb: nbformat.NotebookNode, *, with_code: bool, title: str | None = None,

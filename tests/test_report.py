@@ -295,3 +295,16 @@ def test_print_pdf_degrades_with_a_reason(tmp_path):
     reason = print_pdf(page, tmp_path / "report.pdf", chromium=str(failing))
     assert reason is not None and "status 3" in reason
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chromium", "report.html"]
+
+
+def test_clinician_view_leaves_the_run_folders_out_of_the_parameters_table():
+    from magn_lib.config import PARAMETERS_MIMETYPE
+
+    nb = _executed_notebook()
+    table = ("**Effective parameters** of this run\n\n| parameter | value | from |\n|---|---|---|\n"
+             "| `seed` | 7 | profile |\n| `work_dir` | work/smoke | run |")
+    nb.cells[1].outputs.append(new_output("display_data", data={
+        "text/markdown": table, PARAMETERS_MIMETYPE: {"run": {"work_dir": "work/smoke"}}}))
+    page = render_html(nb, with_code=False)
+    assert "Effective parameters" in page and "work/smoke" not in page
+    assert "work/smoke" in render_html(nb, with_code=True)  # the analyst keeps it
