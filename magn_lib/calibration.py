@@ -47,7 +47,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_curve
 
 from magn_lib.errors import InputError
-from magn_lib.stats import bootstrap_metrics
+from magn_lib.stats import binary_metrics, bootstrap_metrics
 
 __all__ = [
     "CLIP",
@@ -140,6 +140,8 @@ class Calibration:
             "ci_high"}}}`` for sensitivity and specificity (95 % patient bootstrap).
         brier_raw, brier_calibrated: Brier score of the OOF predictions before / after (the
             "after" is in-sample for the two Platt parameters).
+        notes: why an estimate or interval is undefined (``{"cross_validated": reason}``),
+            e.g. a fold whose complement holds fewer than 2 lesions of a class.
     """
 
     slope: float
@@ -153,6 +155,7 @@ class Calibration:
     operating_point: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     brier_raw: float = float("nan")
     brier_calibrated: float = float("nan")
+    notes: dict[str, str] = field(default_factory=dict)
     method: str = "platt"
 
     def calibrate(self, probability: Sequence[float] | np.ndarray | float) -> np.ndarray:
@@ -178,6 +181,11 @@ class Calibration:
 def _interval(table: pd.DataFrame) -> dict[str, dict[str, float]]:
     rows = table.set_index("metric")
     return {m: {k: float(rows.loc[m, k]) for k in ("estimate", "ci_low", "ci_high")}
+            for m in ("sensitivity", "specificity")}
+
+
+def _undefined() -> dict[str, dict[str, float]]:
+    return {m: {"estimate": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
             for m in ("sensitivity", "specificity")}
 
 
@@ -226,22 +234,39 @@ def fit_calibration(
     slope, intercept, threshold = _fit_rule(y, p, target_sensitivity)
     calibrated = _sigmoid(slope * _logit(p) + intercept)
 
-    # the rule refitted without each fold, applied to that fold's lesions
+    # the rule refitted without each fold, applied to that fold's lesions; too few lesions of
+    # a class outside some fold (a tiny cohort) leaves the cross-validated estimate undefined
     calls = np.zeros(len(y), dtype=np.float64)
-    for fold in np.unique(folds):
-        held = folds == fold
-        s, b, t = _fit_rule(y[~held], p[~held], target_sensitivity)
-        calls[held] = (_sigmoid(s * _logit(p[held]) + b) >= t).astype(float)
-    apparent = bootstrap_metrics(y, calibrated, patients, threshold=threshold,
-                                 n_resamples=n_resamples, seed=seed)
-    crossed = bootstrap_metrics(y, calls, patients, threshold=0.5, n_resamples=n_resamples,
-                                seed=seed)
+    notes = {}
+    try:
+        for fold in np.unique(folds):
+            held = folds == fold
+            s, b, t = _fit_rule(y[~held], p[~held], target_sensitivity)
+            calls[held] = (_sigmoid(s * _logit(p[held]) + b) >= t).astype(float)
+    except InputError as exc:
+        notes["cross_validated"] = f"not estimable without fold {fold}: {exc.problem}"
+    operating_point = {}
+    for kind, score, cut in (("apparent", calibrated, threshold),
+                             ("cross_validated", calls, 0.5)):
+        if kind in notes:
+            operating_point[kind] = _undefined()
+            continue
+        try:
+            operating_point[kind] = _interval(bootstrap_metrics(
+                y, score, patients, threshold=cut, n_resamples=n_resamples, seed=seed))
+        except InputError as exc:  # fewer than 2 patients of a class: no interval
+            point = binary_metrics(y, score, threshold=cut)
+            operating_point[kind] = {m: {"estimate": point[m], "ci_low": float("nan"),
+                                         "ci_high": float("nan")}
+                                     for m in ("sensitivity", "specificity")}
+            notes[kind] = f"no interval: {exc.problem}"
     return Calibration(
         slope=slope, intercept=intercept, threshold=threshold,
         rule="youden" if target_sensitivity is None else "target_sensitivity",
         target_sensitivity=target_sensitivity,
         n_lesions=int(len(y)), n_patients=int(len(set(patients))), n_mm=int(y.sum()),
-        operating_point={"apparent": _interval(apparent), "cross_validated": _interval(crossed)},
+        operating_point=operating_point,
+        notes=notes,
         brier_raw=float(np.mean((p - y) ** 2)),
         brier_calibrated=float(np.mean((calibrated - y) ** 2)),
     )
