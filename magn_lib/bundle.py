@@ -302,8 +302,16 @@ def _model_card(meta: Mapping[str, Any]) -> str:
 
     def interval(kind: str, metric: str) -> str:
         m = op[kind][metric]
-        return f"{m['estimate']:.3f} (95 % CI {m['ci_low']:.3f}–{m['ci_high']:.3f})"
+        values = [m.get(k) for k in ("estimate", "ci_low", "ci_high")]
+        if values[0] is None or not math.isfinite(values[0]):
+            return "not estimable (too few lesions of a class outside some fold)"
+        if any(v is None or not math.isfinite(v) for v in values[1:]):
+            return f"{values[0]:.3f} (no interval: fewer than 2 patients of a class)"
+        return f"{values[0]:.3f} (95 % CI {values[1]:.3f}–{values[2]:.3f})"
 
+    no_signal = ("\n- **No signal out of fold:** the out-of-fold scores did not rank MM above "
+                 "metastasis, so calibration gives every lesion the training prevalence; this "
+                 "model cannot tell the classes apart." if cal["slope"] <= 0 else "")
     rule = ("Youden's J (maximum sensitivity + specificity − 1)" if cal["rule"] == "youden"
             else f"the highest threshold reaching sensitivity {cal['target_sensitivity']}")
     ranking = "\n".join(f"| {r['config']} | {r['pooled_auc']:.3f} | {r['kept_folds']} |"
@@ -323,7 +331,7 @@ def _model_card(meta: Mapping[str, Any]) -> str:
 - **Trained on:** {cohort}; {meta['training']['n_lesions']} lesions of
   {meta['training']['n_patients']} patients ({meta['training']['n_mm']} MM), profile
   `{profile.get('profile')}`, {len(meta['folds'])} cross-validation fold models
-  ({profile.get('backbone')}, {profile.get('epochs')} epochs, {meta['preprocessing']['crop_size']}
+  ({profile.get('backbone')}, epochs: {profile.get('epochs')}, {meta['preprocessing']['crop_size']}
   px crops). A new lesion is scored by every fold model; the reported probability is the mean
   of their calibrated probabilities.
 - **Chosen configuration:** {meta['selection']['reason']}
@@ -334,7 +342,7 @@ def _model_card(meta: Mapping[str, Any]) -> str:
 
 - **Calibration:** Platt scaling fitted on the out-of-fold predictions (slope
   {cal['slope']:.3f}, intercept {cal['intercept']:.3f}); Brier score {cal['brier_raw']:.3f}
-  before, {cal['brier_calibrated']:.3f} after.
+  before, {cal['brier_calibrated']:.3f} after.{no_signal}
 - **Operating point:** MM when the calibrated probability is ≥ {cal['threshold']:.4g}, chosen
   by {rule} on the out-of-fold predictions. Sensitivity / specificity of this rule on lesions it
   was not fitted on (refitted without each fold): {interval('cross_validated', 'sensitivity')} /

@@ -84,6 +84,9 @@ def fit_platt(y_true: Sequence[int] | np.ndarray,
               probability: Sequence[float] | np.ndarray) -> tuple[float, float]:
     """``(slope, intercept)`` of Platt scaling on the logit of ``probability`` (see module doc).
 
+    A negative slope (worse than chance out of fold) is replaced by slope 0 and the intercept
+    of the prior-corrected prevalence: the scores are not inverted.
+
     Raises:
         InputError: fewer than 2 lesions of either class (nothing to calibrate against).
     """
@@ -100,7 +103,14 @@ def fit_platt(y_true: Sequence[int] | np.ndarray,
     weights = np.concatenate([t, 1.0 - t])
     fit = LogisticRegression(C=np.inf, solver="lbfgs", tol=1e-10, max_iter=10_000)
     fit.fit(features, labels, sample_weight=weights)
-    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    if slope < 0:
+        # out of fold the model ranks the classes the wrong way round: inverting it would be
+        # fitting the cohort, so its scores are taken to carry no information (slope 0) and
+        # every lesion gets the (prior-corrected) prevalence; Calibration.no_signal says so
+        prevalence = float(np.mean(t))
+        slope, intercept = 0.0, float(np.log(prevalence) - np.log1p(-prevalence))
+    return slope, intercept
 
 
 def choose_threshold(y_true: Sequence[int] | np.ndarray, score: Sequence[float] | np.ndarray,
@@ -157,6 +167,12 @@ class Calibration:
     brier_calibrated: float = float("nan")
     notes: dict[str, str] = field(default_factory=dict)
     method: str = "platt"
+
+    @property
+    def no_signal(self) -> bool:
+        """The out-of-fold scores did not rank MM above metastasis (slope 0): every lesion
+        gets the same calibrated probability, the training prevalence."""
+        return self.slope <= 0
 
     def calibrate(self, probability: Sequence[float] | np.ndarray | float) -> np.ndarray:
         """Calibrated probabilities of one fold model's raw ``probability`` (same shape)."""

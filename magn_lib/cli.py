@@ -166,10 +166,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     bundle = load_bundle(out)  # what predict will read: checked once now
     cal = bundle.calibration
     cross = cal.operating_point["cross_validated"]
+
+    def estimate(metric: str) -> str:
+        value = cross[metric]["estimate"]
+        return "not estimable" if value is None or value != value else f"{value:.2f}"
+
     print(f"magn export: {bundle.config.name} ({len(bundle.models)} fold models) -> "
           f"{_shown_path(out)}; operating point {cal.threshold:.4g} ({cal.rule}), "
-          f"cross-validated sensitivity {cross['sensitivity']['estimate']:.2f}, "
-          f"specificity {cross['specificity']['estimate']:.2f}")
+          f"cross-validated sensitivity {estimate('sensitivity')}, "
+          f"specificity {estimate('specificity')}")
+    if cal.no_signal:
+        print("magn export: warning: out of fold the model did not rank multiple myeloma "
+              "above metastasis; its calibrated probability is the prevalence for every lesion",
+              file=sys.stderr)
     return 0
 
 

@@ -41,7 +41,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ from magn_lib.bundle import (
 )
 from magn_lib.crops import Crop, CropCache, LesionCrops, crop_lesion
 from magn_lib.data import CropDataset
-from magn_lib.dicom import read_series, series_identity, series_metadata
+from magn_lib.dicom import read_series, series_identity
 from magn_lib.errors import InputError
 from magn_lib.manifest import GRID_TOLERANCE_MM
 from magn_lib.report import atomic_write_text
@@ -123,7 +123,6 @@ class _Prepared:
     crops: dict[str, Crop]
     checks: list[dict[str, Any]]
     fingerprint: str
-    secrets: list[str] = field(default_factory=list)
 
 
 def _check_id(value: str | None, what: str) -> None:
@@ -324,7 +323,44 @@ def _identity_values(folders: Sequence[Path]) -> list[str]:
     return sorted(values)
 
 
-def _prepare(bundle: Bundle, case: CaseInput) -> _Prepared:
+def _acquisition(folder: Path, img: nib.Nifti1Image) -> dict[str, Any]:
+    """The acquisition parameters the input checks compare, as
+    :func:`magn_lib.dicom.series_metadata` gives them, without a second scan of the series:
+    spacings from the volume read (``[i, j, k]`` = columns, rows, slices), the rest from the
+    first readable header."""
+    import pydicom
+
+    from magn_lib.dicom import _vendor
+
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    out: dict[str, Any] = {"pixel_spacing_mm": (zooms[1], zooms[0]),
+                           "slice_spacing_mm": zooms[2], "slice_thickness_mm": None,
+                           "field_strength_t": None, "vendor": None}
+    tags = ["Manufacturer", "MagneticFieldStrength", "SliceThickness", "Rows"]
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
+        except Exception:  # not DICOM (read_series already accepted the series)
+            continue
+        if "Rows" not in ds:
+            continue
+        for key, keyword in (("slice_thickness_mm", "SliceThickness"),
+                             ("field_strength_t", "MagneticFieldStrength")):
+            value = ds.get(keyword)
+            try:
+                out[key] = None if value in (None, "") else float(value)
+            except (TypeError, ValueError):
+                out[key] = None
+        out["vendor"] = _vendor(str(ds.get("Manufacturer", "") or ""))
+        break
+    return out
+
+
+def _prepare(bundle: Bundle, case: CaseInput,
+             cache: dict[str, tuple[Any, dict[str, Any], tuple[float, float]]] | None = None
+             ) -> _Prepared:
+    """Read, check and crop one lesion; ``cache`` keeps each series read (a patient's series
+    serve all its lesions in a batch)."""
     _check_id(case.lesion_id, "lesion-id")
     _check_id(case.patient_id, "patient-id")
     name = case.lesion_id
@@ -334,14 +370,17 @@ def _prepare(bundle: Bundle, case: CaseInput) -> _Prepared:
         raise InputError(f"no series given for view(s) {', '.join(missing)}", patient=name,
                          hint="give --sagittal, --coronal and --axial")
     folders = {v: Path(case.series[v]) for v in views}
-    secrets = _identity_values(list(folders.values()))
+    cache = {} if cache is None else cache
     try:
-        volumes = {v: read_series(folders[v], patient=name) for v in views}
-        checks: list[dict[str, Any]] = []
+        volumes, checks = {}, []
         for view in views:
-            meta = series_metadata(folders[view], patient=name)
-            data = np.asarray(volumes[view].dataobj, dtype=np.float32)
-            intensity = tuple(float(x) for x in np.percentile(data, INTENSITY_PERCENTILES))
+            key = str(folders[view].absolute())
+            if key not in cache:
+                img = read_series(folders[view], patient=name)
+                data = np.asarray(img.dataobj, dtype=np.float32)
+                cache[key] = (img, _acquisition(folders[view], img),
+                              tuple(float(x) for x in np.percentile(data, INTENSITY_PERCENTILES)))
+            volumes[view], meta, intensity = cache[key]
             checks += _input_checks(view, meta, intensity, bundle.ranges.get(view, {}))
         sagittal = volumes["sagittal"]
         lesion = _on_grid(read_mask(case.mask), sagittal, label=case.mask_label,
@@ -359,9 +398,10 @@ def _prepare(bundle: Bundle, case: CaseInput) -> _Prepared:
                                       size=bundle.crop_size, lesion_id=name, patient_id=name)
             checks += _crop_checks(view, crops[view])
     except InputError as exc:
-        raise _scrubbed(exc, secrets) from None
+        # identifying header values are looked up only now (one more header scan per series)
+        raise _scrubbed(exc, _identity_values(list(folders.values()))) from None
     return _Prepared(case=case, crops=crops, checks=checks,
-                     fingerprint=volume_fingerprint(sagittal), secrets=secrets)
+                     fingerprint=volume_fingerprint(sagittal))
 
 
 def _score(bundle: Bundle, prepared: Sequence[_Prepared]) -> np.ndarray:
@@ -425,8 +465,14 @@ def _result(bundle: Bundle, prepared: _Prepared, raw: np.ndarray) -> dict[str, A
             f"{format_probability(spread['min'])}–{format_probability(spread['max'])}"
             + (" and fall on both sides of the threshold" if len(set(fold_calls)) > 1 else "")
             + f" (flag: range > {DISAGREEMENT_RANGE} or split calls).")
+    if cal.no_signal:
+        warnings.insert(0, "No signal: out of fold this model did not rank multiple myeloma "
+                           "above metastasis, so every lesion gets the training prevalence as "
+                           "its probability. The call carries no information.")
     warnings += [c["message"] for c in prepared.checks]
     init = {m.init_report.get("used") for m in bundle.models.values()}
+    warnings += sorted({m.init_report["message"] for m in bundle.models.values()
+                        if m.init_report.get("message")})
     op = cal.operating_point
     return {
         "format": PREDICTION_FORMAT,
@@ -662,15 +708,20 @@ def predict_manifest(
     manifest = load_manifest(manifest_dir, views=views)
     clock = {"prepare": 0.0, "score": 0.0, "report": 0.0}
     prepared, failed = [], []
+    series_cache: dict[str, Any] = {}
     t0 = time.perf_counter()
+    last_patient = None
     for lesion in manifest.lesions.itertuples():
         case = CaseInput(
             lesion_id=str(lesion.lesion_id), patient_id=str(lesion.patient_id),
             series={v: manifest.series_folder(lesion.patient_id, v) for v in views},
             mask=manifest.mask_path(lesion.lesion_id),
             mask_label=int(getattr(lesion, "mask_label", 1) or 1))
+        if lesion.patient_id != last_patient:  # keep one patient's series at a time
+            series_cache.clear()
+            last_patient = lesion.patient_id
         try:
-            prepared.append(_prepare(bundle, case))
+            prepared.append(_prepare(bundle, case, series_cache))
         except InputError as exc:
             failed.append({"lesion_id": case.lesion_id, "patient_id": case.patient_id,
                            "status": "error", "error": exc.problem})

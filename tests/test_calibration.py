@@ -53,6 +53,9 @@ def test_platt_is_finite_on_separable_scores_and_recovers_a_known_map():
     labels = (rng.random(z.size) < expit(0.5 * z - 0.3)).astype(int)
     slope, intercept = fit_platt(labels, expit(z))
     assert slope == pytest.approx(0.5, abs=0.03) and intercept == pytest.approx(-0.3, abs=0.05)
+    # scores ranking the classes the wrong way round are not inverted: no signal, prevalence
+    slope, intercept = fit_platt(y, 1 - p)
+    assert slope == 0 and expit(intercept) == pytest.approx(np.mean(platt_targets(y)))
     with pytest.raises(InputError, match="2 lesions of each class"):
         fit_platt([0, 0, 0, 1], [0.1, 0.2, 0.3, 0.9])
 
