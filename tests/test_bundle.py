@@ -283,3 +283,36 @@ def test_configuration_choice_and_a_configuration_without_kept_models():
     assert _choose(ranking, "axial") == "axial"
     with pytest.raises(InputError, match="keep_weights"):
         _choose(ranking, "multi-view+attention")
+
+
+def test_input_checks_against_ranges_and_strict_json():
+    from magn_lib.bundle import acquisition_ranges, finite_json
+    from magn_lib.predict import _input_checks
+
+    series = pd.DataFrame({
+        "view": ["axial", "axial"], "pixel_spacing_mm": ["0.5x0.5", "0.7x0.7"],
+        "slice_thickness_mm": [3.0, 6.0], "slice_spacing_mm": [3.3, 6.6],
+        "field_strength_t": [1.5, 3.0], "vendor": ["GE", "Siemens"]})
+    intensities = pd.DataFrame({"view": ["axial", "axial"], "p_low": [0.0, 10.0],
+                                "p_high": [900.0, 2000.0]})
+    ranges = acquisition_ranges(series, intensities)["axial"]
+    assert ranges["pixel_spacing_mm"] == [0.5, 0.7] and ranges["vendors"] == ["GE", "Siemens"]
+    inside = {"pixel_spacing_mm": (0.6, 0.6), "slice_thickness_mm": 6.2,  # within the margin
+              "slice_spacing_mm": 4.0, "field_strength_t": 3.0, "vendor": "GE"}
+    assert _input_checks("axial", inside, (5.0, 1000.0), ranges) == []
+    outside = {**inside, "slice_thickness_mm": 8.0, "field_strength_t": 0.55,
+               "vendor": "Philips", "pixel_spacing_mm": (0.6, 1.2)}
+    checks = {c["parameter"]: c["message"] for c in
+              _input_checks("axial", outside, (5.0, 5000.0), ranges)}
+    assert checks == {
+        "slice_thickness_mm": "axial slice thickness 8 mm, outside the 3–6 mm the model was "
+                              "trained on",
+        "pixel_spacing_mm": "axial pixel spacing 0.6 × 1.2 mm, outside the 0.5–0.7 mm the model "
+                            "was trained on",
+        "intensity_p_high": "axial 99.5th intensity percentile 5e+03, outside the 900–2e+03 the "
+                            "model was trained on",
+        "field_strength_t": "axial field strength 0.55 T; the model was trained on 1.5, 3 T only",
+        "vendor": "axial scanner vendor Philips; the model was trained on GE, Siemens only",
+    }
+    assert finite_json({"a": [float("nan"), 1.0], "b": float("inf")}) == {"a": [None, 1.0],
+                                                                          "b": None}
