@@ -108,6 +108,9 @@ NOTEBOOK_PATTERN = re.compile(r"^\d{2}_[A-Za-z0-9_]+\.ipynb$")
 RUN_PARAMETERS = RUN_FOLDERS
 # metadata key of an executed notebook that the runner stamps once the notebook completed
 RUN_STAMP = "magn_run"
+# parameters no notebook reads but `magn export` does, from the run record (the operating point
+# of an exported model): overriding them is recorded, and changes what the export fits
+EXPORT_PARAMETERS = frozenset({"target_sensitivity"})
 _PROFILE_KEYS = frozenset(f.name for f in dataclasses.fields(Profile)) - {"profile"}
 
 
@@ -854,7 +857,8 @@ def run_study(
             )
             upstream = run.fingerprint
             runs.append(run)
-        unread = sorted(set(given) - {k for r in runs for k in r.parameters})
+        unread = sorted(set(given) - {k for r in runs for k in r.parameters}
+                        - EXPORT_PARAMETERS)
         if unread:
             raise ConfigError(f"{unread[0]}: no notebook of the study reads this parameter, "
                               "so overriding it would change nothing")

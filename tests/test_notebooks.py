@@ -449,29 +449,34 @@ def test_second_run_skips_everything(smoke_run, checkout):
 
 
 @study
-def test_predict_reproduces_the_held_out_prediction(smoke_run, capsys, monkeypatch):
+def test_export_and_predict_reproduce_the_held_out_prediction(smoke_run, capsys, tmp_path):
     import pandas as pd
 
-    from magn_lib import cli, config
+    from magn_lib import cli
     from magn_lib.manifest import load_manifest
-    from magn_lib.predict import predict_lesion
 
-    # the run's record holds its folders relative to the checkout that ran it
-    monkeypatch.setattr(config, "project_root", lambda: smoke_run.root)
+    bundle = tmp_path / "smoke.magn"
+    assert cli.main(["export", "--run", str(smoke_run.reports), "--work", str(smoke_run.work),
+                     "--out", str(bundle)]) == cli.EXIT_OK
+    chosen = json.loads((bundle / "bundle.json").read_text())["config"]["name"]
+    assert chosen in ("multi-view", "multi-view+attention")
     manifest = load_manifest(smoke_run.cohort / "manifest")
     oof = pd.read_csv(smoke_run.paths.oof("magn"), dtype={"lesion_id": str})
-    held_out = oof[oof["config"] == "multi-view+attention"].iloc[0]
+    held_out = oof[oof["config"] == chosen].iloc[0]
     lesion = manifest.lesions.set_index("lesion_id").loc[held_out["lesion_id"]]
     series = {v: manifest.series_folder(lesion["patient_id"], v)
               for v in ("sagittal", "coronal", "axial")}
-    table = predict_lesion(smoke_run.reports, series=series,
-                           mask=manifest.mask_path(held_out["lesion_id"]),
-                           mask_label=int(lesion["mask_label"]))
-    assert table["fold"].tolist()[-1] == "mean" and len(table) == 1 + oof["fold"].nunique()
-    own = table[table["fold"] == str(held_out["fold"])]["probability"].iloc[0]
-    assert own == pytest.approx(held_out["probability"], abs=1e-4)
+    code = cli.main(["predict", "--model", str(bundle), "--out", str(tmp_path / "out"),
+                     "--lesion-id", "case-1", "--mask", str(manifest.mask_path(
+                         held_out["lesion_id"])), "--mask-label", str(int(lesion["mask_label"])),
+                     *(f"--{v}={series[v]}" for v in series)])
+    assert code == cli.EXIT_OK
+    result = json.loads((tmp_path / "out" / "case-1" / "prediction.json").read_text())
+    own = next(r for r in result["fold_models"] if r["fold"] == int(held_out["fold"]))
+    assert own["probability_raw"] == pytest.approx(held_out["probability"], abs=1e-6)
+    assert result["in_sample"]["held_out_fold"] == int(held_out["fold"])
 
-    code = cli.main(["predict", "--run", str(smoke_run.reports),
+    code = cli.main(["predict", "--model", str(bundle), "--lesion-id", "case-2",
                      "--sagittal", str(series["sagittal"]), "--mask",
                      str(manifest.mask_path(held_out["lesion_id"]))])
     assert code == cli.EXIT_INPUT
