@@ -436,6 +436,7 @@ def _run_on_ray(tasks: Sequence[tuple[GridConfig, int]], dataset_factory: Callab
             if _prepare_fold(c, k, folds, settings, out_dir, data_fingerprint) is not None]
     device = settings.train.device
     # Ray gives a GPU task its GPU(s) as the only visible ones; a CPU task sees none
+    # (magn_lib.executor hides them); "auto" asks for GPUs where the cluster has some
     use_gpu = None if device == "auto" else device != "cpu"
     work: list[Task] = []
     for config, fold in todo:

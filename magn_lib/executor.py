@@ -54,6 +54,7 @@ __all__ = [
     "TaskFailure",
     "ray_session",
     "run_on_ray",
+    "start_local_ray",
     "task_resources",
 ]
 
@@ -61,6 +62,9 @@ __all__ = [
 RETRIES = 1
 # seconds between two looks at the finished tasks (also how soon an interrupt is seen)
 POLL_S = 0.5
+# how long a local Ray may take to start: Ray gives its node 30 s (not configurable), which a
+# loaded machine can miss; the start is then tried again until this much time has passed
+RAY_START_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -115,15 +119,45 @@ def _ray() -> Any:
     return ray
 
 
+def start_local_ray(*, log_to_driver: bool = False, timeout_s: float = RAY_START_TIMEOUT_S,
+                    **options: Any) -> Any:
+    """Start a local Ray in this process (no dashboard) and return the ``ray`` module.
+
+    ``options`` go to ``ray.init`` (``num_cpus``, ``num_gpus``...). A start that times out
+    (Ray allows its node 30 s, too little on a machine busy with other work) is tried again
+    until ``timeout_s`` seconds have passed.
+
+    Raises:
+        ConfigError: Ray is not installed or did not start in time (with Ray's reason).
+    """
+    ray = _ray()
+    deadline = time.monotonic() + timeout_s
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            ray.init(include_dashboard=False, log_to_driver=log_to_driver, **options)
+            return ray
+        except Exception as exc:  # Ray raises a bare Exception when its node times out
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"a local Ray did not start in {timeout_s:.0f} s ({attempts} attempt(s)): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            time.sleep(1.0)
+
+
 @contextlib.contextmanager
 def ray_session(settings: ExecutorSettings) -> Iterator[Any]:
     """The ``ray`` module, connected as ``settings`` say, for the duration of the context.
 
     A Ray this process already joined (``ray.is_initialized()``) is used as it is and left
-    running. Otherwise ``ray_address`` ``None`` starts a local Ray on this machine (all its CPUs
-    and GPUs, no dashboard) and ``auto`` / ``host:port`` / ``ray://host:port`` joins that
-    cluster, shipping this checkout's ``magn_lib`` with the job; either is shut down (left) on
-    exit. ``log_to_driver`` is ``ray_log_to_driver``.
+    running. Otherwise ``ray_address`` ``None`` starts a local Ray on this machine (all its
+    CPUs and GPUs, no dashboard; :func:`start_local_ray`) and ``auto`` / ``host:port`` /
+    ``ray://host:port`` joins that cluster, shipping this checkout's ``magn_lib`` with the job;
+    either is shut down (left) on exit. ``log_to_driver`` is ``ray_log_to_driver``.
 
     Raises:
         ConfigError: Ray is not installed, or it could not start or reach the cluster (the
@@ -133,22 +167,19 @@ def ray_session(settings: ExecutorSettings) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    options: dict[str, Any] = {"log_to_driver": settings.ray_log_to_driver}
     if settings.ray_address is None:
-        options["include_dashboard"] = False
-        where = "a local Ray"
+        start_local_ray(log_to_driver=settings.ray_log_to_driver)
     else:
         import magn_lib
 
-        options["address"] = settings.ray_address
-        options["runtime_env"] = {"py_modules": [str(Path(magn_lib.__file__).parent)]}
-        where = f"the Ray cluster at {settings.ray_address!r}"
-    try:
-        ray.init(**options)
-    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
-        raise ConfigError(
-            f"ray_address: could not start or join {where}: {type(exc).__name__}: {exc}"
-        ) from exc
+        try:
+            ray.init(address=settings.ray_address, log_to_driver=settings.ray_log_to_driver,
+                     runtime_env={"py_modules": [str(Path(magn_lib.__file__).parent)]})
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
+            raise ConfigError(
+                f"ray_address: could not join the Ray cluster at {settings.ray_address!r}: "
+                f"{type(exc).__name__}: {exc}",
+            ) from exc
     try:
         yield ray
     finally:
@@ -158,13 +189,18 @@ def ray_session(settings: ExecutorSettings) -> Iterator[Any]:
 def _run_task(function: Callable[..., Any], shared: Mapping[str, Any], kwargs: Mapping[str, Any],
               log: str, progress: str, threads: int) -> Any:
     """Body of every Ray task: ``function(**shared, **kwargs)`` with ``threads`` torch threads,
-    its output in ``log`` and its progress events in ``progress``."""
+    its output in ``log`` and its progress events in ``progress``; a task without GPUs sees
+    none (Ray leaves ``CUDA_VISIBLE_DEVICES`` alone for a task that asked for no GPU, and a
+    ``device: auto`` training would take one)."""
+    import ray
     import torch
 
     log_path = Path(log)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    previous_channel = os.environ.get(PROGRESS_ENV)
+    saved_env = {name: os.environ.get(name) for name in (PROGRESS_ENV, "CUDA_VISIBLE_DEVICES")}
     os.environ[PROGRESS_ENV] = progress
+    if not ray.get_gpu_ids():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     torch.set_num_threads(threads)
     handler = None
     with open(log_path, "a", encoding="utf-8", buffering=1) as stream:
@@ -182,10 +218,11 @@ def _run_task(function: Callable[..., Any], shared: Mapping[str, Any], kwargs: M
             raise
         finally:
             root.removeHandler(handler)
-            if previous_channel is None:
-                os.environ.pop(PROGRESS_ENV, None)
-            else:
-                os.environ[PROGRESS_ENV] = previous_channel
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
         stream.write(f"--- attempt finished {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     return result
 

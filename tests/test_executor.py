@@ -91,12 +91,14 @@ def local_ray():
     """A local Ray of 2 CPUs for the module; fails (not skips, not hangs) when it cannot start."""
     import ray
 
+    from magn_lib.executor import start_local_ray
+
     if ray.is_initialized():
         ray.shutdown()
-    try:
-        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
-    except Exception as exc:
-        pytest.fail(f"a local Ray could not start: {type(exc).__name__}: {exc}")
+    try:  # retried for up to RAY_START_TIMEOUT_S: the start can be slow on a loaded machine
+        start_local_ray(num_cpus=2, num_gpus=0)
+    except ConfigError as exc:
+        pytest.fail(str(exc))
     yield ray
     ray.shutdown()
 
