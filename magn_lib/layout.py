@@ -31,6 +31,7 @@ notebooks and the runner ask the objects below for paths::
                 started.json  done.json              FoldPaths
                 predictions.csv  history.csv
                 model.pt  checkpoint.pt
+                task.log  progress.jsonl             (Ray executor only)
         radiomics/<kind>-<view>-<key>.pkl          radiomics_dir, feature_cache(...)
 
 :class:`RunPaths` is both (one run); :class:`WorkPaths` and :class:`ReportPaths` serve code that
@@ -83,7 +84,9 @@ class FoldPaths:
 
     ``started.json`` and ``done.json`` hold the fold's fingerprint (``done`` also its metrics);
     ``predictions.csv`` its out-of-fold predictions, ``history.csv`` its learning curve,
-    ``model.pt`` the kept weights and ``checkpoint.pt`` the transient resume state.
+    ``model.pt`` the kept weights and ``checkpoint.pt`` the transient resume state. Under the
+    Ray executor the task also keeps its output in ``task.log`` and its progress events in
+    ``progress.jsonl`` (which the driver relays to the run's progress channel).
     """
 
     folder: Path
@@ -111,6 +114,14 @@ class FoldPaths:
     @property
     def checkpoint(self) -> Path:
         return self.folder / "checkpoint.pt"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "task.log"
+
+    @property
+    def progress(self) -> Path:
+        return self.folder / "progress.jsonl"
 
 
 @dataclass(frozen=True)
