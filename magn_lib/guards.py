@@ -21,12 +21,12 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from magn_lib.errors import ConfigError, InputError
+from magn_lib.files import write_text
 from magn_lib.layout import RUN_MARKER, RunPaths
 
 __all__ = [
@@ -143,15 +143,7 @@ def mark_run_folders(paths: RunPaths) -> None:
                 continue
         except OSError:
             pass
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{marker.name}.", suffix=".tmp", dir=marker.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(record)
-            os.replace(tmp, marker)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text(marker, record)
 
 
 def run_folder_holding(path: str | os.PathLike[str]) -> Path | None:

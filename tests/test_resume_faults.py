@@ -251,7 +251,8 @@ def test_a_full_disk_leaves_no_claim_of_success_and_keeps_finished_steps(
     assert message.startswith(f"out of disk space writing the run record in {paths.report_dir}")
     assert " needed, " in message and " free on that disk" in message
     assert caught.value.errno == errno.ENOSPC
-    assert not paths.index_html.exists() and not paths.run_manifest.exists()
+    assert not any(p.exists() for p in (paths.index_html, paths.report_html,
+                                        paths.report_pdf, paths.run_manifest))
     assert not list(paths.report_dir.rglob("*.tmp"))
     monkeypatch.setattr(pipeline, "atomic_write_text", real)
     resumed = run_study(**one_notebook_study)  # the notebook finished: its stamp is kept
@@ -268,7 +269,8 @@ def test_a_full_disk_leaves_no_claim_of_success_and_keeps_finished_steps(
     assert cli.main(args) == cli.EXIT_NOTEBOOK_FAILED
     err = [line for line in capsys.readouterr().err.splitlines() if "warning:" not in line]
     assert len(err) == 1 and "out of disk space writing the executed notebook in" in err[0]
-    assert not paths.index_html.exists() and not paths.run_manifest.exists()
+    assert not any(p.exists() for p in (paths.index_html, paths.report_html,
+                                        paths.report_pdf, paths.run_manifest))
     assert not paths.html("01_only").exists()
     monkeypatch.setattr(pipeline, "atomic_write_text", real)
     again = run_study(**one_notebook_study)
