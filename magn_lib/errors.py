@@ -49,7 +49,8 @@ class InputError(ValueError):
         message = f"{', '.join(where)}: {self.problem}" if where else self.problem
         if self.hint:
             message += f"; {self.hint}"
-        return message
+        # file names are bytes: show undecodable ones escaped, so the message can be written
+        return message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
     @classmethod
     def combine(cls, errors: Iterable[InputError]) -> InputError:
