@@ -58,9 +58,11 @@ __all__ = [
     "LPS_TO_RAS",
     "MAX_FILE_BYTES",
     "PROBE_BYTES",
+    "SeriesGrid",
     "burned_in_annotation",
     "deidentify_series",
     "read_series",
+    "series_grid",
     "series_identity",
     "series_metadata",
     "voxel_to_world",
@@ -634,6 +636,45 @@ def read_series(
     img.header["descrip"] = b""
     img.header["aux_file"] = b""
     return img
+
+
+@dataclass(frozen=True)
+class SeriesGrid:
+    """The voxel grid :func:`read_series` gives a series, from its headers only.
+
+    Attributes:
+        shape: ``(columns, rows, slices)``, the volume's ``[i, j, k]`` shape.
+        affine: float64 4 x 4, voxel index -> world RAS+ mm.
+        plane: the nearest of "sagittal", "coronal", "axial" (from the slice normal).
+        patient_ids: the PatientID, PatientName and OtherPatientIDs of the first image.
+        notes: what was left out of a mixed folder (see :func:`read_series`).
+    """
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    plane: str
+    patient_ids: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+
+def series_grid(path: str | PathLike[str], *, patient: str | None = None) -> SeriesGrid:
+    """The grid of the series :func:`read_series` would read from ``path`` (headers only).
+
+    The series is chosen and checked as by :func:`read_series` (majority rule, multi-frame
+    objects, every geometry check), without decoding pixels.
+
+    Raises:
+        InputError: as :func:`read_series`, for every problem visible in the headers.
+    """
+    folder = Path(path)
+    scan = _scan(folder, patient=patient, pixels=False)
+    slices, geometry = _geometry(scan.slices, folder, patient)
+    first = slices[0].ds
+    ids = tuple(sorted({str(first.get(k)) for k in ("PatientID", "PatientName",
+                                                      "OtherPatientIDs") if first.get(k)}))
+    cols, rows = int(first.Columns), int(first.Rows)
+    return SeriesGrid(shape=(cols, rows, len(slices)), affine=geometry.to_ras().affine.copy(),
+                      plane=geometry.slice_plane, patient_ids=ids, notes=scan.notes)
 
 
 def burned_in_annotation(path: str | PathLike[str], *, patient: str | None = None) -> bool:

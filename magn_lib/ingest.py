@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from magn_lib.dicom import read_series, series_identity, series_metadata
 from magn_lib.errors import InputError
 from magn_lib.layout import INGEST_TABLES, WorkPaths
 from magn_lib.manifest import Manifest
+from magn_lib.scrub import captured_warnings
 
 __all__ = [
     "EXCLUSION_COLUMNS",
@@ -126,14 +128,6 @@ def _signature(paths: Sequence[Path], extra: Any) -> dict[str, Any]:
     return {"reader": __version__, "files": files, "extra": extra}
 
 
-def _scrub(text: str, secrets: Sequence[str], root: Path) -> str:
-    text = text.replace(f"{root}{os.sep}", "").replace(str(root), ".")
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 3:
-            text = text.replace(secret, "[redacted]")
-    return text
-
-
 def _identity_values(folders: Sequence[Path]) -> list[str]:
     values: set[str] = set()
     for folder in folders:
@@ -164,27 +158,39 @@ def _ingest_patient(
         previous = json.loads(stamp.read_text())
         if previous.get("signature") == signature:
             return {"patient_id": patient_id, "series": previous["series"], "skipped": True}
+    scrub = manifest.scrubber()
     try:
         rows = []
-        for view, folder in folders.items():
-            img = read_series(folder, patient=patient_id)
-            meta = series_metadata(folder, patient=patient_id)
-            out = paths.volume(patient_id, view)
-            save_nifti(img, out)
-            rows.append({
-                "patient_id": patient_id, "view": view,
-                "nifti": out.relative_to(paths.work_dir).as_posix(),
-                "shape": "x".join(map(str, img.shape)),
-                "voxel_mm": "x".join(f"{z:.3f}" for z in img.header.get_zooms()[:3]),
-                **{k: _plain(meta.get(k)) for k in _METADATA_KEYS},
-            })
-            if view == "sagittal":
-                sagittal = img
-        for lesion in lesions.itertuples():
-            _save_lesion_mask(manifest, lesion, sagittal, paths)
+        # pydicom's warnings carry raw header values: captured, re-issued scrubbed
+        with captured_warnings(scrub):
+            for view, folder in folders.items():
+                img = read_series(folder, patient=patient_id,
+                                  allow_burned_in=manifest.allows_burned_in(patient_id, view))
+                meta = series_metadata(folder, patient=patient_id)
+                out = paths.volume(patient_id, view)
+                save_nifti(img, out)
+                rows.append({
+                    "patient_id": patient_id, "view": view,
+                    "nifti": out.relative_to(paths.work_dir).as_posix(),
+                    "shape": "x".join(map(str, img.shape)),
+                    "voxel_mm": "x".join(f"{z:.3f}" for z in img.header.get_zooms()[:3]),
+                    **{k: _plain(meta.get(k)) for k in _METADATA_KEYS},
+                    "notes": meta["notes"],
+                })
+                if view == "sagittal":
+                    sagittal = img
+            for lesion in lesions.itertuples():
+                _save_lesion_mask(manifest, lesion, sagittal, paths)
     except InputError as exc:
-        reason = _scrub(str(exc), _identity_values(list(folders.values())), manifest.root)
-        return {"patient_id": patient_id, "error": reason}
+        secrets = scrub.with_secrets(_identity_values(list(folders.values())))
+        return {"patient_id": patient_id, "error": str(secrets.error(exc))}
+    if any(row["notes"] for row in rows):
+        secrets = scrub.with_secrets(_identity_values(list(folders.values())))
+        for row in rows:
+            row["notes"] = secrets(row["notes"])
+            if row["notes"]:
+                warnings.warn(f"patient {patient_id}, {row['view']} series: {row['notes']}",
+                              UserWarning, stacklevel=2)
     stamp.write_text(json.dumps({"signature": signature, "series": rows}))
     return {"patient_id": patient_id, "series": rows, "skipped": False}
 
@@ -200,7 +206,8 @@ def _save_lesion_mask(manifest: Manifest, lesion: Any, sagittal: nib.Nifti1Image
     path = manifest.path(lesion.mask)
     mask = nib.load(path)
     data = np.asanyarray(mask.dataobj)
-    binary = (np.rint(data) == int(lesion.mask_label)).astype(np.uint8)
+    # integer labels only: the manifest refuses soft masks (manifest.mask_values_problem)
+    binary = (data == int(lesion.mask_label)).astype(np.uint8)
     if binary.shape != sagittal.shape[:3] or not np.allclose(
         mask.affine, sagittal.affine, atol=0.05
     ):
