@@ -42,9 +42,11 @@ from magn_lib.scrub import Scrubber, captured_warnings
 __all__ = [
     "GRID_TOLERANCE_MM",
     "LABELS",
+    "MANIFEST_TABLES",
     "SEXES",
     "SITES",
     "Manifest",
+    "listed_inputs",
     "load_manifest",
     "mask_values_problem",
     "sagittal_grid",
@@ -62,6 +64,8 @@ _COLUMNS = {
     "series.csv": ("patient_id", "view", "folder"),
     "readers.csv": ("lesion_id", "reader", "call", "confidence"),
 }
+#: The manifest folder's tables (readers.csv optional).
+MANIFEST_TABLES: tuple[str, ...] = tuple(_COLUMNS)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _YES_NO = {"": False, "no": False, "n": False, "false": False, "0": False,
            "yes": True, "y": True, "true": True, "1": True}
@@ -624,6 +628,34 @@ def _check_readers(table: pd.DataFrame, lesions: pd.DataFrame, errors: _Collecto
         out[col] = out[col].astype("string")
     out["call"] = np.asarray(calls, dtype=np.int64)
     out["confidence"] = np.asarray(confidences, dtype=np.int64)
+    return out
+
+
+def listed_inputs(path: str | PathLike[str]) -> dict[str, Path]:
+    """The series folders and mask files a manifest folder lists, keyed by study ids:
+    ``"series/<patient_id>/<view>"`` and ``"mask/<patient_id>"`` (``"mask/<patient_id>/2"``
+    for a patient's second mask file...). Read leniently (no validation): rows that cannot be
+    read are left out."""
+    root = Path(path)
+    errors = _Collector()
+    out: dict[str, Path] = {}
+    series = _read_csv(root, "series.csv", errors, optional=True)
+    if series is not None:
+        for _, row in series.iterrows():
+            if row["patient_id"] and row["view"] and row["folder"]:
+                out.setdefault(f"series/{row['patient_id']}/{row['view']}", root / row["folder"])
+    lesions = _read_csv(root, "lesions.csv", errors, optional=True)
+    if lesions is not None:
+        seen: dict[str, list[Path]] = {}
+        for _, row in lesions.iterrows():
+            if not (row["patient_id"] and row["mask"]):
+                continue
+            masks = seen.setdefault(row["patient_id"], [])
+            mask = root / row["mask"]
+            if mask not in masks:
+                masks.append(mask)
+                n = len(masks)
+                out[f"mask/{row['patient_id']}" + (f"/{n}" if n > 1 else "")] = mask
     return out
 
 
