@@ -20,6 +20,7 @@ the last ingest is skipped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -61,7 +62,8 @@ class IngestResult:
     """What the ingest stage produced.
 
     Attributes:
-        patients, lesions: the manifest's tables restricted to the patients that were read.
+        patients, lesions: the manifest's tables restricted to the patients that were read;
+            ``lesions["mask"]`` is the converted sagittal mask, relative to ``work_dir``.
         series: one row per ingested series: ``patient_id``, ``view``, ``nifti`` (path
             relative to ``work_dir``), shape, voxel size (mm) and acquisition metadata.
         exclusions: ``EXCLUSION_COLUMNS``; one row per lesion of each excluded patient.
@@ -117,14 +119,19 @@ def save_nifti(img: nib.Nifti1Image, path: str | Path) -> None:
 
 
 def _signature(paths: Sequence[Path], extra: Any) -> dict[str, Any]:
-    """Cheap fingerprint of source files: names, sizes and modification times."""
+    """Cheap fingerprint of source files: names, sizes and modification times.
+
+    The names are kept as digests: the stamp lies in the work folder, and the user's folder
+    and file names may hold the patient's name (PACS exports name folders so).
+    """
     files = []
     for root in paths:
-        candidates = sorted(root.rglob("*")) if root.is_dir() else [root]
+        candidates = sorted(root.rglob("*"), key=os.fsencode) if root.is_dir() else [root]
         for f in candidates:
             if f.is_file():
                 st = f.stat()
-                files.append([str(f), st.st_size, st.st_mtime_ns])
+                name = hashlib.sha256(os.fsencode(f)).hexdigest()[:20]
+                files.append([name, st.st_size, st.st_mtime_ns])
     return {"reader": __version__, "files": files, "extra": extra}
 
 
@@ -144,15 +151,26 @@ def _identity_values(folders: Sequence[Path]) -> list[str]:
 def _ingest_patient(
     manifest: Manifest, patient_id: str, views: Sequence[str], paths: WorkPaths
 ) -> dict[str, Any]:
-    """Read one patient; return its series rows, or the reason it is excluded."""
+    """Read one patient; return its series rows, or the reason it is excluded.
+
+    Every warning raised while its files are read (pydicom's carry raw header values) is
+    captured and re-issued scrubbed (:func:`magn_lib.scrub.captured_warnings`).
+    """
+    with captured_warnings(manifest.scrubber()):
+        return _read_patient(manifest, patient_id, views, paths)
+
+
+def _read_patient(
+    manifest: Manifest, patient_id: str, views: Sequence[str], paths: WorkPaths
+) -> dict[str, Any]:
     folders = {view: manifest.series_folder(patient_id, view) for view in views}
     lesions = manifest.lesions[manifest.lesions["patient_id"] == patient_id]
     mask_files = sorted({manifest.path(m) for m in lesions["mask"]})
     stamp = paths.ingest_stamp(patient_id)
     signature = _signature(
         [*folders.values(), *mask_files],
-        {"views": list(views), "lesions": lesions[["lesion_id", "mask", "mask_label"]]
-         .astype(str).values.tolist()},
+        {"views": list(views), "lesions": lesions[["lesion_id", "mask_label"]]
+         .astype(str).values.tolist()},  # mask paths: in the file digests
     )
     if stamp.is_file():
         previous = json.loads(stamp.read_text())
@@ -161,26 +179,24 @@ def _ingest_patient(
     scrub = manifest.scrubber()
     try:
         rows = []
-        # pydicom's warnings carry raw header values: captured, re-issued scrubbed
-        with captured_warnings(scrub):
-            for view, folder in folders.items():
-                img = read_series(folder, patient=patient_id,
-                                  allow_burned_in=manifest.allows_burned_in(patient_id, view))
-                meta = series_metadata(folder, patient=patient_id)
-                out = paths.volume(patient_id, view)
-                save_nifti(img, out)
-                rows.append({
-                    "patient_id": patient_id, "view": view,
-                    "nifti": out.relative_to(paths.work_dir).as_posix(),
-                    "shape": "x".join(map(str, img.shape)),
-                    "voxel_mm": "x".join(f"{z:.3f}" for z in img.header.get_zooms()[:3]),
-                    **{k: _plain(meta.get(k)) for k in _METADATA_KEYS},
-                    "notes": meta["notes"],
-                })
-                if view == "sagittal":
-                    sagittal = img
-            for lesion in lesions.itertuples():
-                _save_lesion_mask(manifest, lesion, sagittal, paths)
+        for view, folder in folders.items():
+            img = read_series(folder, patient=patient_id,
+                              allow_burned_in=manifest.allows_burned_in(patient_id, view))
+            meta = series_metadata(folder, patient=patient_id)
+            out = paths.volume(patient_id, view)
+            save_nifti(img, out)
+            rows.append({
+                "patient_id": patient_id, "view": view,
+                "nifti": out.relative_to(paths.work_dir).as_posix(),
+                "shape": "x".join(map(str, img.shape)),
+                "voxel_mm": "x".join(f"{z:.3f}" for z in img.header.get_zooms()[:3]),
+                **{k: _plain(meta.get(k)) for k in _METADATA_KEYS},
+                "notes": meta["notes"],
+            })
+            if view == "sagittal":
+                sagittal = img
+        for lesion in lesions.itertuples():
+            _save_lesion_mask(manifest, lesion, sagittal, paths)
     except InputError as exc:
         secrets = scrub.with_secrets(_identity_values(list(folders.values())))
         return {"patient_id": patient_id, "error": str(secrets.error(exc))}
@@ -277,6 +293,10 @@ def ingest_cohort(
     keep = ~manifest.patients["patient_id"].isin(failed)
     patients = manifest.patients[keep].reset_index(drop=True)
     lesions = lesions[~lesions["patient_id"].isin(failed)].reset_index(drop=True)
+    # the converted mask in the work folder, not the user's file (its name may be a patient's)
+    lesions["mask"] = pd.array(
+        [paths.mask(lid, "sagittal").relative_to(paths.work_dir).as_posix()
+         for lid in lesions["lesion_id"]], dtype="string")
     paths.ingest_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in (("series", series), ("exclusions", exclusions),
                         ("patients", patients), ("lesions", lesions)):

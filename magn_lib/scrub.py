@@ -11,8 +11,8 @@ into that form, in this order:
    ``"P001 sagittal series"``, a mask file by ``"P001 mask"``, the manifest folder by
    ``"manifest"`` (longest path first, so a series folder inside the manifest wins);
 3. every identifying value (the headers' names, ids, dates, institutions, descriptions; see
-   :data:`magn_lib.dicom.IDENTITY_KEYWORDS`) and each word of it is replaced by ``[redacted]``,
-   case-insensitively;
+   :data:`magn_lib.dicom.IDENTITY_KEYWORDS`) and each word of it is replaced by ``[redacted]``
+   where it stands as a whole word, case-insensitively;
 4. every UID-like run of digits and dots (four components or more, malformed ones included) is
    replaced by ``[UID]``.
 
@@ -124,7 +124,9 @@ class Scrubber:
             shown = escape_name(path)
             out = out.replace(shown + os.sep, label + "/").replace(shown, label)
         for secret in sorted(self.secrets, key=len, reverse=True):
-            out = re.sub(re.escape(escape_name(secret)), REDACTED, out, flags=re.IGNORECASE)
+            # whole words only: the word "sag" of a series description is not "sagittal"
+            pattern = rf"(?<![0-9A-Za-z]){re.escape(escape_name(secret))}(?![0-9A-Za-z])"
+            out = re.sub(pattern, REDACTED, out, flags=re.IGNORECASE)
         return UID_PATTERN.sub("[UID]", out)
 
     def path(self, path: str | PathLike[str]) -> str:
