@@ -50,7 +50,10 @@ class InputError(ValueError):
         if self.hint:
             message += f"; {self.hint}"
         # file names are bytes: show undecodable ones escaped, so the message can be written
-        return message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        try:
+            return message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
     @classmethod
     def combine(cls, errors: Iterable[InputError]) -> InputError:

@@ -60,10 +60,12 @@ def escape_name(text: str | bytes | PathLike[str]) -> str:
     UTF-8 with the same escaping.
     """
     if isinstance(text, bytes):
-        raw = text
-    else:
-        raw = os.fsencode(text) if isinstance(text, PathLike) else str(text).encode(
-            "utf-8", "surrogateescape")
+        return text.decode("utf-8", "backslashreplace")
+    text = os.fspath(text) if isinstance(text, PathLike) else str(text)
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return raw.decode("utf-8", "backslashreplace")
 
 

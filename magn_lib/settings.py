@@ -162,8 +162,12 @@ class GridSettings:
     def from_profile(cls, profile: Profile, **options: Any) -> Self:
         """Network and training settings of ``profile``; ``options`` set ``track_test`` and
         ``keep_weights`` (or replace ``network`` / ``train``)."""
+        from magn_lib.cv import proposed_configs  # cv imports settings
+
         values = {"network": NetworkSettings.from_profile(profile),
-                  "train": TrainSettings.from_profile(profile)}
+                  "train": TrainSettings.from_profile(profile),
+                  # the proposed model and its unguided twin, for explanation and figures
+                  "keep_weights": proposed_configs(profile.views)[::-1]}
         return cls(**{**values, **options})
 
     def keeps_weights(self, config_name: str) -> bool:
