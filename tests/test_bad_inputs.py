@@ -363,3 +363,31 @@ def test_messages_name_the_real_cause_and_big_files_are_refused_unread(cohort, t
     assert "P002 axial series/export.bin" in reasons["P002"]
     assert "2.0 GiB in a series folder (limit 2 GiB)" in reasons["P002"]
     assert elapsed < 60  # the zeros are probed on their first 64 kB, not parsed
+
+
+# ------------------------------------------------------------------------------ valid input
+
+
+def test_sagittal_only_run_is_valid_input(cohort, tmp_path):
+    """``views: [sagittal]`` (a documented option): nothing to transfer, an empty but typed QC
+    table, and the proposed model, its kept weights and the radiomics comparator all
+    sagittal."""
+    from magn_lib.config import Profile
+    from magn_lib.cv import configs_for, proposed_configs, radiomics_comparator
+    from magn_lib.settings import GridSettings
+    from magn_lib.stages import QC_COLUMNS, TransferResult
+
+    manifest = load_manifest(cohort, views=["sagittal"])
+    ingest = ingest_cohort(manifest, tmp_path / "work", views=manifest.views, progress=False)
+    transfer = transfer_cohort(ingest, views=manifest.views, progress=False)
+    assert transfer.qc.empty and list(transfer.qc.columns) == list(QC_COLUMNS)
+    assert len(transfer.lesions) == len(manifest.lesions)
+    loaded = TransferResult.load(tmp_path / "work")
+    assert loaded.qc[loaded.qc["flagged"]].empty  # typed: a boolean mask, not column labels
+    assert [c.name for c in configs_for(["sagittal"])] == ["sagittal", "sagittal+attention"]
+    assert proposed_configs(["sagittal"]) == ("sagittal+attention", "sagittal")
+    assert radiomics_comparator(["sagittal"]) == "sagittal"
+    settings = GridSettings.from_profile(Profile(views=["sagittal"]))
+    assert settings.keeps_weights("sagittal+attention") and settings.keeps_weights("sagittal")
+    assert proposed_configs(["sagittal", "coronal", "axial"]) == ("multi-view+attention",
+                                                                   "multi-view")
