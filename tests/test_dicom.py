@@ -580,3 +580,28 @@ def test_real_decubitus_series_match_simpleitk(series, reference_data):
     assert meta["orientation"] == "sagittal"
     assert meta["patient_position"] == series.split("/")[0]
     assert meta["slice_spacing_mm"] == pytest.approx(4.8, abs=1e-3)
+
+
+def test_enhanced_mr_equals_the_classic_series(tmp_path):
+    from tests.helpers import to_enhanced_mr
+
+    folder = tmp_path / "classic"
+    write_series(folder, orientation=OBLIQUE, slope=[1.0, 2.0, 0.5, 1.5, 3.0], intercept=-7.0)
+    enhanced = to_enhanced_mr(folder, tmp_path / "enhanced" / "EMR0001")
+    classic, multi = read_series(folder), read_series(enhanced.parent, patient=PATIENT)
+    np.testing.assert_array_equal(multi.get_fdata(), classic.get_fdata())
+    np.testing.assert_allclose(multi.affine, classic.affine, atol=1e-9)
+    assert series_identity(enhanced.parent)["PatientName"] == IDENTITY["PatientName"]
+    meta = series_metadata(enhanced.parent)
+    assert meta["multi_frame"] and meta["n_slices"] == 5
+
+
+def test_burned_in_annotation_refused_unless_allowed(tmp_path):
+    folder = tmp_path / "s"
+    paths = write_series(folder)
+    edit(paths[3], BurnedInAnnotation="YES")
+    err = _raises(folder)
+    assert_names(err, file=folder, problem=r"burned-in annotation: 1 of 5 image\(s\)")
+    img = read_series(folder, allow_burned_in=True)
+    assert img.shape == (9, 6, 5)
+    assert series_metadata(folder)["burned_in_annotation"] is True
