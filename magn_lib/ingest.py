@@ -135,17 +135,28 @@ def _signature(paths: Sequence[Path], extra: Any) -> dict[str, Any]:
     return {"reader": __version__, "files": files, "extra": extra}
 
 
-def _identity_values(folders: Sequence[Path]) -> list[str]:
-    values: set[str] = set()
+def _identity_values(folders: Sequence[Path]) -> dict[str, list[str]]:
+    """The identifying values of a patient's series, for the scrubber: ``names`` (person
+    names, redacted word by word) and ``secrets`` (every other value, redacted whole)."""
+    secrets: set[str] = set()
+    names: set[str] = set()
     for folder in folders:
         try:
             found = series_identity(folder)
         except Exception:  # an unreadable folder has already been reported by read_series
             continue
-        for value in found.values():
-            values.add(value)
-            values.update(part for part in value.replace("^", " ").split() if len(part) >= 4)
-    return sorted(values)
+        for keyword, value in found.items():
+            if keyword in _PERSON_NAMES or keyword.startswith("Patient"):
+                names.add(value)
+            else:
+                secrets.add(value)
+    return {"secrets": sorted(secrets), "names": sorted(names)}
+
+
+# person-name attributes (VR PN) besides the Patient* ones: redacted word by word
+_PERSON_NAMES = frozenset({"ReferringPhysicianName", "PerformingPhysicianName",
+                           "NameOfPhysiciansReadingStudy", "OperatorsName",
+                           "RequestingPhysician", "OtherPatientNames"})
 
 
 def _ingest_patient(
@@ -198,10 +209,10 @@ def _read_patient(
         for lesion in lesions.itertuples():
             _save_lesion_mask(manifest, lesion, sagittal, paths)
     except InputError as exc:
-        secrets = scrub.with_secrets(_identity_values(list(folders.values())))
+        secrets = scrub.with_secrets(**_identity_values(list(folders.values())))
         return {"patient_id": patient_id, "error": str(secrets.error(exc))}
     if any(row["notes"] for row in rows):
-        secrets = scrub.with_secrets(_identity_values(list(folders.values())))
+        secrets = scrub.with_secrets(**_identity_values(list(folders.values())))
         for row in rows:
             row["notes"] = secrets(row["notes"])
             if row["notes"]:

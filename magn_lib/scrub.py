@@ -74,17 +74,19 @@ def name_sort_key(path: str | PathLike[str]) -> bytes:
     return os.fsencode(Path(path).name)
 
 
-def _secret_words(values: Iterable[str]) -> set[str]:
-    words: set[str] = set()
+def _secret_words(values: Iterable[str], *, words: bool) -> set[str]:
+    """Each value (three characters or more) and, with ``words``, each of its words: a word of
+    letters of three or more, or a number of six digits or more (an id, a date)."""
+    found: set[str] = set()
     for value in values:
         value = str(value).strip()
         if len(value) >= _MIN_SECRET_WORD:
-            words.add(value)
-        for word in _WORD_SPLIT.split(value):
-            # a word of letters, or a long number (an id, a date); not "T1", "03" or "MR"
-            if len(word) >= _MIN_SECRET_WORD and (not word.isdigit() or len(word) >= 6):
-                words.add(word)
-    return words
+            found.add(value)
+        if words:
+            for word in _WORD_SPLIT.split(value):
+                if len(word) >= _MIN_SECRET_WORD and (not word.isdigit() or len(word) >= 6):
+                    found.add(word)
+    return found
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,7 @@ class Scrubber:
         labels: ``{folder or file: label}``, e.g. ``{series_folder: "P001 sagittal series",
             manifest_root: "manifest"}``; a path inside a labelled folder is shown as
             ``label/rest``.
-        secrets: identifying values to redact (each value and each of its words of three
-            characters or more; short numbers are kept).
+        secrets: identifying text to redact, each as a whole word (see :meth:`build`).
     """
 
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -104,19 +105,24 @@ class Scrubber:
 
     @classmethod
     def build(cls, *, labels: Mapping[str | PathLike[str], str] | None = None,
-              secrets: Iterable[str] = ()) -> Scrubber:
+              secrets: Iterable[str] = (), names: Iterable[str] = ()) -> Scrubber:
         """A scrubber from paths (any form; resolved and raw spellings both replaced) and
-        identifying values."""
+        identifying values: ``secrets`` are redacted as whole values (ids, dates, addresses,
+        descriptions: their single words, such as "series" or "post", are common words),
+        ``names`` (person names, ``WANG^XIUYING``) also word by word, as a folder named
+        ``WANG_XIUYING`` or ``Xiuying Wang`` spells them."""
         table: dict[str, str] = {}
         for path, label in (labels or {}).items():
             for spelling in {str(path), str(Path(path).absolute()), _resolved(path)}:
                 if spelling and spelling != ".":
                     table[spelling.rstrip(os.sep) or os.sep] = label
-        return cls(labels=table, secrets=frozenset(_secret_words(secrets)))
+        return cls(labels=table, secrets=frozenset(_secret_words(secrets, words=False)
+                                                   | _secret_words(names, words=True)))
 
-    def with_secrets(self, secrets: Iterable[str]) -> Scrubber:
-        """The same scrubber, redacting ``secrets`` as well."""
-        return Scrubber(labels=self.labels, secrets=self.secrets | _secret_words(secrets))
+    def with_secrets(self, secrets: Iterable[str] = (), names: Iterable[str] = ()) -> Scrubber:
+        """The same scrubber, redacting ``secrets`` and ``names`` as well (see :meth:`build`)."""
+        more = _secret_words(secrets, words=False) | _secret_words(names, words=True)
+        return Scrubber(labels=self.labels, secrets=self.secrets | more)
 
     def __call__(self, text: object) -> str:
         """The scrubbed text."""

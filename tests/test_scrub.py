@@ -15,12 +15,15 @@ from magn_lib.scrub import Scrubber, captured_warnings, escape_name, name_sort_k
 def test_scrubber_one_rule_for_every_text(tmp_path):
     series = tmp_path / "manifest" / "dicom" / "WANG_XIUYING_T1"
     scrub = Scrubber.build(labels={series: "P001 sagittal series", tmp_path / "manifest":
-                                   "manifest"}, secrets=["WANG^XIUYING", "0012345678"])
+                                   "manifest"}, names=["WANG^XIUYING"],
+                           secrets=["0012345678", "t1 series sag"])
     text = (f"{series}/IM\udce9.dcm: UID 1.2.840.113619.2.55.3.604688119.969.1 and 1.2.3.04.x; "
-            f"{tmp_path / 'manifest' / 'series.csv'}; Wang Xiuying, id 0012345678, T1, MR 3.0")
+            f"{tmp_path / 'manifest' / 'series.csv'}; Wang Xiuying, id 0012345678, T1, MR 3.0; "
+            "'T1 series sag' is not the sagittal series")
     out = scrub(text)
     assert out == ("P001 sagittal series/IM\\xe9.dcm: UID [UID] and [UID]; manifest/series.csv; "
-                   "[redacted] [redacted], id [redacted], T1, MR 3.0")
+                   "[redacted] [redacted], id [redacted], T1, MR 3.0; "
+                   "'[redacted]' is not the sagittal series")
     out.encode("utf-8")  # always encodable
     assert scrub.path(tmp_path / "elsewhere" / "x.dcm") == "x.dcm"  # never absolute
     with pytest.warns(UserWarning, match=r"value '\[UID\]'"):
@@ -44,7 +47,7 @@ def test_escape_and_sort_undecodable_names():
 
 def test_error_scrubbed_part_by_part(tmp_path):
     folder = tmp_path / "DOE_JANE"
-    scrub = Scrubber.build(labels={folder: "P001 axial series"}, secrets=["DOE^JANE"])
+    scrub = Scrubber.build(labels={folder: "P001 axial series"}, names=["DOE^JANE"])
     err = InputError.combine([
         InputError("slice 1.2.3.4.5 missing", patient="P001", file=folder / "a.dcm",
                    hint="ask Jane"),
