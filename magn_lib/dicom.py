@@ -1,6 +1,13 @@
 """Read one DICOM series into a correctly oriented volume, and strip patient identity.
 
-One folder holds one series. :func:`read_series` reads it with pydicom into a
+One folder holds one series (classic single-frame images, or an Enhanced MR multi-frame
+object whose frames are placed by their functional groups; where a folder also holds images of
+other series, the series with more than half of the images is read and the rest reported, the
+stated rule of :func:`read_series`). File names are bytes: they are sorted by their bytes and
+shown escaped when not UTF-8. Files over :data:`MAX_FILE_BYTES` are refused unread, and a file
+that does not announce itself as DICOM is judged on its first :data:`PROBE_BYTES`. A series
+flagged ``BurnedInAnnotation = YES`` is refused unless the caller allows it.
+:func:`read_series` reads it with pydicom into a
 ``nibabel.Nifti1Image`` whose affine maps voxel indices to world RAS+ millimetres, the NIfTI
 convention. DICOM stores geometry in the patient-based LPS frame (x towards the patient's
 left, y towards posterior, z towards head); RAS+ flips the first two axes. The headers become

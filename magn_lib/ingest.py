@@ -11,8 +11,11 @@ names: :class:`magn_lib.layout.WorkPaths`):
   manifest's ``patients`` and ``lesions`` restricted to the patients read.
 
 Only geometry and pixel values leave the DICOM files: NIfTI headers carry no text, file names
-carry only the study's pseudonymous ids, and error reasons written to the exclusions table are
-scrubbed of every identifying value found in the patient's headers and of the manifest folder.
+carry only the study's pseudonymous ids, and every text written from the user's files (error
+reasons in the exclusions table, the series table's ``notes``, pydicom's warnings) passes the
+manifest's scrubber (:class:`magn_lib.scrub.Scrubber`): series folders and mask files shown by
+study id, the patient's identifying header values redacted, UIDs replaced. Stamps keep file
+names as digests only.
 A patient whose series cannot be read is excluded with the reason; the others proceed. A
 patient whose sources (file names, sizes, modification times, mask label) are unchanged since
 the last ingest is skipped.
