@@ -69,6 +69,7 @@ PAPER_TABLE2: tuple[tuple[str, str, bool, float, float, float, float], ...] = (
 )
 _SECTIONS = {"magn": "Attention guided network", "radiomics": "Radiomics model",
              "reader": "Radiologist assessment"}
+_SIMULATED_READERS_SECTION = "Simulated readers (not radiologists)"
 _VIEW_ALIASES = {"multi-view": "multi-view", "multiview": "multi-view", "multi_view": "multi-view",
                  "all": "multi-view", "sagittal": "sagittal", "axial": "axial",
                  "coronal": "coronal"}
@@ -155,12 +156,15 @@ def _operating_point(sub: pd.DataFrame, threshold: float = 0.5) -> tuple[float, 
     return 1.0 - m["specificity"], m["sensitivity"]
 
 
-def _reader_points(ax: Axes, readers: pd.DataFrame) -> None:
+def _reader_points(ax: Axes, readers: pd.DataFrame, *, simulated: bool) -> None:
+    from magn_lib.readers import reader_label
+
     markers = ["o", "s", "^", "D", "v", "P"]
     for i, (name, sub) in enumerate(readers.groupby("config", sort=True)):
         x, y = _operating_point(sub)
         ax.scatter([x], [y], marker=markers[i % len(markers)], s=60, zorder=5,
-                   edgecolor="black", label=f"{name} (call)", gid=f"reader:{name}")
+                   edgecolor="black", label=f"{reader_label(name, simulated=simulated)} (call)",
+                   gid=f"reader:{name}")
 
 
 def plot_roc_folds(
@@ -170,6 +174,7 @@ def plot_roc_folds(
     config: str = "multi-view+attention",
     compare: Sequence[tuple[str, str]] = (("radiomics", "multi-view"),),
     readers: pd.DataFrame | None = None,
+    simulated_readers: bool = False,
     ax: Axes | None = None,
 ) -> Figure:
     """ROC of one configuration per fold and pooled, other models' pooled curves, readers as
@@ -187,6 +192,8 @@ def plot_roc_folds(
         method, config: the model drawn per fold.
         compare: (method, config) of models drawn pooled only.
         readers: reader predictions in the same format (``readers.reader_predictions``).
+        simulated_readers: the readers are simulated (the embedded cohort): their legend
+            entries say so (``readers.reader_label``).
         ax: draw into these axes instead of a new Figure.
 
     Returns:
@@ -214,7 +221,7 @@ def plot_roc_folds(
                 label=f"{stats.model_name(cm, cc)} (AUC {auc:.2f})")
     rd = data[data["method"] == "reader"] if readers is None else stats.check_oof(readers)
     if len(rd):
-        _reader_points(ax, rd)
+        _reader_points(ax, rd, simulated=simulated_readers)
     ax.set_title(f"ROC: {stats.model_name(method, config)}")
     ax.legend(loc="lower right", fontsize="small")
     return fig
@@ -224,6 +231,7 @@ def plot_roc_comparison(
     oof: pd.DataFrame,
     *,
     models: Sequence[tuple[str, str]] | None = None,
+    simulated_readers: bool = False,
     ax: Axes | None = None,
 ) -> Figure:
     """Pooled out-of-fold ROC curve per model; readers (method ``"reader"``) as points.
@@ -231,6 +239,7 @@ def plot_roc_comparison(
     Args:
         oof: out-of-fold predictions of any number of models.
         models: (method, config) pairs to draw; default all, in table order.
+        simulated_readers: label the reader points as simulated readers.
 
     Returns:
         The Figure (one line per non-reader model plus the chance diagonal).
@@ -250,7 +259,7 @@ def plot_roc_comparison(
         ax.plot(fpr, tpr, linewidth=1.8,
                 label=f"{stats.model_name(method, config)} (AUC {auc:.2f})")
     if reader_rows:
-        _reader_points(ax, pd.concat(reader_rows))
+        _reader_points(ax, pd.concat(reader_rows), simulated=simulated_readers)
     ax.set_title("ROC, pooled out-of-fold predictions")
     ax.legend(loc="lower right", fontsize="x-small")
     return fig
@@ -322,15 +331,19 @@ def table2(
     """The paper's Table 2 from our predictions, with the paper's values beside ours.
 
     Every model in ``oof`` (MAGN configs, radiomics configs, readers), ordered as in the paper.
-    ACC and F1 pooled over folds with patient-bootstrap CIs; AUC as mean ± SD over folds (how
-    the paper reports it) and pooled with a DeLong CI. All numbers are those of
-    ``stats.metrics_table`` (pass its output as ``metrics`` to avoid computing it twice).
+    AUC as mean ± SD over folds (how the paper reports it; the primary number), pooled after
+    ranking within each fold with a patient-bootstrap CI (``auc_ranked*``), and the raw pooled
+    AUC with the patient-bootstrap (``auc_low/high``) and the lesion-level DeLong CI
+    (``auc_delong_low/high``, secondary); ACC and F1 pooled over folds with patient-bootstrap
+    CIs. All numbers are those of ``stats.metrics_table`` (pass its output as ``metrics`` to
+    avoid computing it twice).
 
     Returns:
         DataFrame with columns ``section, method, config, view, attention, n_lesions,
-        accuracy, accuracy_low, accuracy_high, auc_fold_mean, auc_fold_sd, auc, auc_low,
-        auc_high, f1, f1_low, f1_high, paper_accuracy, paper_auc, paper_auc_sd, paper_f1``
-        (paper columns NaN where the paper has no such row).
+        accuracy, accuracy_low, accuracy_high, auc_fold_mean, auc_fold_sd, auc_ranked,
+        auc_ranked_low, auc_ranked_high, auc, auc_low, auc_high, auc_delong_low,
+        auc_delong_high, f1, f1_low, f1_high, paper_accuracy, paper_auc, paper_auc_sd,
+        paper_f1`` (paper columns NaN where the paper has no such row).
     """
     if metrics is None:
         if oof is None:
@@ -356,7 +369,10 @@ def table2(
             "accuracy": r.accuracy, "accuracy_low": r.accuracy_low,
             "accuracy_high": r.accuracy_high,
             "auc_fold_mean": r.auc_fold_mean, "auc_fold_sd": r.auc_fold_sd,
+            "auc_ranked": r.auc_ranked, "auc_ranked_low": r.auc_ranked_low,
+            "auc_ranked_high": r.auc_ranked_high,
             "auc": r.auc, "auc_low": r.auc_low, "auc_high": r.auc_high,
+            "auc_delong_low": r.auc_delong_low, "auc_delong_high": r.auc_delong_high,
             "f1": r.f1, "f1_low": r.f1_low, "f1_high": r.f1_high,
             "paper_accuracy": np.nan if ref is None else ref["accuracy"],
             "paper_auc": np.nan if ref is None else ref["auc"],
@@ -367,8 +383,18 @@ def table2(
     return out.reset_index(drop=True)
 
 
-def format_table2(t2: pd.DataFrame, *, decimals: int = 3) -> pd.DataFrame:
-    """Display version of ``table2``: strings "x [low, high]" and "mean ± SD", paper beside."""
+def format_table2(t2: pd.DataFrame, *, decimals: int = 3,
+                  simulated_readers: bool = False) -> pd.DataFrame:
+    """Display version of ``table2``: the per-fold AUC first, as the paper reports it.
+
+    Columns: ``Section, Configuration, Attention``, ``AUC folds (mean ± SD)``, ``AUC pooled,
+    ranked within folds [95% CI, patient bootstrap]``, ``ACC [95% CI]``, ``F1 [95% CI]`` (both
+    patient bootstrap), ``AUC pooled [lesion-level DeLong 95% CI]`` (secondary: it treats the
+    lesions of a patient as independent), then the paper's ACC, AUC, F1. Intervals as
+    ``"x [low, high]"``. With ``simulated_readers`` the readers' section and names say
+    "simulated" (``readers.reader_label``).
+    """
+    from magn_lib.readers import reader_label
 
     def f(x: float) -> str:
         return "–" if not np.isfinite(x) else f"{x:.{decimals}f}"
@@ -379,20 +405,27 @@ def format_table2(t2: pd.DataFrame, *, decimals: int = 3) -> pd.DataFrame:
     def pm(m: float, s: float) -> str:
         return f"{f(m)} ± {f(s)}" if np.isfinite(m) and np.isfinite(s) else f(m)
 
+    section = t2["section"].where(
+        ~((t2["method"] == "reader") & simulated_readers), _SIMULATED_READERS_SECTION)
     acc, auc, f1 = (stats.METRIC_LABELS[m] for m in ("accuracy", "auc", "f1"))
     return pd.DataFrame({
-        "Section": t2["section"],
-        "Configuration": [v.capitalize() if m != "reader" else c.replace("reader", "Radiologist ")
+        "Section": section,
+        "Configuration": [v.capitalize() if m != "reader"
+                          else reader_label(c, simulated=simulated_readers)
                           for m, v, c in zip(t2["method"], t2["view"], t2["config"], strict=True)],
         "Attention": np.where(t2["attention"], "✓", "–"),
-        f"{acc} [95% CI]": [ci(*v) for v in zip(t2["accuracy"], t2["accuracy_low"],
-                                                 t2["accuracy_high"], strict=True)],
         f"{auc} folds (mean ± SD)": [pm(*v) for v in zip(t2["auc_fold_mean"], t2["auc_fold_sd"],
                                                          strict=True)],
-        f"{auc} pooled [DeLong 95% CI]": [ci(*v) for v in zip(t2["auc"], t2["auc_low"],
-                                                              t2["auc_high"], strict=True)],
+        f"{auc} pooled, ranked within folds [95% CI, patient bootstrap]": [
+            ci(*v) for v in zip(t2["auc_ranked"], t2["auc_ranked_low"], t2["auc_ranked_high"],
+                                strict=True)],
+        f"{acc} [95% CI]": [ci(*v) for v in zip(t2["accuracy"], t2["accuracy_low"],
+                                                 t2["accuracy_high"], strict=True)],
         f"{f1} [95% CI]": [ci(*v) for v in zip(t2["f1"], t2["f1_low"], t2["f1_high"],
                                                strict=True)],
+        f"{auc} pooled [lesion-level DeLong 95% CI]": [
+            ci(*v) for v in zip(t2["auc"], t2["auc_delong_low"], t2["auc_delong_high"],
+                                strict=True)],
         f"Paper {acc}": [f(v) for v in t2["paper_accuracy"]],
         f"Paper {auc}": [pm(*v) for v in zip(t2["paper_auc"], t2["paper_auc_sd"], strict=True)],
         f"Paper {f1}": [f(v) for v in t2["paper_f1"]],

@@ -33,6 +33,7 @@ __all__ = [
     "format_reader_metrics",
     "ordinal_score",
     "reader_agreement",
+    "reader_label",
     "reader_metrics",
     "reader_predictions",
     "reader_scores",
@@ -65,6 +66,17 @@ def ordinal_score(
     c = c.astype(np.int64)
     k = k.astype(np.int64)
     return np.where(c == 1, 5 + k, 6 - k).astype(np.int64)
+
+
+def reader_label(name: str, *, simulated: bool) -> str:
+    """How a page names a reader: ``"reader2"`` -> ``"Simulated reader 2"`` for the embedded
+    cohort's simulated readers, ``"Radiologist 2"`` for a cohort's real reads (names that do
+    not end in a number are kept, with "Simulated reader" before them when simulated)."""
+    name = str(name)
+    stem = name.removeprefix("reader").strip(" _-")
+    if simulated:
+        return f"Simulated reader {stem}" if stem.isdigit() else f"Simulated reader {name}"
+    return f"Radiologist {stem}" if stem.isdigit() and stem != name else name
 
 
 def _check_reads(reads: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
@@ -232,25 +244,39 @@ def readers_vs_models(
     *,
     models: Sequence[tuple[str, str]] | None = None,
     threshold: float = 0.5,
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Each reader against each model on the lesions both scored.
+    """Each reader against each model on the lesions both scored, corrected for multiplicity.
 
     AUC: DeLong's test of the reader's 10-point ordinal score against the model's probability
-    (``stats.delong_test``). Calls: McNemar's test of the reader's calls against the model's
-    calls at ``threshold`` (``stats.mcnemar_test``; exact when < 25 discordant lesions).
+    (``stats.delong_test``, lesion level) and the paired patient-bootstrap interval of the
+    difference ``auc_model - auc_reader`` (``stats.bootstrap_auc_difference``: resamples
+    patients, so it respects lesions clustering in patients). Calls: McNemar's test of the
+    reader's calls against the model's calls at ``threshold`` (``stats.mcnemar_test``; exact
+    when < 25 discordant lesions). Holm's step-down correction
+    (``statsmodels.stats.multitest.multipletests``) runs over the whole family of the table's
+    tests, every DeLong and every McNemar p-value together (2 x readers x models tests): read
+    ``delong_p_holm`` and ``mcnemar_p_holm``, not the unadjusted columns, when the table is
+    read as a whole.
 
     Args:
         reads, lesions: as in ``reader_predictions``.
         oof: out-of-fold predictions of the models (method, config, ..., probability).
         models: (method, config) pairs to compare with; default every model in ``oof`` other
             than readers.
+        threshold: the models' call threshold.
+        n_resamples, level, seed: the patient bootstrap of the AUC difference.
 
     Returns:
-        DataFrame with columns ``reader, method, config, n_lesions, auc_reader, auc_model,
-        delong_z, delong_p, accuracy_reader, accuracy_model, reader_only_correct,
-        model_only_correct,
-        mcnemar_statistic, mcnemar_p, mcnemar_method``.
+        DataFrame with columns ``reader, method, config, n_lesions, n_patients, auc_reader,
+        auc_model, auc_difference, auc_difference_low, auc_difference_high, delong_z,
+        delong_p, delong_p_holm, accuracy_reader, accuracy_model, reader_only_correct,
+        model_only_correct, mcnemar_statistic, mcnemar_p, mcnemar_p_holm, mcnemar_method``.
     """
+    from statsmodels.stats.multitest import multipletests
+
     r = _check_reads(reads, lesions)
     data = stats.check_oof(oof)
     data = data[data["method"] != "reader"]
@@ -272,19 +298,36 @@ def readers_vs_models(
             score_r = rsub.loc[common, "score"].to_numpy(np.float64)
             prob_m = msub.loc[common, "probability"].to_numpy(np.float64)
             auc_r, auc_m, z, p = stats.delong_test(y, score_r, prob_m)
+            patients = rsub.loc[common, "patient_id"].to_numpy()
+            diff = stats.bootstrap_auc_difference(y, prob_m, score_r, patients,
+                                                  n_resamples=n_resamples, level=level,
+                                                  seed=seed)
             call_r = rsub.loc[common, "call"].to_numpy()
             call_m = (prob_m >= threshold).astype(np.int64)
             mc = stats.mcnemar_test(y, call_r, call_m)
             rows.append({
                 "reader": reader, "method": method, "config": config, "n_lesions": len(common),
-                "auc_reader": auc_r, "auc_model": auc_m, "delong_z": z, "delong_p": p,
+                "n_patients": diff["n_patients"], "auc_reader": auc_r, "auc_model": auc_m,
+                "auc_difference": diff["difference"], "auc_difference_low": diff["ci_low"],
+                "auc_difference_high": diff["ci_high"], "delong_z": z, "delong_p": p,
                 "accuracy_reader": float(np.mean(call_r == y)),
                 "accuracy_model": float(np.mean(call_m == y)),
                 "reader_only_correct": mc.a_only, "model_only_correct": mc.b_only,
                 "mcnemar_statistic": mc.statistic, "mcnemar_p": mc.p_value,
                 "mcnemar_method": mc.method,
             })
-    return pd.DataFrame(rows)
+    columns = ["reader", "method", "config", "n_lesions", "n_patients", "auc_reader",
+               "auc_model", "auc_difference", "auc_difference_low", "auc_difference_high",
+               "delong_z", "delong_p", "delong_p_holm", "accuracy_reader", "accuracy_model",
+               "reader_only_correct", "model_only_correct", "mcnemar_statistic", "mcnemar_p",
+               "mcnemar_p_holm", "mcnemar_method"]
+    out = pd.DataFrame(rows, columns=[c for c in columns if not c.endswith("_holm")])
+    # one family: every DeLong and every McNemar test of the table
+    family = np.r_[out["delong_p"].to_numpy(np.float64), out["mcnemar_p"].to_numpy(np.float64)]
+    adjusted = multipletests(family, method="holm")[1] if family.size else family
+    out["delong_p_holm"] = adjusted[: len(out)]
+    out["mcnemar_p_holm"] = adjusted[len(out):]
+    return out[columns]
 
 
 def reader_scores(reads: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
