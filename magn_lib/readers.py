@@ -31,6 +31,7 @@ from magn_lib.errors import InputError
 __all__ = [
     "READ_COLUMNS",
     "format_reader_metrics",
+    "format_readers_vs_models",
     "ordinal_score",
     "reader_agreement",
     "reader_label",
@@ -342,8 +343,10 @@ def reader_scores(reads: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([calls, ordinal], ignore_index=True)
 
 
-def format_reader_metrics(table: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
-    """A readable version of :func:`reader_metrics`: one row per reader, "value (low–high)"."""
+def format_reader_metrics(table: pd.DataFrame, *, decimals: int = 2,
+                          simulated: bool = False) -> pd.DataFrame:
+    """A readable version of :func:`reader_metrics`: one row per reader, "value (low–high)";
+    readers named by :func:`reader_label` (``simulated`` for the embedded cohort's)."""
 
     def ci(row: pd.Series, m: str) -> str:
         value, lo, hi = row[m], row[f"{m}_low"], row[f"{m}_high"]
@@ -354,7 +357,44 @@ def format_reader_metrics(table: pd.DataFrame, *, decimals: int = 2) -> pd.DataF
     label, auc = stats.METRIC_LABELS, stats.METRIC_LABELS["auc"]
     columns = {**{m: label[m] for m in ("accuracy", "f1", "sensitivity", "specificity")},
                "auc_call": f"{auc} (call)", "auc_ordinal": f"{auc} (call + confidence)"}
-    out = pd.DataFrame({"reader": table["reader"], "lesions": table["n_lesions"].astype(int)})
+    out = pd.DataFrame({"reader": [reader_label(r, simulated=simulated) for r in table["reader"]],
+                        "lesions": table["n_lesions"].astype(int)})
     for m, name in columns.items():
         out[name] = [ci(r, m) for _, r in table.iterrows()]
     return out
+
+
+def format_readers_vs_models(table: pd.DataFrame, *, decimals: int = 2,
+                             simulated: bool = False) -> pd.DataFrame:
+    """A readable version of :func:`readers_vs_models`: one row per reader and model.
+
+    The p-values shown are Holm-adjusted over the table's whole family of tests; the AUC
+    difference (model minus reader) carries its paired patient-bootstrap 95 % CI.
+    """
+
+    def p(x: float) -> str:
+        return "–" if not np.isfinite(x) else ("< 0.001" if x < 0.001 else f"{x:.3f}")
+
+    def f(x: float) -> str:
+        return f"{x:.{decimals}f}"
+
+    auc = stats.METRIC_LABELS["auc"]
+    acc = stats.METRIC_LABELS["accuracy"]
+    return pd.DataFrame({
+        "reader": [reader_label(r, simulated=simulated) for r in table["reader"]],
+        "model": [stats.model_name(m, c) for m, c in zip(table["method"], table["config"],
+                                                         strict=True)],
+        "lesions": table["n_lesions"].astype(int),
+        f"{auc} reader (call + confidence)": [f(x) for x in table["auc_reader"]],
+        f"{auc} model": [f(x) for x in table["auc_model"]],
+        f"{auc} difference, model − reader (95% CI, patient bootstrap)": [
+            f"{d:+.{decimals}f} ({lo:+.{decimals}f} to {hi:+.{decimals}f})"
+            for d, lo, hi in zip(table["auc_difference"], table["auc_difference_low"],
+                                 table["auc_difference_high"], strict=True)],
+        "DeLong p (Holm)": [p(x) for x in table["delong_p_holm"]],
+        f"{acc} reader": [f(x) for x in table["accuracy_reader"]],
+        f"{acc} model": [f(x) for x in table["accuracy_model"]],
+        "only the reader right": table["reader_only_correct"].astype(int),
+        "only the model right": table["model_only_correct"].astype(int),
+        "McNemar p (Holm)": [p(x) for x in table["mcnemar_p_holm"]],
+    })

@@ -56,6 +56,7 @@ __all__ = [
     "calibration_table",
     "check_oof",
     "cohen_kappa",
+    "compare_models",
     "decision_curve",
     "delong_ci",
     "delong_matrix",
@@ -1125,6 +1126,52 @@ def pairwise_delong(
         out["p_adjusted"] = multipletests(out["p_value"].to_numpy(), method=adjust)[1]
     else:
         out["p_adjusted"] = out["p_value"]
+    return out
+
+
+def compare_models(
+    oof: pd.DataFrame,
+    model_a: tuple[str, str],
+    model_b: tuple[str, str],
+    *,
+    ranked: bool = True,
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, object]:
+    """Two models' pooled AUCs on the lesions both scored, and the patient-bootstrap interval
+    of their difference (``bootstrap_auc_difference``), plus the lesion-level DeLong test.
+
+    Args:
+        oof: out-of-fold predictions holding both models.
+        model_a, model_b: ``(method, config)``; the difference is ``a - b``.
+        ranked: compare the within-fold ranks (``rank_within_folds``; the pooled AUC that does
+            not mix fold models' calibrations) rather than the raw probabilities.
+        n_resamples, level, seed: the patient bootstrap.
+
+    Returns:
+        dict with ``model_a, model_b`` (display names), ``ranked``, ``auc_a, auc_b,
+        difference, ci_low, ci_high, n_lesions, n_patients`` and ``delong_p`` (lesion level,
+        on the same scores).
+    """
+    data = check_oof(oof)
+    if ranked:
+        data = rank_within_folds(data)
+    parts = []
+    for method, config in (model_a, model_b):
+        sub = data[(data["method"] == method) & (data["config"] == config)]
+        if sub.empty:
+            raise InputError(f"no predictions for model {model_name(method, config)}")
+        parts.append(sub.set_index("lesion_id"))
+    common = parts[0].index.intersection(parts[1].index)
+    y = parts[0].loc[common, "label"].to_numpy()
+    a = parts[0].loc[common, "probability"].to_numpy()
+    b = parts[1].loc[common, "probability"].to_numpy()
+    out: dict[str, object] = {"model_a": model_name(*model_a), "model_b": model_name(*model_b),
+                              "ranked": ranked}
+    out.update(bootstrap_auc_difference(y, a, b, parts[0].loc[common, "patient_id"],
+                                        n_resamples=n_resamples, level=level, seed=seed))
+    out["delong_p"] = delong_test(y, a, b)[3]
     return out
 
 

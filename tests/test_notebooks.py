@@ -197,6 +197,7 @@ STUDY_TABLES = {
     "oof_magn.csv",
     "oof_radiomics.csv",
     "oof_readers.csv",
+    "primary_comparison.csv",
     "radiomics_refused.csv",
     "radiomics_selected.csv",
     "reader_agreement.csv",

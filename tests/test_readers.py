@@ -199,3 +199,20 @@ def test_reader_label_says_simulated_for_simulated_readers():
     assert readers.reader_label("reader2", simulated=False) == "Radiologist 2"
     assert readers.reader_label("Dr X", simulated=False) == "Dr X"
     assert readers.reader_label("Dr X", simulated=True) == "Simulated reader Dr X"
+
+
+def test_format_readers_vs_models_shows_holm_and_the_patient_interval():
+    lesions, reads, oof = make_study()
+    cmp = readers.readers_vs_models(reads, lesions, oof, n_resamples=200)
+    text = readers.format_readers_vs_models(cmp, simulated=True)
+    assert list(text["reader"]) == ["Simulated reader 1", "Simulated reader 2"]
+    row, src = text.iloc[0], cmp.iloc[0]
+    interval = "AUC difference, model − reader (95% CI, patient bootstrap)"
+    assert row[interval] == (f"{src.auc_difference:+.2f} ({src.auc_difference_low:+.2f} to "
+                             f"{src.auc_difference_high:+.2f})")
+    p = src.mcnemar_p_holm
+    assert row["McNemar p (Holm)"] == ("< 0.001" if p < 0.001 else f"{p:.3f}")
+    assert not any("_" in c for c in text.columns)
+    per_reader = readers.reader_metrics(reads, lesions, n_resamples=100)
+    shown = readers.format_reader_metrics(per_reader, simulated=True)
+    assert list(shown["reader"]) == ["Simulated reader 1", "Simulated reader 2"]

@@ -637,3 +637,24 @@ def test_format_metrics_text_matches_the_numbers():
                                   "AUC pooled (lesion-level DeLong 95% CI)", "ACC", "F1",
                                   "sensitivity", "specificity"]
     assert text.loc[0, "ACC"].startswith(f"{row['accuracy']:.2f} (")
+
+
+def test_compare_models_on_ranks_and_raw():
+    oof = make_oof()
+    a, b = ("magn", "multi-view+attention"), ("radiomics", "multi-view")
+    res = stats.compare_models(oof, a, b, n_resamples=300, seed=2)
+    ranked = stats.rank_within_folds(oof)
+    sa = ranked[(ranked.method == a[0]) & (ranked.config == a[1])].set_index("lesion_id")
+    sb = ranked[(ranked.method == b[0]) & (ranked.config == b[1])].set_index("lesion_id")
+    sb = sb.loc[sa.index]
+    ref = stats.bootstrap_auc_difference(sa.label, sa.probability, sb.probability,
+                                         sa.patient_id, n_resamples=300, seed=2)
+    assert {k: res[k] for k in ref} == pytest.approx(ref)
+    assert res["delong_p"] == pytest.approx(
+        stats.delong_test(sa.label, sa.probability, sb.probability)[3])
+    assert res["model_a"] == "magn: multi-view+attention" and res["ranked"]
+    raw = stats.compare_models(oof, a, b, ranked=False, n_resamples=300)
+    sub = oof[(oof.method == a[0]) & (oof.config == a[1])]
+    assert raw["auc_a"] == pytest.approx(skm.roc_auc_score(sub.label, sub.probability))
+    with pytest.raises(InputError, match="no predictions"):
+        stats.compare_models(oof, a, ("magn", "nope"))
