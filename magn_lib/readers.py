@@ -170,9 +170,9 @@ def reader_metrics(
     """Per-reader ACC, F1, sensitivity, specificity (from the call) and two AUCs.
 
     ``auc_call`` is the AUC of the binary call (= (sensitivity + specificity) / 2),
-    ``auc_ordinal`` the AUC of the 10-point call + confidence score; both with DeLong CIs
-    (``stats.delong_ci``). The threshold metrics carry patient-bootstrap percentile CIs
-    (``stats.bootstrap_metrics``, seeded).
+    ``auc_ordinal`` the AUC of the 10-point call + confidence score. Every interval is a
+    patient-bootstrap percentile CI (``stats.bootstrap_metrics``, seeded; lesions of one
+    patient drawn together), the AUCs' included.
 
     Returns:
         DataFrame, one row per reader, columns ``reader, n_lesions, n_patients``, then
@@ -193,9 +193,14 @@ def reader_metrics(
             row[m] = float(boot.loc[m, "estimate"])
             row[f"{m}_low"] = float(boot.loc[m, "ci_low"])
             row[f"{m}_high"] = float(boot.loc[m, "ci_high"])
-        for name, s in (("auc_call", call), ("auc_ordinal", sub["score"].to_numpy())):
-            auc, lo, hi = stats.delong_ci(y, s.astype(np.float64), level)
-            row[name], row[f"{name}_low"], row[f"{name}_high"] = auc, lo, hi
+        ordinal = (sub["score"].to_numpy(np.float64) - 1.0) / 9.0
+        ordinal_boot = stats.bootstrap_metrics(y, ordinal, sub["patient_id"], threshold=0.5,
+                                               n_resamples=n_resamples, level=level,
+                                               seed=seed).set_index("metric")
+        for name, b in (("auc_call", boot), ("auc_ordinal", ordinal_boot)):
+            row[name] = float(b.loc["auc", "estimate"])
+            row[f"{name}_low"] = float(b.loc["auc", "ci_low"])
+            row[f"{name}_high"] = float(b.loc["auc", "ci_high"])
         rows.append(row)
     return pd.DataFrame(rows)
 

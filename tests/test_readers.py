@@ -79,6 +79,10 @@ def test_reader_metrics_match_sklearn():
         score = readers.ordinal_score(sub.call, sub.confidence)
         assert row.auc_ordinal == pytest.approx(skm.roc_auc_score(y, score))
         assert row.auc_ordinal_low <= row.auc_ordinal <= row.auc_ordinal_high
+        # the AUC intervals resample patients, like every other interval
+        boot = stats.bootstrap_metrics(y, (score - 1) / 9, sub.patient_id, n_resamples=300)
+        assert (row.auc_ordinal_low, row.auc_ordinal_high) == pytest.approx(
+            tuple(boot.set_index("metric").loc["auc", ["ci_low", "ci_high"]]))
         assert row.accuracy_low <= row.accuracy <= row.accuracy_high
         assert row.n_patients == sub.patient_id.nunique()
 
