@@ -66,6 +66,7 @@ __all__ = [
     "mcnemar_test",
     "metrics_table",
     "model_name",
+    "obuchowski_ci",
     "pairwise_delong",
     "rank_within_folds",
     "table1",
@@ -509,6 +510,70 @@ def delong_test(
     return float(auc[0]), float(auc[1]), float(z), p
 
 
+def obuchowski_ci(
+    y_true: Sequence[int] | np.ndarray,
+    score: Sequence[float] | np.ndarray,
+    patient_id: Sequence[str] | np.ndarray,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """AUC with Obuchowski's clustered-DeLong confidence interval (lesions clustered in patients).
+
+    Obuchowski (1997, Biometrics 53:567), the nonparametric AUC variance for clustered data:
+    with placements ``V10`` of every positive and ``V01`` of every negative lesion (as in
+    DeLong), summed per patient (``V10_i``, ``V01_i``), ``m_i`` / ``n_i`` the patient's positive /
+    negative lesions, ``M`` / ``N`` their totals and ``I_10`` / ``I_01`` / ``I`` the numbers of
+    patients with positives / negatives / any::
+
+        S10 = I_10 / ((I_10 - 1) M) * sum_i (V10_i - m_i AUC)^2
+        S01 = I_01 / ((I_01 - 1) N) * sum_i (V01_i - n_i AUC)^2
+        S11 = I / (I - 1) * sum_i (V10_i - m_i AUC)(V01_i - n_i AUC)
+        var = S10 / M + S01 / N + 2 S11 / (M N)
+
+    With one lesion per patient it is DeLong's variance exactly. Wald interval clipped to
+    [0, 1], as ``delong_ci``.
+
+    Args:
+        y_true: (N,) 0/1 lesion labels, 1 = MM.
+        score: (N,) scores, higher = more MM-like.
+        patient_id: (N,) the patient of each lesion.
+        level: two-sided confidence level.
+
+    Returns:
+        ``(auc, low, high)``.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    y, arr = _delong_inputs(y_true, score)
+    pid = np.asarray(patient_id).astype(str)
+    if pid.shape != y.shape:
+        raise InputError(f"patient_id has shape {pid.shape}, expected {y.shape}")
+    s = arr[0]
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    big_m, big_n = pos.size, neg.size
+    # the same midrank placements as _delong_components (ties count half)
+    tz = sps.rankdata(s)
+    v10 = (tz[pos] - sps.rankdata(s[pos])) / big_n
+    v01 = 1.0 - (tz[neg] - sps.rankdata(s[neg])) / big_m
+    auc = float(v10.mean())
+    code, patients = pd.factorize(pid)
+    n_pat = len(patients)
+    v10_i = np.bincount(code[pos], weights=v10, minlength=n_pat)
+    v01_i = np.bincount(code[neg], weights=v01, minlength=n_pat)
+    m_i = np.bincount(code[pos], minlength=n_pat)
+    n_i = np.bincount(code[neg], minlength=n_pat)
+    i10, i01 = int((m_i > 0).sum()), int((n_i > 0).sum())
+    if min(i10, i01) < 2:
+        raise InputError("Obuchowski's interval needs patients with lesions of each class: got "
+                         f"{i10} patient(s) with MM and {i01} with metastasis")
+    d10, d01 = v10_i - m_i * auc, v01_i - n_i * auc
+    s10 = i10 / ((i10 - 1) * big_m) * float(np.sum(d10 ** 2))
+    s01 = i01 / ((i01 - 1) * big_n) * float(np.sum(d01 ** 2))
+    s11 = n_pat / (n_pat - 1) * float(np.sum(d10 * d01))
+    var = s10 / big_m + s01 / big_n + 2.0 * s11 / (big_m * big_n)
+    half = float(sps.norm.ppf(0.5 + level / 2.0)) * math.sqrt(max(var, 0.0))
+    return auc, max(0.0, auc - half), min(1.0, auc + half)
+
+
 # --------------------------------------------------------------------------------------------
 # threshold metrics and the patient bootstrap
 
@@ -832,18 +897,20 @@ def metrics_table(
     class, all lesions of a drawn patient together; percentile, seeded), the pooled AUC's
     included (``auc_low/high``). The lesion-level DeLong interval (``delong_ci``), which treats
     lesions of one patient as independent, is kept as a secondary column
-    (``auc_delong_low/high``). ``auc_ranked`` is the pooled AUC after ranking within each fold
-    (``rank_within_folds``), with its own patient-bootstrap interval: it does not mix the fold
-    models' calibrations. Fold statistics are NaN for a model with one fold only (the readers,
-    ``fold = -1``); a fold where a metric is undefined (AUC in a fold with one class) is left out
-    of that metric's mean and SD (``fold_metrics`` lists every fold).
+    (``auc_delong_low/high``), and Obuchowski's clustered DeLong interval (``obuchowski_ci``) as
+    an analytic cross-check of the bootstrap (``auc_obuchowski_low/high``). ``auc_ranked`` is
+    the pooled AUC after ranking within each fold (``rank_within_folds``), with its own
+    patient-bootstrap interval: it does not mix the fold models' calibrations. Fold statistics
+    are NaN for a model with one fold only (the readers, ``fold = -1``); a fold where a metric
+    is undefined (AUC in a fold with one class) is left out of that metric's mean and SD
+    (``fold_metrics`` lists every fold).
 
     Returns:
         DataFrame, one row per model, columns ``*by, n_lesions, n_patients, n_mm, n_folds``,
         then for each metric M of ``accuracy, auc, f1, sensitivity, specificity``:
         ``M`` (pooled), ``M_low``, ``M_high``, ``M_fold_mean``, ``M_fold_sd``; then
-        ``auc_ranked, auc_ranked_low, auc_ranked_high, auc_delong_low, auc_delong_high, brier,
-        auc_ci_method, ci_method``.
+        ``auc_ranked, auc_ranked_low, auc_ranked_high, auc_delong_low, auc_delong_high,
+        auc_obuchowski_low, auc_obuchowski_high, brier, auc_ci_method, ci_method``.
     """
     from sklearn.metrics import brier_score_loss
 
@@ -881,11 +948,15 @@ def metrics_table(
         row["auc_ranked"] = float(rboot.loc["auc", "estimate"])
         row["auc_ranked_low"] = float(rboot.loc["auc", "ci_low"])
         row["auc_ranked_high"] = float(rboot.loc["auc", "ci_high"])
+        lo = hi = olo = ohi = float("nan")
         if 0 < y.sum() < y.size and min(y.sum(), y.size - y.sum()) >= 2:
             _, lo, hi = delong_ci(y, p, level)
-        else:
-            lo = hi = float("nan")
+            try:
+                _, olo, ohi = obuchowski_ci(y, p, sub["patient_id"], level)
+            except InputError:  # fewer than 2 patients of a class: no clustered variance
+                pass
         row["auc_delong_low"], row["auc_delong_high"] = lo, hi
+        row["auc_obuchowski_low"], row["auc_obuchowski_high"] = olo, ohi
         row["brier"] = float(brier_score_loss(y, p)) if len(y) else float("nan")
         method = (f"patient bootstrap (percentile, stratified by class, {n_resamples} "
                   f"resamples, seed {seed})")

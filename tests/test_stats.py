@@ -381,13 +381,58 @@ def test_bootstrap_resamples_patients_not_lesions():
     assert np.isfinite(bca[["ci_low", "ci_high"]].to_numpy()).all()
 
 
+def naive_obuchowski_var(y: np.ndarray, s: np.ndarray, pid: np.ndarray) -> float:
+    """Obuchowski (1997) straight from the definitions, O(M N): psi over all pairs."""
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    big_m, big_n = len(pos), len(neg)
+    psi = np.array([[1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0 for j in neg]
+                    for i in pos])
+    theta = psi.mean()
+    patients = sorted(set(pid))
+    v10 = {p: sum(psi[a].sum() / big_n for a, i in enumerate(pos) if pid[i] == p)
+           for p in patients}
+    v01 = {p: sum(psi[:, b].sum() / big_m for b, j in enumerate(neg) if pid[j] == p)
+           for p in patients}
+    m = {p: sum(pid[i] == p for i in pos) for p in patients}
+    n = {p: sum(pid[j] == p for j in neg) for p in patients}
+    i10 = sum(m[p] > 0 for p in patients)
+    i01 = sum(n[p] > 0 for p in patients)
+    n_pat = len(patients)
+    s10 = i10 / ((i10 - 1) * big_m) * sum((v10[p] - m[p] * theta) ** 2 for p in patients)
+    s01 = i01 / ((i01 - 1) * big_n) * sum((v01[p] - n[p] * theta) ** 2 for p in patients)
+    s11 = n_pat / (n_pat - 1) * sum((v10[p] - m[p] * theta) * (v01[p] - n[p] * theta)
+                                    for p in patients)
+    return s10 / big_m + s01 / big_n + 2 * s11 / (big_m * big_n)
+
+
+def test_obuchowski_is_delong_for_single_lesions_and_matches_the_definitions():
+    rng = np.random.default_rng(5)
+    n = 40
+    y = (np.arange(n) % 3 == 0).astype(int)
+    s = np.round(rng.normal(size=n) + y, 1)  # rounded: ties
+    pid = np.array([f"P{i}" for i in range(n)])
+    assert stats.obuchowski_ci(y, s, pid) == pytest.approx(stats.delong_ci(y, s))
+    # every lesion three times in its patient: the same interval as the single lesions
+    assert stats.obuchowski_ci(np.repeat(y, 3), np.repeat(s, 3), np.repeat(pid, 3)) == (
+        pytest.approx(stats.delong_ci(y, s)))
+    # patients holding lesions of both classes (the cross term) against the definitions
+    mixed = np.array([f"P{i // 3}" for i in range(n)])
+    auc, lo, hi = stats.obuchowski_ci(y, s, mixed)
+    half = sps.norm.ppf(0.975) * np.sqrt(naive_obuchowski_var(y, s, mixed))
+    assert (lo, hi) == pytest.approx((max(0, auc - half), min(1, auc + half)))
+    assert auc == pytest.approx(skm.roc_auc_score(y, s))
+    with pytest.raises(InputError, match="patients with lesions of each class"):
+        stats.obuchowski_ci(y, s, np.where(y == 1, "A", "B"))
+
+
 def test_patient_bootstrap_covers_the_auc_where_lesion_level_delong_does_not():
     """Simulated coverage at nominal 0.95 on clustered lesions (1-3 per patient, latent ICC 0.7,
-    one class per patient, true AUC Phi(d / sqrt 2)): the patient bootstrap stays near nominal,
-    the lesion-level DeLong interval is too narrow. 300 cohorts of 40 patients, ~3 s."""
+    one class per patient, true AUC Phi(d / sqrt 2)): the patient bootstrap and Obuchowski's
+    clustered DeLong stay near nominal, the lesion-level DeLong interval is too narrow.
+    300 cohorts of 40 patients, ~3 s."""
     d, icc, n_cohorts = 1.2, 0.7, 300
     truth = sps.norm.cdf(d / np.sqrt(2))
-    covered_boot = covered_delong = 0
+    covered_boot = covered_delong = covered_obuchowski = 0
     for r in range(n_cohorts):
         rng = np.random.default_rng(r)
         y, z, pid = [], [], []
@@ -403,9 +448,13 @@ def test_patient_bootstrap_covers_the_auc_where_lesion_level_delong_does_not():
         covered_boot += auc.ci_low <= truth <= auc.ci_high
         _, lo, hi = stats.delong_ci(y, prob)
         covered_delong += lo <= truth <= hi
+        _, lo, hi = stats.obuchowski_ci(y, prob, pid)
+        covered_obuchowski += lo <= truth <= hi
     boot, delong = covered_boot / n_cohorts, covered_delong / n_cohorts
+    obuchowski = covered_obuchowski / n_cohorts
     assert 0.88 <= boot <= 0.99, boot  # measured 0.913
-    assert delong <= boot - 0.05, (delong, boot)  # measured 0.817
+    assert 0.87 <= obuchowski <= 0.99, obuchowski  # measured 0.897 (Wald, 40 patients)
+    assert delong <= min(boot, obuchowski) - 0.05, (delong, boot)  # measured 0.817
 
 
 def test_metrics_table_fold_and_pooled_numbers():
@@ -428,6 +477,8 @@ def test_metrics_table_fold_and_pooled_numbers():
     assert (row.auc_delong_low, row.auc_delong_high) == pytest.approx(
         stats.delong_ci(sub.label, sub.probability)[1:])
     assert row.auc_ci_method.startswith("patient bootstrap")
+    assert (row.auc_obuchowski_low, row.auc_obuchowski_high) == pytest.approx(
+        stats.obuchowski_ci(sub.label, sub.probability, sub.patient_id)[1:])
     assert row.brier == pytest.approx(skm.brier_score_loss(sub.label, sub.probability))
     assert row.n_folds == 5 and row.n_patients == 40
     assert row.f1_low == pytest.approx(boot.loc["f1", "ci_low"])
