@@ -175,6 +175,7 @@ def plot_roc_folds(
     compare: Sequence[tuple[str, str]] = (("radiomics", "multi-view"),),
     readers: pd.DataFrame | None = None,
     simulated_readers: bool = False,
+    ranked: bool = True,
     ax: Axes | None = None,
 ) -> Figure:
     """ROC of one configuration per fold and pooled, other models' pooled curves, readers as
@@ -194,12 +195,17 @@ def plot_roc_folds(
         readers: reader predictions in the same format (``readers.reader_predictions``).
         simulated_readers: the readers are simulated (the embedded cohort): their legend
             entries say so (``readers.reader_label``).
+        ranked: pool the folds after ranking within each fold (``stats.rank_within_folds``;
+            the fold models' probabilities are not on one scale), labelled so; ``False`` pools
+            the raw probabilities. Per-fold curves are the same either way.
         ax: draw into these axes instead of a new Figure.
 
     Returns:
         The Figure.
     """
     data = stats.check_oof(oof)
+    pooled_data = stats.rank_within_folds(data) if ranked else data
+    pooled_name = "pooled, ranked within folds" if ranked else "pooled"
     sub = data[(data["method"] == method) & (data["config"] == config)]
     if sub.empty:
         raise ValueError(f"no predictions for {stats.model_name(method, config)}")
@@ -210,10 +216,11 @@ def plot_roc_folds(
             continue
         fpr, tpr, auc = _roc_curve(part)
         ax.plot(fpr, tpr, linewidth=1, alpha=0.7, label=f"fold {fold} (AUC {auc:.2f})")
-    fpr, tpr, auc = _roc_curve(sub)
-    ax.plot(fpr, tpr, color="black", linewidth=2.5, label=f"pooled (AUC {auc:.2f})")
+    pooled = pooled_data[(pooled_data["method"] == method) & (pooled_data["config"] == config)]
+    fpr, tpr, auc = _roc_curve(pooled)
+    ax.plot(fpr, tpr, color="black", linewidth=2.5, label=f"{pooled_name} (AUC {auc:.2f})")
     for cm, cc in compare:
-        other = data[(data["method"] == cm) & (data["config"] == cc)]
+        other = pooled_data[(pooled_data["method"] == cm) & (pooled_data["config"] == cc)]
         if other.empty:
             continue
         fpr, tpr, auc = _roc_curve(other)
@@ -232,6 +239,7 @@ def plot_roc_comparison(
     *,
     models: Sequence[tuple[str, str]] | None = None,
     simulated_readers: bool = False,
+    ranked: bool = True,
     ax: Axes | None = None,
 ) -> Figure:
     """Pooled out-of-fold ROC curve per model; readers (method ``"reader"``) as points.
@@ -240,27 +248,32 @@ def plot_roc_comparison(
         oof: out-of-fold predictions of any number of models.
         models: (method, config) pairs to draw; default all, in table order.
         simulated_readers: label the reader points as simulated readers.
+        ranked: pool after ranking within each fold (``stats.rank_within_folds``), as the
+            title says; ``False`` pools the raw probabilities.
 
     Returns:
         The Figure (one line per non-reader model plus the chance diagonal).
     """
     data = stats.check_oof(oof)
+    # curves from the (ranked) scores; reader points from their calls, never ranked
+    curves = stats.rank_within_folds(data) if ranked else data
     if models is None:
         models = list(dict.fromkeys(zip(data["method"], data["config"], strict=True)))
     fig, ax = _new_axes(ax)
     _roc_axes(ax)
     reader_rows = []
     for method, config in models:
-        sub = data[(data["method"] == method) & (data["config"] == config)]
         if method == "reader":
-            reader_rows.append(sub)
+            reader_rows.append(data[(data["method"] == method) & (data["config"] == config)])
             continue
+        sub = curves[(curves["method"] == method) & (curves["config"] == config)]
         fpr, tpr, auc = _roc_curve(sub)
         ax.plot(fpr, tpr, linewidth=1.8,
                 label=f"{stats.model_name(method, config)} (AUC {auc:.2f})")
     if reader_rows:
         _reader_points(ax, pd.concat(reader_rows), simulated=simulated_readers)
-    ax.set_title("ROC, pooled out-of-fold predictions")
+    ax.set_title("ROC, pooled out-of-fold predictions"
+                 + (", ranked within folds" if ranked else ""))
     ax.legend(loc="lower right", fontsize="x-small")
     return fig
 

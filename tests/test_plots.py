@@ -68,9 +68,16 @@ def test_roc_folds_has_one_line_per_fold_plus_pooled_and_reader_points(oof):
     m = stats.binary_metrics(r1.label, r1.probability)
     xy = [c for c in points if c.get_gid() == "reader:reader1"][0].get_offsets()[0]
     assert tuple(xy) == pytest.approx((1 - m["specificity"], m["sensitivity"]))
+    # the pooled curve ranks within folds (the fold models' scales differ), labelled so
+    ranked = stats.rank_within_folds(oof)
     pooled_auc = stats.binary_metrics(
+        *ranked[ranked.config == "multi-view+attention"][["label", "probability"]].T.to_numpy()
+    )["auc"]
+    assert f"pooled, ranked within folds (AUC {pooled_auc:.2f})" in labels
+    raw = plots.plot_roc_folds(oof, ranked=False)
+    raw_auc = stats.binary_metrics(
         *oof[oof.config == "multi-view+attention"][["label", "probability"]].T.to_numpy())["auc"]
-    assert f"pooled (AUC {pooled_auc:.2f})" in labels
+    assert f"pooled (AUC {raw_auc:.2f})" in _labelled_lines(raw)
 
 
 def test_reader_points_say_simulated_when_they_are(oof):
@@ -78,8 +85,13 @@ def test_reader_points_say_simulated_when_they_are(oof):
     points = [c.get_label() for c in fig.axes[0].collections if isinstance(c, PathCollection)]
     assert points == ["Simulated reader 1 (call)", "Simulated reader 2 (call)"]
     fig = plots.plot_roc_comparison(oof)
-    points = [c.get_label() for c in fig.axes[0].collections if isinstance(c, PathCollection)]
-    assert points == ["Radiologist 1 (call)", "Radiologist 2 (call)"]
+    points = [c for c in fig.axes[0].collections if isinstance(c, PathCollection)]
+    assert [c.get_label() for c in points] == ["Radiologist 1 (call)", "Radiologist 2 (call)"]
+    # the points are the calls' operating points, not ranks
+    r1 = oof[oof.config == "reader1"]
+    m = stats.binary_metrics(r1.label, r1.probability)
+    assert tuple(points[0].get_offsets()[0]) == pytest.approx(
+        (1 - m["specificity"], m["sensitivity"]))
 
 
 def test_roc_into_given_axes_returns_its_figure(oof):
