@@ -260,7 +260,7 @@ def test_simulated_readers_are_called_simulated_on_every_page_that_shows_them(sm
     readers = [r for r in table2 if "reader" in r["Configuration"].lower()]
     assert [r["Configuration"] for r in readers] == ["Simulated reader 1", "Simulated reader 2"]
     versus = _read_csv(smoke_run, "readers_vs_models.csv")
-    assert len(versus) == 4 and all(r["delong_p_holm"] and r["mcnemar_p_holm"] for r in versus)
+    assert len(versus) >= 4 and all(r["delong_p_holm"] and r["mcnemar_p_holm"] for r in versus)
 
 
 @study
