@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from magn_lib import stats
+from magn_lib.display import format_interval, format_p
 from magn_lib.errors import InputError
 
 __all__ = [
@@ -350,14 +351,12 @@ def reader_scores(reads: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
 
 def format_reader_metrics(table: pd.DataFrame, *, decimals: int = 2,
                           simulated: bool = False) -> pd.DataFrame:
-    """A readable version of :func:`reader_metrics`: one row per reader, "value (low–high)";
-    readers named by :func:`reader_label` (``simulated`` for the embedded cohort's)."""
+    """A readable version of :func:`reader_metrics`: one row per reader, "0.70 (95 % CI
+    0.60–0.80)" (:func:`magn_lib.display.format_interval`); readers named by
+    :func:`reader_label` (``simulated`` for the embedded cohort's)."""
 
     def ci(row: pd.Series, m: str) -> str:
-        value, lo, hi = row[m], row[f"{m}_low"], row[f"{m}_high"]
-        if not np.isfinite(value):
-            return "–"
-        return f"{value:.{decimals}f} ({lo:.{decimals}f}–{hi:.{decimals}f})"
+        return format_interval(row[m], row[f"{m}_low"], row[f"{m}_high"], decimals=decimals)
 
     label, auc = stats.METRIC_LABELS, stats.METRIC_LABELS["auc"]
     columns = {**{m: label[m] for m in ("accuracy", "f1", "sensitivity", "specificity")},
@@ -377,8 +376,7 @@ def format_readers_vs_models(table: pd.DataFrame, *, decimals: int = 2,
     difference (model minus reader) carries its paired patient-bootstrap 95 % CI.
     """
 
-    def p(x: float) -> str:
-        return "–" if not np.isfinite(x) else ("< 0.001" if x < 0.001 else f"{x:.3f}")
+    p = format_p
 
     def f(x: float) -> str:
         return f"{x:.{decimals}f}"
@@ -392,8 +390,8 @@ def format_readers_vs_models(table: pd.DataFrame, *, decimals: int = 2,
         "lesions": table["n_lesions"].astype(int),
         f"{auc} reader (call + confidence)": [f(x) for x in table["auc_reader"]],
         f"{auc} model": [f(x) for x in table["auc_model"]],
-        f"{auc} difference, model − reader (95% CI, patient bootstrap)": [
-            f"{d:+.{decimals}f} ({lo:+.{decimals}f} to {hi:+.{decimals}f})"
+        f"{auc} difference, model − reader (patient bootstrap)": [
+            f"{d:+.{decimals}f} (95 % CI {lo:+.{decimals}f} to {hi:+.{decimals}f})"
             for d, lo, hi in zip(table["auc_difference"], table["auc_difference_low"],
                                  table["auc_difference_high"], strict=True)],
         "DeLong p (Holm)": [p(x) for x in table["delong_p_holm"]],

@@ -192,7 +192,9 @@ def _fmt(x: float, decimals: int) -> str:
 
 
 def _fmt_p(p: float) -> str:
-    return "n/a" if not np.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+    from magn_lib.display import format_p
+
+    return "n/a" if not np.isfinite(p) else format_p(p)
 
 
 def table1(
@@ -1260,16 +1262,15 @@ def format_metrics(table: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
     """A readable version of :func:`metrics_table`: one row per model, text cells.
 
     Columns: ``model``, ``lesions``, ``AUC folds (mean ± SD)`` (as the paper reports; first),
-    ``AUC pooled, ranked within folds (95% CI)``, ``AUC pooled (95% CI)``, ``AUC pooled
-    (lesion-level DeLong 95% CI)``, ``ACC``, ``F1``, ``sensitivity``, ``specificity`` (pooled
-    at threshold 0.5). Every interval not labelled DeLong is the patient bootstrap.
+    ``AUC pooled, ranked within folds``, ``AUC pooled``, ``AUC pooled, lesion-level DeLong``,
+    ``ACC``, ``F1``, ``sensitivity``, ``specificity`` (pooled at threshold 0.5). Every interval
+    not labelled DeLong is the patient bootstrap. Intervals are written by
+    :func:`magn_lib.display.format_interval`: ``0.83 (95 % CI 0.74–0.91)``.
     """
+    from magn_lib.display import format_interval
 
     def ci(value: float, lo: float, hi: float) -> str:
-        if not np.isfinite(value):
-            return "–"
-        text = f"{value:.{decimals}f}"
-        return text + (f" ({lo:.{decimals}f}–{hi:.{decimals}f})" if np.isfinite(lo) else "")
+        return format_interval(value, lo, hi, decimals=decimals)
 
     def folds(row: pd.Series) -> str:
         mean, sd = row["auc_fold_mean"], row["auc_fold_sd"]
@@ -1281,10 +1282,10 @@ def format_metrics(table: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
         "model": [model_name(m, c) for m, c in zip(table["method"], table["config"], strict=True)],
         "lesions": table["n_lesions"].astype(int),
         f"{auc} folds (mean ± SD)": [folds(r) for _, r in rows],
-        f"{auc} pooled, ranked within folds (95% CI)": [
+        f"{auc} pooled, ranked within folds": [
             ci(r["auc_ranked"], r["auc_ranked_low"], r["auc_ranked_high"]) for _, r in rows],
-        f"{auc} pooled (95% CI)": [ci(r["auc"], r["auc_low"], r["auc_high"]) for _, r in rows],
-        f"{auc} pooled (lesion-level DeLong 95% CI)": [
+        f"{auc} pooled": [ci(r["auc"], r["auc_low"], r["auc_high"]) for _, r in rows],
+        f"{auc} pooled, lesion-level DeLong": [
             ci(r["auc"], r["auc_delong_low"], r["auc_delong_high"]) for _, r in rows],
     })
     for m in _THRESHOLD_METRICS:

@@ -193,7 +193,7 @@ def test_format_reader_metrics():
            for suffix, v in (("", 0.7), ("_low", 0.6), ("_high", 0.8))},
     }])
     text = format_reader_metrics(table)
-    assert text.loc[0, "ACC"] == "0.70 (0.60–0.80)" and text.loc[0, "lesions"] == 40
+    assert text.loc[0, "ACC"] == "0.70 (95 % CI 0.60–0.80)" and text.loc[0, "lesions"] == 40
     assert list(text.columns) == ["reader", "lesions", "ACC", "F1", "sensitivity",
                                   "specificity", "AUC (call)", "AUC (call + confidence)"]
 
@@ -211,9 +211,9 @@ def test_format_readers_vs_models_shows_holm_and_the_patient_interval():
     text = readers.format_readers_vs_models(cmp, simulated=True)
     assert list(text["reader"]) == ["Simulated reader 1", "Simulated reader 2"]
     row, src = text.iloc[0], cmp.iloc[0]
-    interval = "AUC difference, model − reader (95% CI, patient bootstrap)"
-    assert row[interval] == (f"{src.auc_difference:+.2f} ({src.auc_difference_low:+.2f} to "
-                             f"{src.auc_difference_high:+.2f})")
+    interval = "AUC difference, model − reader (patient bootstrap)"
+    assert row[interval] == (f"{src.auc_difference:+.2f} (95 % CI {src.auc_difference_low:+.2f} "
+                             f"to {src.auc_difference_high:+.2f})")
     p = src.mcnemar_p_holm
     assert row["McNemar p (Holm)"] == ("< 0.001" if p < 0.001 else f"{p:.3f}")
     assert not any("_" in c for c in text.columns)

@@ -672,22 +672,21 @@ def test_format_metrics_text_matches_the_numbers():
     text = stats.format_metrics(table)
     row = table.iloc[0]
     assert text.loc[0, "model"] == stats.model_name("radiomics", "multi-view")
-    assert text.loc[0, "AUC pooled (95% CI)"] == (
-        f"{row['auc']:.2f} ({row['auc_low']:.2f}–{row['auc_high']:.2f})")
-    assert text.loc[0, "AUC pooled (lesion-level DeLong 95% CI)"] == (
-        f"{row['auc']:.2f} ({row['auc_delong_low']:.2f}–{row['auc_delong_high']:.2f})")
-    assert text.loc[0, "AUC pooled, ranked within folds (95% CI)"].startswith(
-        f"{row['auc_ranked']:.2f} (")
+    assert text.loc[0, "AUC pooled"] == (
+        f"{row['auc']:.2f} (95 % CI {row['auc_low']:.2f}–{row['auc_high']:.2f})")
+    assert text.loc[0, "AUC pooled, lesion-level DeLong"] == (
+        f"{row['auc']:.2f} (95 % CI {row['auc_delong_low']:.2f}–{row['auc_delong_high']:.2f})")
+    assert text.loc[0, "AUC pooled, ranked within folds"].startswith(
+        f"{row['auc_ranked']:.2f} (95 % CI ")
     assert text.loc[0, "AUC folds (mean ± SD)"] == (
         f"{row['auc_fold_mean']:.2f} ± {row['auc_fold_sd']:.2f}")
     assert text.loc[0, "lesions"] == n
     # per-fold mean ± SD, as the paper reports it, comes first
     assert list(text.columns) == ["model", "lesions", "AUC folds (mean ± SD)",
-                                  "AUC pooled, ranked within folds (95% CI)",
-                                  "AUC pooled (95% CI)",
-                                  "AUC pooled (lesion-level DeLong 95% CI)", "ACC", "F1",
+                                  "AUC pooled, ranked within folds", "AUC pooled",
+                                  "AUC pooled, lesion-level DeLong", "ACC", "F1",
                                   "sensitivity", "specificity"]
-    assert text.loc[0, "ACC"].startswith(f"{row['accuracy']:.2f} (")
+    assert text.loc[0, "ACC"].startswith(f"{row['accuracy']:.2f} (95 % CI ")
 
 
 def test_compare_models_on_ranks_and_raw():
