@@ -5,6 +5,7 @@ from another working folder."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -32,7 +33,9 @@ def exported(tmp_path_factory):
     """A trained run exported, the bundle moved elsewhere and the run's work folder deleted;
     plus a patient the models never saw (a second simulated cohort)."""
     root = tmp_path_factory.mktemp("bundle")
-    run = make_trained_run(root / "study", crop_size=48)
+    # one lesion per patient and one backbone shared by the views: small and quick
+    run = make_trained_run(root / "study", crop_size=48, class_counts={1: (2, 2), 0: (2, 2)},
+                           shared_backbone=True)
     written = export_bundle(run.report, root / "study" / "model.magn")
     bundle_path = root / "elsewhere" / "moved.magn"
     bundle_path.parent.mkdir()
@@ -43,7 +46,7 @@ def exported(tmp_path_factory):
     new = make_cohort(root / "new", n_patients=1, seed=99, n_jobs=1, progress=False)
     manifest = load_manifest(run.manifest)
     return SimpleNamespace(root=root, run=run, bundle_path=bundle_path, manifest=manifest,
-                           new=load_manifest(new), oof=run.oof)
+                           new=load_manifest(new), oof=run.oof, bundle=load_bundle(bundle_path))
 
 
 @pytest.fixture
@@ -103,7 +106,7 @@ def test_held_out_prediction_from_a_moved_bundle_without_the_run(exported, elsew
 def test_a_new_patient_and_no_identity_in_any_output(exported, elsewhere):
     new = exported.new
     lesion_id = new.lesions["lesion_id"].iloc[0]
-    bundle = load_bundle(exported.bundle_path)
+    bundle = exported.bundle
     result = predict_case(bundle, _case(new, lesion_id, as_id="new-1"), elsewhere / "out")
     assert result["in_sample"] is None
     assert not any(w.startswith("In-sample") for w in result["warnings"])
@@ -141,7 +144,7 @@ def _decimated_axial(folder: Path, out: Path) -> Path:
 
 
 def test_input_checks_fire_on_8mm_slices_and_a_mask_off_the_grid(exported, tmp_path):
-    bundle = load_bundle(exported.bundle_path)
+    bundle = exported.bundle
     new = exported.new
     lesion_id = new.lesions["lesion_id"].iloc[0]
     case = _case(new, lesion_id, as_id="thick")
@@ -174,7 +177,7 @@ def test_input_checks_fire_on_8mm_slices_and_a_mask_off_the_grid(exported, tmp_p
 def test_nrrd_mask_and_a_mask_cropped_to_its_box(exported, tmp_path):
     import SimpleITK as sitk
 
-    bundle = load_bundle(exported.bundle_path)
+    bundle = exported.bundle
     new = exported.new
     case = _case(new, new.lesions["lesion_id"].iloc[0], as_id="nrrd")
     reference = predict_case(bundle, case)["fold_models"]
@@ -199,7 +202,7 @@ def test_nrrd_mask_and_a_mask_cropped_to_its_box(exported, tmp_path):
 
 
 def test_batch_mode_one_row_and_one_report_per_lesion(exported, elsewhere, open_page):
-    bundle = load_bundle(exported.bundle_path)
+    bundle = exported.bundle
     out = elsewhere / "batch"
     table = predict_manifest(bundle, exported.run.manifest, out)
     lesions = exported.manifest.lesions["lesion_id"].tolist()
@@ -227,7 +230,7 @@ def test_batch_mode_one_row_and_one_report_per_lesion(exported, elsewhere, open_
 
 
 def test_bundle_contents_checks_and_refusals(exported, tmp_path):
-    bundle = load_bundle(exported.bundle_path)
+    bundle = exported.bundle
     meta = bundle.meta
     assert meta["format"] == BUNDLE_FORMAT and meta["config"]["name"] == "multi-view"
     assert "best pooled out-of-fold AUC" in meta["selection"]["reason"]
@@ -242,19 +245,23 @@ def test_bundle_contents_checks_and_refusals(exported, tmp_path):
     assert "Research use only" in (exported.bundle_path / "model_card.md").read_text()
 
     def copy() -> Path:
+        """A copy of the bundle of hard links (quick); replace a file before changing it."""
         target = tmp_path / f"copy{len(list(tmp_path.iterdir()))}.magn"
-        shutil.copytree(exported.bundle_path, target)
+        shutil.copytree(exported.bundle_path, target, copy_function=os.link)
         return target
 
     damaged = copy()
-    with open(damaged / "models" / "fold1.pt", "r+b") as f:
-        f.seek(200)
-        f.write(b"\x00\x01\x02")
+    weights = damaged / "models" / "fold1.pt"
+    data = bytearray(weights.read_bytes())
+    data[200:203] = b"\x00\x01\x02"
+    weights.unlink()
+    weights.write_bytes(bytes(data))
     with pytest.raises(InputError, match="does not match its checksum"):
         load_bundle(damaged)
     future = copy()
     record = json.loads((future / "bundle.json").read_text())
     record["format"] = "magn-bundle/2"
+    (future / "bundle.json").unlink()
     (future / "bundle.json").write_text(json.dumps(record))
     with pytest.raises(InputError, match="'magn-bundle/2'.*not the format this magn"):
         load_bundle(future)
