@@ -189,7 +189,9 @@ def _on_grid(mask: nib.Nifti1Image, sagittal: nib.Nifti1Image, *, label: int, fi
     to_grid = np.linalg.inv(sagittal.affine) @ mask.affine
     axes_match = np.allclose(to_grid[:3, :3], np.eye(3), atol=1e-3)
     offset = to_grid[:3, 3]
-    integral = np.allclose(offset, np.rint(offset), atol=1e-3)
+    zooms = np.linalg.norm(sagittal.affine[:3, :3], axis=0)
+    # the manifest's tolerance: voxel centres at most GRID_TOLERANCE_MM from the series' own
+    integral = bool(np.all(np.abs(offset - np.rint(offset)) * zooms <= GRID_TOLERANCE_MM))
     corner_mm = float(np.linalg.norm(mask.affine[:3, 3] - sagittal.affine[:3, 3]))
     if not (axes_match and integral):
         raise InputError(

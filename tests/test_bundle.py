@@ -323,3 +323,32 @@ def test_input_checks_against_ranges_and_strict_json():
     }
     assert finite_json({"a": [float("nan"), 1.0], "b": float("inf")}) == {"a": [None, 1.0],
                                                                           "b": None}
+
+
+def test_mask_grid_rule_tolerance_box_and_refusal(tmp_path):
+    from magn_lib.predict import _on_grid
+
+    affine = np.diag([0.7, 0.7, 4.0, 1.0])
+    affine[:3, 3] = [-50.0, 20.0, 3.0]
+    series = nib.Nifti1Image(np.zeros((20, 16, 6), np.float32), affine)
+    data = np.zeros((20, 16, 6), np.uint8)
+    data[5:8, 4:6, 2] = 2
+    name = tmp_path / "m.nii.gz"
+    close = affine.copy()
+    close[:3, 3] += 0.03  # within the manifest's 0.05 mm
+    on = _on_grid(nib.Nifti1Image(data, close), series, label=2, file=name, patient="L1")
+    np.testing.assert_array_equal(np.asanyarray(on.dataobj), data == 2)
+    np.testing.assert_array_equal(on.affine, series.affine)
+    # saved on its bounding box (3D Slicer): padded back onto the series grid
+    box = affine.copy()
+    box[:3, 3] = affine[:3, :3] @ [5, 4, 2] + affine[:3, 3]
+    padded = _on_grid(nib.Nifti1Image(data[5:8, 4:6, 2:3], box), series, label=2, file=name,
+                      patient="L1")
+    np.testing.assert_array_equal(np.asanyarray(padded.dataobj), data == 2)
+    half = affine.copy()
+    half[:3, 3] += [0.35, 0, 0]  # half a pixel off
+    with pytest.raises(InputError, match="not on the sagittal series' grid") as caught:
+        _on_grid(nib.Nifti1Image(data, half), series, label=2, file=name, patient="L1")
+    assert str(name) in str(caught.value)
+    with pytest.raises(InputError, match="no voxel of label 1"):
+        _on_grid(nib.Nifti1Image(data, affine), series, label=1, file=name, patient="L1")
