@@ -64,10 +64,37 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+# the execution options of `magn study` / `magn config`: shorthands of --set KEY=VALUE
+EXECUTION_FLAGS = ("executor", "ray_address", "gpus_per_task", "cpus_per_task")
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     from magn_lib.config import parse_override
 
-    return dict(parse_override(item) for item in args.set or [])
+    overrides = dict(parse_override(item) for item in args.set or [])
+    for key in EXECUTION_FLAGS:
+        value = getattr(args, key, None)
+        if value is not None:
+            if key in overrides and overrides[key] != value:
+                raise ConfigError(f"{key}: given both as --{key.replace('_', '-')} {value} and "
+                                  f"as --set {key}={overrides[key]}")
+            overrides[key] = value
+    return overrides
+
+
+def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "execution of the MAGN grid (never changes a result; shorthands of --set)")
+    group.add_argument("--executor", choices=("sequential", "ray"), default=None,
+                       help="sequential: one training after the other (default); ray: each "
+                            "(configuration, fold) a Ray task")
+    group.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                       help="join an existing Ray cluster (a head started with `ray start "
+                            "--head`); default: a local Ray started for the run")
+    group.add_argument("--gpus-per-task", type=float, default=None, metavar="G",
+                       help="GPUs of one training, e.g. 0.25: four share a GPU")
+    group.add_argument("--cpus-per-task", type=int, default=None, metavar="N",
+                       help="CPUs (and torch threads) of one training")
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -285,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--kernel", default="magn", help="Jupyter kernel name (default: magn)")
     study.add_argument("--notebooks", default=None,
                        help="folder of NN_name.ipynb notebooks (default: the study's notebooks/)")
+    _add_execution_flags(study)
     study.set_defaults(func=_cmd_study)
 
     generate = sub.add_parser(
@@ -371,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--profile", default="demo", help=f"{PROFILE_HELP} (default: demo)")
     config.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override one parameter, as for magn study (repeatable)")
+    _add_execution_flags(config)
     config.set_defaults(func=_cmd_config)
 
     doctor = sub.add_parser(

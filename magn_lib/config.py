@@ -41,6 +41,7 @@ from magn_lib.layout import (  # re-exported: they used to live here
 
 __all__ = [
     "BACKBONES",
+    "EXECUTORS",
     "GRID_CONFIG_NAMES",
     "PARAMETERS_MIMETYPE",
     "POOLINGS",
@@ -73,6 +74,8 @@ GRID_CONFIG_NAMES: tuple[str, ...] = (
     "sagittal", "sagittal+attention", "axial", "axial+attention", "coronal",
     "coronal+attention", "multi-view", "multi-view+attention",
 )
+# how the grid's (configuration, fold) trainings are run (magn_lib.executor)
+EXECUTORS: tuple[str, ...] = ("sequential", "ray")
 # a notebook's parameters besides the profile's: where the run reads and writes
 RUN_FOLDERS: tuple[str, ...] = ("run_dir", "work_dir", "manifest_dir")
 # the MIME type under which a notebook publishes its effective parameters (machine-readable;
@@ -131,6 +134,13 @@ class Profile:
     n_bootstrap: int = 2000
     # parallel workers for CPU-bound stages (-1 = one per core)
     n_jobs: int = -1
+    # execution of the grid (magn_lib.executor): where and how many trainings run at once;
+    # none of these changes a result, so none enters a fold's fingerprint
+    executor: str = "sequential"
+    ray_address: str | None = None
+    gpus_per_task: float = 1.0
+    cpus_per_task: int = 1
+    ray_log_to_driver: bool = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -176,6 +186,32 @@ class Profile:
             raise ConfigError(f"lr_gamma: must be in (0, 1], got {self.lr_gamma}")
         if self.attention_weight < 0 or self.separability < 0:
             raise ConfigError("attention_weight and separability must not be negative")
+        self._check_execution()
+
+    def _check_execution(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"executor: {self.executor!r} is not one of {EXECUTORS}")
+        address = self.ray_address
+        if address is not None and address != "auto" and ":" not in address:
+            raise ConfigError(
+                f"ray_address: {address!r} must be 'auto' (the cluster this machine belongs "
+                "to), 'host:port' of a head started with `ray start --head`, "
+                "'ray://host:port', or null (a local Ray started for the run)"
+            )
+        gpus = self.gpus_per_task
+        fraction_or_whole = 0 < gpus <= 1 or (gpus > 1 and gpus == int(gpus))
+        if not fraction_or_whole:
+            raise ConfigError(
+                f"gpus_per_task: {gpus!r} must be a fraction in (0, 1] (0.25: four trainings "
+                "share one GPU) or a whole number of GPUs"
+            )
+        if self.cpus_per_task < 1:
+            raise ConfigError(f"cpus_per_task: must be at least 1, got {self.cpus_per_task}")
+        if self.executor == "ray" and self.device.startswith("cuda:"):
+            raise ConfigError(
+                f"device: {self.device!r} names one GPU, but under executor 'ray' Ray assigns "
+                "each task its GPU: use device 'cuda' or 'auto'"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain ``{name: value}`` (lists copied), as injected into notebooks."""
