@@ -26,6 +26,7 @@ from torch.utils.data import Subset
 from benchmarks.common import Result
 from magn_lib.bundle import _write_checksums, export_bundle, load_bundle
 from magn_lib.cv import build_model, config_by_name
+from magn_lib.layout import BundlePaths
 from magn_lib.settings import NetworkSettings
 from tests.helpers import make_trained_run
 
@@ -34,21 +35,21 @@ PAPER_BACKBONE, PAPER_CROP, PAPER_FOLDS = "resnet50", 256, 5
 
 def _paper_sized(bundle_dir: Path) -> None:
     """Swap the bundle's fold models for He-uniform networks of the paper's size."""
-    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    files = BundlePaths(bundle_dir)
+    meta = json.loads(files.meta.read_text())
     meta["network"]["backbone"] = PAPER_BACKBONE
     meta["preprocessing"]["crop_size"] = PAPER_CROP
     meta["folds"] = list(range(PAPER_FOLDS))
-    models = bundle_dir / "models"
-    shutil.rmtree(models)
-    models.mkdir()
+    shutil.rmtree(files.models_dir)
+    files.models_dir.mkdir()
     config = config_by_name(meta["config"]["name"])
     for fold in meta["folds"]:
         torch.manual_seed(fold)
         model = build_model(config, NetworkSettings(**meta["network"]))
         torch.save({"state_dict": model.state_dict(), "normalize": False,
-                    "init_report": model.init_report}, models / f"fold{fold}.pt")
-    (bundle_dir / "bundle.json").write_text(json.dumps(meta, indent=2))
-    (bundle_dir / "checksums.sha256").unlink()
+                    "init_report": model.init_report}, files.model(fold))
+    files.meta.write_text(json.dumps(meta, indent=2))
+    files.checksums.unlink()
     _write_checksums(bundle_dir)
 
 

@@ -211,6 +211,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from magn_lib.bundle import load_bundle
+    from magn_lib.layout import PredictionPaths
     from magn_lib.predict import CaseInput, predict_case, predict_manifest
 
     bundle = load_bundle(args.model)
@@ -224,7 +225,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(f"magn predict: lesion {row.lesion_id}: input error: {row.error}",
                   file=sys.stderr)
         print(f"magn predict: {int((table['status'] == 'ok').sum())} of {len(table)} lesions "
-              f"scored; table: {_shown_path(Path(out) / 'predictions.csv')} "
+              f"scored; table: {_shown_path(PredictionPaths(Path(out)).table)} "
               "(research use only; not a medical device)")
         return EXIT_INPUT if len(failed) else EXIT_OK
     if not (args.sagittal and args.mask and args.lesion_id):

@@ -63,6 +63,7 @@ from magn_lib.crops import Crop, CropCache, LesionCrops, crop_lesion
 from magn_lib.data import CropDataset
 from magn_lib.dicom import read_series, series_identity
 from magn_lib.errors import InputError
+from magn_lib.layout import PredictionPaths
 from magn_lib.manifest import GRID_TOLERANCE_MM
 from magn_lib.report import atomic_write_text
 
@@ -650,14 +651,14 @@ evidence). Grad-CAM shows what drove the score, not where the lesion is.</figcap
 
 def _write_case(out: Path, bundle: Bundle, prepared: _Prepared, result: dict[str, Any],
                 report: bool) -> None:
-    folder = out / prepared.case.lesion_id
-    folder.mkdir(parents=True, exist_ok=True)
+    files = PredictionPaths(out)
+    lesion_id = prepared.case.lesion_id
     if report:
         fold = _explained_fold(result)
         result["gradcam_fold"] = fold
-        atomic_write_text(folder / "case_report.html",
+        atomic_write_text(files.case_report(lesion_id),
                           _case_html(result, _figure_png(bundle, prepared, result, fold), fold))
-    atomic_write_text(folder / "prediction.json",
+    atomic_write_text(files.prediction(lesion_id),
                       json.dumps(finite_json(result), indent=2, allow_nan=False))
 
 
@@ -778,7 +779,7 @@ def predict_manifest(
             table[column] = pd.NA
     table = table[[*CSV_COLUMNS, *(c for c in table.columns if c not in CSV_COLUMNS)]]
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "predictions.csv", table.to_csv(index=False, float_format="%.10g"))
+    atomic_write_text(PredictionPaths(out).table, table.to_csv(index=False, float_format="%.10g"))
     if timings is not None:
         timings.update(clock)
     return table
