@@ -42,6 +42,7 @@ from magn_lib.layout import (  # re-exported: they used to live here
 __all__ = [
     "BACKBONES",
     "EXECUTORS",
+    "GRID_CONFIG_NAMES",
     "PARAMETERS_MIMETYPE",
     "POOLINGS",
     "PROFILES",
@@ -67,6 +68,12 @@ BACKBONES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
 POOLINGS: tuple[str, ...] = ("lse", "avg", "max")
 PROFILES: tuple[str, ...] = ("smoke", "demo", "paper")
 RADIOMICS_CLASSIFIERS: tuple[str, ...] = ("gradient_boosting", "random_forest")
+# the names of the MAGN grid's configurations (magn_lib.cv.CONFIGS; spelt here so that a
+# profile can be checked without importing torch — a test keeps the two in step)
+GRID_CONFIG_NAMES: tuple[str, ...] = (
+    "sagittal", "sagittal+attention", "axial", "axial+attention", "coronal",
+    "coronal+attention", "multi-view", "multi-view+attention",
+)
 # how the grid's (configuration, fold) trainings are run (magn_lib.executor)
 EXECUTORS: tuple[str, ...] = ("sequential", "ray")
 # a notebook's parameters besides the profile's: where the run reads and writes
@@ -109,8 +116,15 @@ class Profile:
     augment: bool = True
     device: str = "auto"
     num_workers: int = 0
+    # the configurations whose trained fold models are kept (for Grad-CAM and `magn export`);
+    # not part of any fold's fingerprint: keeping a model does not change what it computes
+    keep_weights: list[str] = field(default_factory=lambda: ["multi-view",
+                                                             "multi-view+attention"])
     # validation
     n_folds: int = 5
+    # operating point of an exported model (magn export): None = Youden's J on the out-of-fold
+    # predictions; a number = the highest threshold whose out-of-fold sensitivity reaches it
+    target_sensitivity: float | None = None
     # radiomics baseline
     radiomics_settings: str = "configs/radiomics.yaml"
     radiomics_classifier: str = "gradient_boosting"
@@ -151,6 +165,13 @@ class Profile:
                      "radiomics_top_k", "radiomics_keep", "n_bootstrap"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        unknown = [c for c in self.keep_weights if c not in GRID_CONFIG_NAMES]
+        if unknown or len(set(self.keep_weights)) != len(self.keep_weights):
+            raise ConfigError(f"keep_weights: {self.keep_weights!r} must list distinct "
+                              f"configurations from {GRID_CONFIG_NAMES}")
+        if self.target_sensitivity is not None and not 0 < self.target_sensitivity < 1:
+            raise ConfigError("target_sensitivity: must be null or in (0, 1), got "
+                              f"{self.target_sensitivity}")
         if self.n_folds < 2:
             raise ConfigError(f"n_folds: cross-validation needs >= 2 folds, got {self.n_folds}")
         if self.radiomics_keep > self.radiomics_top_k:

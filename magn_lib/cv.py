@@ -19,7 +19,6 @@ last epoch checkpoint. The trainings run one after the other, or as Ray tasks
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import warnings
@@ -37,6 +36,7 @@ from torch.utils.data import Dataset
 from magn_lib import stats
 from magn_lib.config import VIEWS, resolve_path
 from magn_lib.errors import ConfigError, InputError
+from magn_lib.files import save, write_csv, write_json
 from magn_lib.layout import GridPaths
 from magn_lib.model import MAGN
 from magn_lib.progress import tqdm
@@ -181,12 +181,7 @@ def make_folds(lesions: pd.DataFrame, *, n_splits: int = 5, seed: int = 0) -> pd
 
 def save_folds(folds: pd.DataFrame, path: str | Path) -> Path:
     """Write the fold table as CSV (atomically); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    folds[list(FOLD_COLUMNS)].to_csv(tmp, index=False)
-    tmp.replace(path)  # atomic rename (os.replace)
-    return path
+    return write_csv(folds[list(FOLD_COLUMNS)], path)
 
 
 def load_folds(path: str | Path) -> pd.DataFrame:
@@ -335,9 +330,7 @@ def fold_fingerprint(settings: GridSettings, config: str | GridConfig, fold: int
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)  # atomic rename (os.replace)
+    write_json(path, obj, default=str)
 
 
 def _prepare_fold(config: GridConfig, fold: int, folds: pd.DataFrame, settings: GridSettings,
@@ -408,12 +401,13 @@ def _run_one(config: GridConfig, fold: int, dataset_factory: Callable[..., Datas
     pred.insert(0, "config", config.name)
     pred.insert(0, "method", "magn")
     pred = pred[list(PREDICTION_COLUMNS)]
-    pred.to_csv(files.predictions, index=False)
-    history.to_csv(files.history, index=False)
+    write_csv(pred, files.predictions)
+    write_csv(history, files.history)
     if keep:
-        torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "normalize": model.normalize, "init_report": model.init_report,
-                    "config": config.name, "fold": fold}, files.model)
+        state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 "normalize": model.normalize, "init_report": model.init_report,
+                 "config": config.name, "fold": fold}
+        save(files.model, lambda stream: torch.save(state, stream))
     files.checkpoint.unlink(missing_ok=True)  # optimiser state is not needed any more
     metrics = {"config": config.name, "fold": fold, "n_train": len(train_ids),
                **binary_metrics(pred["label"], pred["probability"]),

@@ -48,7 +48,7 @@ __all__ = [
 # field metadata of a setting that does not change what is computed (where, how fast, what is
 # kept); left out of fingerprints and checkpoint checks
 NOT_FINGERPRINTED = MappingProxyType({"fingerprint": False})
-DEFAULT_KEPT_WEIGHTS: tuple[str, ...] = ("multi-view", "multi-view+attention")
+DEFAULT_KEPT_WEIGHTS: tuple[str, ...] = tuple(Profile().keep_weights)
 
 
 def _profile_default(name: str) -> Any:
@@ -191,12 +191,12 @@ class GridSettings:
 
     @classmethod
     def from_profile(cls, profile: Profile, **options: Any) -> Self:
-        """Network, training and execution settings of ``profile``; ``options`` set
-        ``track_test`` and ``keep_weights`` (or replace ``network`` / ``train`` /
-        ``executor``)."""
+        """Network, training and execution settings and ``keep_weights`` of ``profile``;
+        ``options`` set ``track_test`` or replace any of them."""
         values = {"network": NetworkSettings.from_profile(profile),
                   "train": TrainSettings.from_profile(profile),
-                  "executor": ExecutorSettings.from_profile(profile)}
+                  "executor": ExecutorSettings.from_profile(profile),
+                  "keep_weights": tuple(profile.keep_weights)}
         return cls(**{**values, **options})
 
     def keeps_weights(self, config_name: str) -> bool:
