@@ -1,9 +1,10 @@
 """The ``magn`` command: ``magn study``, ``magn generate``, ``magn export``, ``magn predict``,
 ``magn doctor``.
 
-Exit status (every subcommand): 0 done; 1 a notebook of the study failed; 2 a usage or
-configuration error (bad option, profile or ``--set``, a notebook before ``--only``/``--from``
-not up to date, the kernel missing); 3 an input-data error (manifest, DICOM, mask: the message
+Exit status (every subcommand): 0 done; 1 a notebook of the study failed or the disk filled;
+2 a usage or configuration error (bad option, profile or ``--set``, a notebook before
+``--only``/``--from`` not up to date, the kernel missing, a training that diverged at the
+profile's learning rate); 3 an input-data error (manifest, DICOM, mask: the message
 names the patient and the file). Output to a closed pipe (``magn config | head -1``) ends
 quietly with status 0.
 """
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from magn_lib import __version__
-from magn_lib.errors import ConfigError, InputError, UpstreamError
+from magn_lib.errors import ConfigError, InputError, OutOfSpaceError, UpstreamError
 
 __all__ = [
     "EXIT_INPUT",
@@ -36,8 +37,10 @@ EXIT_INPUT = 3
 
 EXIT_CODES_HELP = """exit status:
   0  done
-  1  a notebook of the study failed (its partial copy is kept; no report is published)
-  2  usage or configuration error (option, profile, --set, notebook selection, kernel)
+  1  a notebook of the study failed (its partial copy is kept; no report is published),
+     or the disk filled (the message names the folder and the space)
+  2  usage or configuration error (option, profile, --set, notebook selection, kernel,
+     a training that diverged at the profile's learning rate)
   3  input-data error (manifest, DICOM series, mask; the message names patient and file)"""
 
 PROFILE_HELP = ("smoke, demo or paper (configs/<name>.yaml), or a YAML file of one's own "
@@ -142,7 +145,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
         print(f"magn study: {result.error}", file=sys.stderr)
         print(f"magn study: FAILED after {elapsed} ({summary}); no report published "
               f"(run record: {_shown_path(result.paths.run_manifest)})")
-        return EXIT_INPUT if result.failure == "input" else EXIT_NOTEBOOK_FAILED
+        return {"input": EXIT_INPUT, "config": EXIT_USAGE}.get(result.failure,
+                                                               EXIT_NOTEBOOK_FAILED)
     if result.complete:
         print(f"magn study: done in {elapsed} ({summary}). "
               f"Report: {_shown_path(result.paths.index_html)}")
@@ -311,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", default=None,
                        help="report folder of this run (default: reports/<profile>)")
     study.add_argument("--work", default=None,
-                       help="folder for intermediate data (default: work/<name of --out>)")
+                       help="folder for intermediate data (default: work/<name of --out>-<8 hex>, "
+                            "unique to the report folder)")
     study.add_argument("--force", action="store_true",
                        help="re-run the selected notebooks even if their inputs are unchanged")
     study.add_argument("--kernel", default="magn", help="Jupyter kernel name (default: magn)")
@@ -343,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP, formatter_class=formatter,
     )
     key.add_argument("--manifest", required=True, help="the cohort's manifest folder")
-    key.add_argument("--out", required=True, help="key file (CSV), outside reports/ and work/")
+    key.add_argument("--out", required=True,
+                     help="key file (CSV), outside reports/, work/ and every run's folders")
     key.set_defaults(func=_cmd_deid_key)
 
     export = sub.add_parser(
@@ -443,6 +449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"magn {args.command}: input error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    except OutOfSpaceError as exc:
+        print(f"magn {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_NOTEBOOK_FAILED
     except (ConfigError, UpstreamError, RuntimeError, FileExistsError) as exc:
         print(f"magn {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

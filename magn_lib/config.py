@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -44,6 +46,7 @@ __all__ = [
     "EXECUTORS",
     "GRID_CONFIG_NAMES",
     "PARAMETERS_MIMETYPE",
+    "NETWORK_STRIDE",
     "POOLINGS",
     "PROFILES",
     "RUN_FOLDERS",
@@ -54,10 +57,12 @@ __all__ = [
     "configs_dir",
     "load_profile",
     "notebook_parameters",
+    "check_runnable",
     "parse_override",
     "profile_file",
     "profile_from_parameters",
     "project_root",
+    "read_yaml",
     "resolve_parameters",
     "resolve_path",
     "run_paths",
@@ -81,6 +86,11 @@ RUN_FOLDERS: tuple[str, ...] = ("run_dir", "work_dir", "manifest_dir")
 # the MIME type under which a notebook publishes its effective parameters (machine-readable;
 # JupyterLab and the HTML views show the Markdown table beside it instead)
 PARAMETERS_MIMETYPE = "application/vnd.magn.parameters+json"
+#: the ResNet backbones' total stride: a crop of S px gives CAMs of ceil(S / 32) cells a side,
+#: so a crop smaller than this leaves one cell (no attention map to guide) and is refused
+NETWORK_STRIDE = 32
+# a profile's name names its report folder (reports/<profile>): one plain folder name
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,12 @@ class Profile:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
+        if not _PROFILE_NAME.match(self.profile) or ".." in self.profile:
+            raise ConfigError(
+                f"profile: {self.profile!r} must be a plain name (letters, digits, '_', '-', "
+                "'.'; no '..' and no path separator): it names the report folder "
+                "reports/<profile>; choose another folder with --out"
+            )
         bad_views = [v for v in self.views if v not in VIEWS]
         if bad_views or not self.views or len(set(self.views)) != len(self.views):
             raise ConfigError(
@@ -159,12 +175,31 @@ class Profile:
                 f"radiomics_classifier: {self.radiomics_classifier!r} is not one of "
                 f"{RADIOMICS_CLASSIFIERS}"
             )
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device: {self.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         for name in ("n_patients", "crop_size", "epochs", "batch_size", "lr_step_epochs",
                      "radiomics_top_k", "radiomics_keep", "n_bootstrap"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.crop_size < NETWORK_STRIDE:
+            raise ConfigError(
+                f"crop_size: {self.crop_size} px is smaller than the network's stride "
+                f"({NETWORK_STRIDE} px): the attention maps would have a single cell; use at "
+                f"least {NETWORK_STRIDE}"
+            )
+        if self.batch_size == 1 and -(-self.crop_size // NETWORK_STRIDE) == 1:
+            raise ConfigError(
+                f"batch_size: 1 with {self.crop_size} px crops leaves BatchNorm one value per "
+                "channel in the last block (1 x 1 maps), which it cannot train on; use a batch "
+                f"of 2 or more, or crops larger than {NETWORK_STRIDE} px"
+            )
+        if self.n_jobs == 0 or self.num_workers < 0:
+            raise ConfigError(
+                "n_jobs: 0 runs nothing; use a number of workers >= 1, or -1 for one per core"
+                if self.n_jobs == 0 else
+                f"num_workers: must be 0 (load in the main process) or more, got "
+                f"{self.num_workers}"
+            )
         unknown = [c for c in self.keep_weights if c not in GRID_CONFIG_NAMES]
         if unknown or len(set(self.keep_weights)) != len(self.keep_weights):
             raise ConfigError(f"keep_weights: {self.keep_weights!r} must list distinct "
@@ -301,6 +336,50 @@ def resolve_path(path: str | Path) -> Path:
     return path if path.is_absolute() else project_root() / path
 
 
+def check_runnable(profile: Profile) -> None:
+    """Check what a profile needs from this machine, before anything runs: the files it names
+    exist (``radiomics_settings``, a ``weights`` checkpoint) and the settings file is valid
+    YAML, the ``device`` is present, ``n_jobs`` does not ask for more workers than cores.
+
+    :class:`Profile` itself checks what holds on every machine (types, ranges the network and
+    the data impose); this checks the rest, so that ``magn config`` still shows a GPU profile
+    on a laptop while ``magn study`` and every notebook refuse it there at once.
+
+    Raises:
+        ConfigError: naming the key and what to change.
+    """
+    settings = resolve_path(profile.radiomics_settings)
+    if not settings.is_file():
+        raise ConfigError(
+            f"radiomics_settings: file {profile.radiomics_settings} does not exist (relative "
+            "paths are taken from the project root; the shipped one is configs/radiomics.yaml)"
+        )
+    if not isinstance(read_yaml(settings, what="radiomics_settings"), dict | None):
+        raise ConfigError(f"radiomics_settings: {settings.name} must hold a mapping")
+    if profile.weights not in (None, "imagenet") and not resolve_path(profile.weights).is_file():
+        raise ConfigError(
+            f"weights: checkpoint {profile.weights} does not exist; give an existing .pth file, "
+            "'imagenet' or null (train from scratch)"
+        )
+    if profile.device.startswith("cuda"):
+        import torch
+
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(profile.device.partition(":")[2] or 0)
+        if index >= available:
+            found = f"{available} CUDA device(s)" if available else "no CUDA GPU"
+            raise ConfigError(
+                f"device: {profile.device!r} but PyTorch finds {found} on this machine; use "
+                "device: auto (the GPU when there is one, else the CPU) or cpu"
+            )
+    cores = os.cpu_count() or 1
+    if profile.n_jobs < -cores:
+        raise ConfigError(
+            f"n_jobs: {profile.n_jobs} leaves no worker on this machine's {cores} cores (-k "
+            f"means all but k-1 cores); use 1..{cores}, or -1 for one per core"
+        )
+
+
 def profile_file(profile: str | Path = "demo") -> Path:
     """The YAML file of a profile: ``configs/<name>.yaml`` for a name, else the path itself.
 
@@ -322,12 +401,63 @@ def profile_file(profile: str | Path = "demo") -> Path:
     return path
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader refusing a key given twice in one mapping (PyYAML keeps the last
+    silently: ``epochs: 1`` ... ``epochs: 50`` would train 50 epochs without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, line, seen[key])
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _UniqueKeyLoader.construct_mapping)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(key, line, first)
+        self.key, self.line, self.first = key, line, first
+
+
+def read_yaml(path: str | Path, *, what: str = "profile") -> Any:
+    """The YAML document of ``path``, read with the safe loader, a key given twice refused.
+
+    Raises:
+        ConfigError: one line naming the file, the line number and what is wrong (a syntax
+            error, a duplicate key, a file that cannot be read as UTF-8 text).
+    """
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            f"{what}: {path.name} line {exc.line}: key {exc.key!r} is given twice (first on "
+            f"line {exc.first}); keep one"
+        ) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = " ".join(str(exc.problem or exc.context or "syntax error").split())
+        raise ConfigError(f"{what}: {path.name}{where}: not valid YAML ({problem})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"{what}: {path.name}: not valid YAML ({' '.join(str(exc).split())})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what}: {path.name}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path.name} ({exc.strerror})") from None
+
+
 def _profile_values(path: Path) -> dict[str, Any]:
-    with open(path) as f:
-        try:
-            values = yaml.safe_load(f) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"profile: {path.name} is not valid YAML ({exc})") from None
+    values = read_yaml(path) or {}
     if not isinstance(values, dict):
         raise ConfigError(f"profile: {path.name} must hold a mapping of parameter: value")
     _check_known(values, source=path.name)
@@ -398,7 +528,7 @@ class EffectiveParameters:
         keys: the parameters shown (those the notebook declares, plus any override).
         overrides: the parameters that replaced the profile's values.
         run_dir, work_dir: the run's report and work folders (given, else
-            ``reports/<profile>`` and ``work/<name of run_dir>``), as strings.
+            ``reports/<profile>`` and ``work/<name of run_dir>-<8 hex>``), as strings.
         manifest_dir: the manifest folder, ``None`` for the embedded cohort.
     """
 
@@ -526,11 +656,12 @@ def notebook_parameters(namespace: Mapping[str, Any]) -> EffectiveParameters:
     the namespace whose value is not ``None`` overrides the profile's value (that is what
     papermill's ``-p`` and ``magn study --set`` give); ``run_dir``, ``work_dir`` and
     ``manifest_dir`` are the run's folders. A notebook opened by hand, with its ``None``
-    defaults, therefore runs the ``demo`` profile unchanged.
+    defaults, therefore runs the ``demo`` profile unchanged. What the profile needs from this
+    machine is checked too (:func:`check_runnable`), before the notebook computes anything.
     """
     fields = [f.name for f in dataclasses.fields(Profile) if f.name != "profile"]
     declared = [name for name in fields if name in namespace]
-    return resolve_parameters(
+    params = resolve_parameters(
         namespace.get("profile"),
         {name: namespace[name] for name in declared},
         keys=declared,
@@ -538,4 +669,6 @@ def notebook_parameters(namespace: Mapping[str, Any]) -> EffectiveParameters:
         work_dir=namespace.get("work_dir"),
         manifest_dir=namespace.get("manifest_dir"),
     )
+    check_runnable(params.profile)
+    return params
 

@@ -219,21 +219,30 @@ def load_folds(path: str | Path) -> pd.DataFrame:
 
 def ensure_folds(lesions: pd.DataFrame, path: str | Path, *, n_splits: int = 5,
                  seed: int = 0) -> pd.DataFrame:
-    """The run's folds: read ``path`` when it exists and covers exactly ``lesions``, else make
-    them with :func:`make_folds` and write them there. Every method calls this with one path."""
+    """The run's folds, written once to ``path`` and read by every method.
+
+    The folds are a function of everything they depend on — the lesions, their patients and
+    labels, the scheme (``n_splits``, stratified and grouped) and the ``seed`` — so they are
+    made with :func:`make_folds` and compared with the saved table: the saved one is kept when
+    it is the same assignment, else replaced (a re-run with another seed or number of folds,
+    or another cohort in the same run folder, never keeps the old folds).
+    """
     path = Path(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folds = make_folds(lesions, n_splits=n_splits, seed=seed)
     if path.is_file():
-        folds = load_folds(path)
-        table = _check_lesions(lesions)
-        same = (set(folds["lesion_id"]) == set(table["lesion_id"])
-                and folds["fold"].nunique() == n_splits)
-        if same:
-            merged = table.merge(folds, on="lesion_id", suffixes=("", "_saved"))
-            same = bool((merged["patient_id"] == merged["patient_id_saved"]).all()
-                        and (merged["label"] == merged["label_saved"]).all())
-        if same:
-            return folds
-    folds = make_folds(lesions, n_splits=n_splits, seed=seed)
+        try:
+            saved = load_folds(path)
+        except (InputError, ValueError, pd.errors.ParserError):
+            saved = None  # unreadable (a half-written file, say): written again below
+        key = ["lesion_id", "patient_id", "label", "fold"]
+        if saved is not None and saved[key].sort_values("lesion_id").reset_index(drop=True) \
+                .equals(folds[key].sort_values("lesion_id").reset_index(drop=True)):
+            return saved  # (its warnings were given when it was made)
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                               warning.lineno)
     save_folds(folds, path)
     return folds
 

@@ -6,10 +6,16 @@ patient, the file and what is wrong, and says what to do where that is known.
 
 from __future__ import annotations
 
+import errno
+import shutil
 from collections.abc import Iterable
 from os import PathLike
+from pathlib import Path
 
-__all__ = ["ConfigError", "InputError", "UpstreamError"]
+__all__ = ["ConfigError", "InputError", "OutOfSpaceError", "UpstreamError", "free_bytes"]
+
+# the errors of a full disk (ENOSPC) or an exhausted quota (EDQUOT)
+_NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
 class InputError(ValueError):
@@ -87,3 +93,54 @@ class UpstreamError(RuntimeError):
         self.notebook = notebook
         self.command = command
         super().__init__(f"{problem}. Run notebook {notebook} first: `{command}`")
+
+
+def _megabytes(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB" if n < 1e9 else f"{n / 1e9:,.2f} GB"
+
+
+def free_bytes(path: str | PathLike[str]) -> int | None:
+    """Free bytes on the disk holding ``path`` (its nearest existing folder), or ``None``."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+class OutOfSpaceError(OSError):
+    """The disk (or quota) holding a run folder is full.
+
+    The message names the folder, the space the failed write needed (when known) and the space
+    left, and says what to do; ``errno`` stays ``ENOSPC`` so that code catching ``OSError``
+    still sees what happened.
+
+    Args:
+        folder: the folder being written.
+        needed: bytes the failed write needed, when known.
+        what: what was being written (``"the run record"``).
+    """
+
+    def __init__(self, folder: str | PathLike[str], *, needed: int | None = None,
+                 what: str | None = None) -> None:
+        self.folder = str(folder)
+        self.needed = needed
+        self.free = free_bytes(folder)
+        parts = [f"out of disk space writing {what + ' in ' if what else ''}{self.folder}"]
+        if needed is not None:
+            parts.append(f"{_megabytes(needed)} needed")
+        if self.free is not None:
+            parts.append(f"{_megabytes(self.free)} free on that disk")
+        self.message = (", ".join(parts) + "; free some space (or choose other --out/--work "
+                        "folders) and run again: finished steps are kept")
+        super().__init__(errno.ENOSPC, self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    @staticmethod
+    def is_out_of_space(exc: BaseException) -> bool:
+        """Whether ``exc`` is a full disk or quota (an ``OSError`` with ENOSPC or EDQUOT)."""
+        return isinstance(exc, OSError) and exc.errno in _NO_SPACE

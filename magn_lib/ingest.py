@@ -17,8 +17,10 @@ manifest's scrubber (:class:`magn_lib.scrub.Scrubber`): series folders and mask 
 study id, the patient's identifying header values redacted, UIDs replaced. Stamps keep file
 names as digests only.
 A patient whose series cannot be read is excluded with the reason; the others proceed. A
-patient whose sources (file names, sizes, modification times, mask label) are unchanged since
-the last ingest is skipped.
+patient whose sources (file names and contents, by a BLAKE2b hash of each file; mask label)
+are unchanged since the last ingest, and whose outputs are all there, is skipped; its stamp is
+written atomically once the patient is done, and a stamp that does not parse means "ingest it
+again".
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ from magn_lib import __version__
 from magn_lib.dicom import read_series, series_identity, series_metadata
 from magn_lib.errors import InputError
 from magn_lib.files import atomic_path, write_csv, write_json
+from magn_lib.guards import check_key_location
 from magn_lib.layout import INGEST_TABLES, WorkPaths
 from magn_lib.manifest import Manifest
+from magn_lib.repro import file_blake2b
 from magn_lib.scrub import captured_warnings
 
 __all__ = [
@@ -115,8 +119,14 @@ def save_nifti(img: nib.Nifti1Image, path: str | Path) -> None:
         nib.save(img, tmp)
 
 
+# 2: files keyed on their content (BLAKE2b), no longer on size and modification time
+STAMP_FORMAT = 2
+
+
 def _signature(paths: Sequence[Path], extra: Any) -> dict[str, Any]:
-    """Cheap fingerprint of source files: names, sizes and modification times.
+    """Fingerprint of source files by content: each file's name and BLAKE2b hash, so that a
+    file re-exported with other pixel values but the same size and time (``cp -p``, rsync)
+    is noticed.
 
     The names are kept as digests: the stamp lies in the work folder, and the user's folder
     and file names may hold the patient's name (PACS exports name folders so).
@@ -126,10 +136,25 @@ def _signature(paths: Sequence[Path], extra: Any) -> dict[str, Any]:
         candidates = sorted(root.rglob("*"), key=os.fsencode) if root.is_dir() else [root]
         for f in candidates:
             if f.is_file():
-                st = f.stat()
                 name = hashlib.sha256(os.fsencode(f)).hexdigest()[:20]
-                files.append([name, st.st_size, st.st_mtime_ns])
-    return {"reader": __version__, "files": files, "extra": extra}
+                files.append([name, file_blake2b(f)])
+    return {"format": STAMP_FORMAT, "reader": __version__, "files": files, "extra": extra}
+
+
+def _read_stamp(path: Path) -> dict[str, Any] | None:
+    """An ingest stamp, or ``None`` when it is missing or does not parse (a stamp half-written
+    by a killed process, say): that patient is ingested again."""
+    try:
+        stamp = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    ok = isinstance(stamp, dict) and isinstance(stamp.get("series"), list)
+    return stamp if ok else None
+
+
+def _write_stamp(path: Path, stamp: dict[str, Any]) -> None:
+    """Write a stamp atomically (:func:`magn_lib.files.write_json`: never half a stamp)."""
+    write_json(path, stamp, indent=None)
 
 
 def _identity_values(folders: Sequence[Path]) -> dict[str, list[str]]:
@@ -180,10 +205,13 @@ def _read_patient(
         {"views": list(views), "lesions": lesions[["lesion_id", "mask_label"]]
          .astype(str).values.tolist()},  # mask paths: in the file digests
     )
-    if stamp.is_file():
-        previous = json.loads(stamp.read_text())
-        if previous.get("signature") == signature:
-            return {"patient_id": patient_id, "series": previous["series"], "skipped": True}
+    previous = _read_stamp(stamp)
+    outputs = [paths.volume(patient_id, view) for view in views] + [
+        paths.mask(lesion_id, "sagittal") for lesion_id in lesions["lesion_id"]]
+    if previous is not None and previous.get("signature") == signature \
+            and all(out.is_file() for out in outputs):
+        return {"patient_id": patient_id, "series": previous["series"], "skipped": True}
+    stamp.unlink(missing_ok=True)  # a stamp only for a finished ingest: none while it runs
     scrub = manifest.scrubber()
     try:
         rows = []
@@ -335,20 +363,18 @@ def write_deid_key(
 ) -> Path:
     """Write the key from each study ``patient_id`` to the identity in its DICOM headers.
 
-    Written only on request, readable by the owner only, and never inside ``forbidden``
-    folders (the run's ``reports/`` and ``work/``): whoever holds the key can re-identify.
+    Written only on request, readable by the owner only, never inside a report or work
+    folder of any run (each run marks its folders; :func:`magn_lib.guards.check_key_location`
+    walks up from the key's resolved path) nor inside ``forbidden`` folders (the default
+    ``reports/`` and ``work/``): whoever holds the key can re-identify.
 
     Returns:
         The key file (CSV: patient_id, view, and every identifying attribute found).
+
+    Raises:
+        InputError: the key's place is inside a run folder or a forbidden one.
     """
-    path = Path(path).expanduser().resolve()
-    for folder in forbidden:
-        folder = Path(folder).expanduser().resolve()
-        if path == folder or folder in path.parents:
-            raise InputError(
-                f"the de-identification key must not be written inside {folder.name}/",
-                file=path, hint="choose a private location outside reports/ and work/",
-            )
+    path = check_key_location(path, forbidden=forbidden)
     rows = []
     for item in manifest.series.itertuples():
         identity = series_identity(manifest.path(item.folder), patient=item.patient_id)

@@ -1,9 +1,10 @@
 """Where a study run keeps its files: every file and folder name of the report and work folders.
 
 A run has two folders. The **report folder** (``reports/<run>/``) is shareable: nothing in it
-identifies a patient. The **work folder** (``work/<run>/``) is private: volumes, masks, crops
-and models of the cohort. This module is the only place that spells their file names; stages,
-notebooks and the runner ask the objects below for paths::
+identifies a patient. The **work folder** (``work/<run>-<8 hex>/``, unique to the report
+folder) is private: volumes, masks, crops and models of the cohort. This module is the only
+place that spells their file names; stages, notebooks and the runner ask the objects below for
+paths::
 
     reports/<run>/                               ReportPaths
         executed/<notebook>.ipynb                  executed(notebook)
@@ -12,13 +13,15 @@ notebooks and the runner ask the objects below for paths::
         index.html  run_manifest.json              index_html  run_manifest
         report.html  report.pdf                    report_html  report_pdf   one file to send
         warnings.json  .lock                       warnings_file  lock_file
+        .magn-run.json                             report_marker         "a run's folder"
         artifacts/<name>.csv                       table(name)
         artifacts/<name>.png, .svg                 figure(name)  figure_png(name)
         artifacts/folds.csv                        folds_csv             shared by every method
         artifacts/oof_<method>.csv                 oof(method)           out-of-fold predictions
         artifacts/front_page.json                  front_page
         artifacts/screens/<page>.png               screens_dir           test screenshots
-    work/<run>/                                  WorkPaths
+    work/<run>-<8 hex>/                          WorkPaths             default_work_folder
+        .magn-run.json  .lock                      work_marker  work_lock
         nifti/<patient_id>/<view>.nii.gz           volume(patient_id, view)
         nifti/<patient_id>/.ingest.json            ingest_stamp(patient_id)
         masks/<lesion_id>/<view>.nii.gz            mask(lesion_id, view)  sagittal: ingest;
@@ -42,6 +45,7 @@ folder and is laid out by :mod:`magn_lib.synthetic`.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -52,6 +56,7 @@ __all__ = [
     "FoldPaths",
     "GridPaths",
     "INGEST_TABLES",
+    "RUN_MARKER",
     "ReportPaths",
     "RunPaths",
     "TRANSFER_TABLES",
@@ -72,6 +77,8 @@ TRANSFER_TABLES: tuple[str, ...] = ("qc", "lesions", "exclusions")
 _REPORTS = "reports"  # the default report folders' parent, under the project root
 _WORK = "work"  # the default work folders' parent
 _FEATURE_KINDS = {"crops": "radiomics", "volumes": "radiomics3d"}
+#: the file that marks a folder as a run's report or work folder (:mod:`magn_lib.guards`)
+RUN_MARKER = ".magn-run.json"
 
 
 def _table(name: str, known: tuple[str, ...], stage: str) -> str:
@@ -238,6 +245,16 @@ class WorkPaths:
         """The radiomics feature caches (:func:`feature_cache`)."""
         return self.work_dir / "radiomics"
 
+    @property
+    def work_marker(self) -> Path:
+        """Marks the folder as a run's work folder (no identity key may go inside it)."""
+        return self.work_dir / RUN_MARKER
+
+    @property
+    def work_lock(self) -> Path:
+        """Held by the study runner while a run uses the work folder."""
+        return self.work_dir / ".lock"
+
     def progress_channel(self, notebook: str) -> Path:
         """The progress events a running notebook writes for the study runner (JSON lines)."""
         return self.work_dir / ".progress" / f"{notebook}.jsonl"
@@ -303,6 +320,11 @@ class ReportPaths:
         return self.report_dir / ".lock"
 
     @property
+    def report_marker(self) -> Path:
+        """Marks the folder as a run's report folder (no identity key may go inside it)."""
+        return self.report_dir / RUN_MARKER
+
+    @property
     def artifacts_dir(self) -> Path:
         return self.report_dir / "artifacts"
 
@@ -353,14 +375,14 @@ class RunPaths(WorkPaths, ReportPaths):
 
 
 def run_paths(run_dir: str | Path, work_dir: str | Path | None = None) -> RunPaths:
-    """The :class:`RunPaths` of a run; ``work_dir`` defaults to ``work/<name of run_dir>``.
+    """The :class:`RunPaths` of a run; ``work_dir`` defaults to :func:`default_work_folder`.
 
     Relative folders are taken from the project root (:func:`magn_lib.config.resolve_path`).
     """
-    from magn_lib.config import project_root, resolve_path  # config re-exports this module
+    from magn_lib.config import resolve_path  # config re-exports this module
 
     report_dir = resolve_path(run_dir)
-    work = resolve_path(work_dir) if work_dir else project_root() / _WORK / report_dir.name
+    work = resolve_path(work_dir if work_dir else default_work_folder(report_dir))
     return RunPaths(report_dir=report_dir, work_dir=work)
 
 
@@ -372,13 +394,25 @@ def default_report_folder(name: str) -> str:
 
 def default_work_folder(run_dir: str | Path) -> str:
     """The work folder of the run reported in ``run_dir`` when none is given, relative to the
-    project root: ``work/<name of run_dir>`` (POSIX)."""
-    return f"{_WORK}/{Path(run_dir).name}"
+    project root: ``work/<name of run_dir>-<8 hex>`` (POSIX).
+
+    The 8 hex digits are a BLAKE2b hash of the report folder's resolved absolute path
+    (relative ones taken from the project root, symlinks followed), so two runs whose report
+    folders share their last name (``site_a/out``, ``site_b/out``) never share intermediate
+    data, and one report folder always finds its own.
+    """
+    from magn_lib.config import resolve_path
+
+    resolved = resolve_path(run_dir).resolve()
+    digest = hashlib.blake2b(str(resolved).encode("utf-8", "surrogateescape"),
+                             digest_size=4).hexdigest()
+    return f"{_WORK}/{resolved.name}-{digest}"
 
 
 def default_run_paths(name: str) -> RunPaths:
     """The folders of run ``name`` (e.g. a profile's) when none are given:
-    ``reports/<name>`` and ``work/<name>`` under the project root."""
+    ``reports/<name>`` and ``work/<name>-<8 hex>`` (:func:`default_work_folder`) under the
+    project root."""
     from magn_lib.config import project_root
 
     return run_paths(project_root() / _REPORTS / name)

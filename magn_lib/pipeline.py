@@ -59,13 +59,15 @@ from magn_lib.config import (
     EffectiveParameters,
     Profile,
     RunPaths,
+    check_runnable,
     load_profile,
     project_root,
     resolve_parameters,
     resolve_path,
     run_paths,
 )
-from magn_lib.errors import ConfigError, UpstreamError
+from magn_lib.errors import ConfigError, OutOfSpaceError, UpstreamError, free_bytes
+from magn_lib.guards import DataFolder, check_run_folders, data_folders, mark_run_folders
 from magn_lib.layout import ReportPaths, default_report_folder, default_work_folder
 from magn_lib.progress import PROGRESS_ENV, ProgressTail, format_duration, format_event
 from magn_lib.report import (
@@ -143,7 +145,10 @@ class StudyResult:
 
     ``succeeded``: no notebook failed. ``complete``: every notebook is up to date, so the
     report (``index.html``) was published. ``failure``: ``"input"`` when the failing notebook
-    stopped on an :class:`~magn_lib.errors.InputError` (bad data), ``"notebook"`` otherwise.
+    stopped on an :class:`~magn_lib.errors.InputError` (bad data), ``"config"`` on a
+    :class:`~magn_lib.errors.ConfigError` or a diverging training
+    (:class:`~magn_lib.train.TrainingDiverged`: the learning rate), ``"disk"`` when the disk
+    filled, ``"notebook"`` otherwise.
     """
 
     succeeded: bool
@@ -340,7 +345,9 @@ def require_upstream(notebook: str, params: EffectiveParameters) -> None:
     """Check that the notebooks ``notebook`` reads from have run in this run's folders.
 
     Called near the top of every study notebook, so that a notebook opened alone says what to
-    run instead of failing later on a missing file.
+    run instead of failing later on a missing file. It also checks that the run's folders
+    write nowhere inside the cohort's data, and marks them as run folders
+    (:mod:`magn_lib.guards`), before the notebook writes anything.
 
     Args:
         notebook: the study notebook's name, e.g. ``"03_magn_training"``.
@@ -349,8 +356,11 @@ def require_upstream(notebook: str, params: EffectiveParameters) -> None:
     Raises:
         UpstreamError: naming the first notebook whose results are missing, the missing file
             and the ``magn study`` command that runs the missing notebooks.
+        ConfigError: a run folder inside the cohort's data (:func:`check_run_folders`).
     """
     paths = run_paths(params.run_dir, params.work_dir)
+    check_run_folders(paths, _data_folders(params.manifest_dir, params.profile))
+    mark_run_folders(paths)
     missing: list[tuple[str, Path]] = []
     for needed in STUDY_NEEDS.get(notebook, ()):
         outputs = STUDY_OUTPUTS.get(needed)
@@ -492,21 +502,33 @@ def _display_path(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _run_lock(paths: ReportPaths) -> Iterator[None]:
-    report_dir = paths.report_dir
-    report_dir.mkdir(parents=True, exist_ok=True)
-    with open(paths.lock_file, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(
-                f"another `magn study` is writing {_display_path(report_dir)}; wait for it or "
-                "choose another --out"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _run_lock(paths: RunPaths) -> Iterator[None]:
+    """Hold the run's report folder and its work folder for the whole run: a second run of
+    either (two report folders given one ``--work``, say) stops at once with a clear error."""
+    with contextlib.ExitStack() as held:
+        for folder, lock_file, option in (
+            (paths.report_dir, paths.lock_file, "--out"),
+            (paths.work_dir, paths.work_lock, "--work"),
+        ):
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = held.enter_context(open(lock_file, "w"))
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RuntimeError(
+                    f"another `magn study` is using {_display_path(folder)}; wait for it or "
+                    f"choose another {option}"
+                ) from None
+            held.callback(fcntl.flock, lock, fcntl.LOCK_UN)
+        yield
+
+
+def _data_folders(manifest_dir: str | Path | None, profile: Profile) -> list[DataFolder]:
+    """The folders holding a run's cohort data: the user's manifest and every folder it points
+    to, or the embedded cohort's whole folder (checked before it is generated)."""
+    if manifest_dir:
+        return data_folders(manifest_dir)
+    return [DataFolder(embedded_cohort_dir(profile).resolve(), "the embedded cohort's folder")]
 
 
 def _check_kernel(kernel_name: str) -> None:
@@ -607,8 +629,65 @@ def _publish_html(nb: nbformat.NotebookNode, position: int, runs: Sequence[Noteb
             next=None if after is None else PageLink(
                 f"{after.title}", _href(page_of(after.name), page)),
             here=here, views=[PageLink(other, _href(other_of(name), page))])
-        atomic_write_text(page, render_html(nb, with_code=with_code, title=title,
-                                            header_html=header))
+        text = render_html(nb, with_code=with_code, title=title, header_html=header)
+        try:
+            with _space_for(page, len(text.encode()), what=f"the HTML of {name}"):
+                atomic_write_text(page, text)
+        except OutOfSpaceError:
+            _unpublish_html(name, paths)  # both views or neither
+            raise
+
+
+@contextlib.contextmanager
+def _space_for(path: Path, needed: int, *, what: str) -> Iterator[None]:
+    """Turn a full disk while writing ``path`` (``needed`` bytes) into an
+    :class:`~magn_lib.errors.OutOfSpaceError` naming its folder and the space."""
+    try:
+        yield
+    except OSError as exc:
+        if OutOfSpaceError.is_out_of_space(exc) and not isinstance(exc, OutOfSpaceError):
+            raise OutOfSpaceError(_display_path(path.parent), needed=needed, what=what) from exc
+        raise
+
+
+def _withdraw_published(paths: ReportPaths) -> None:
+    """Remove what claims a finished study: ``index.html``, ``report.html``, ``report.pdf``."""
+    for published in (paths.index_html, paths.report_html, paths.report_pdf):
+        published.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _no_claim_if_disk_full(paths: ReportPaths) -> Iterator[None]:
+    """A run stopped by a full disk leaves neither the published report (``index.html``,
+    ``report.html``, ``report.pdf``) nor a run record (which could not be written
+    completely); the executed notebooks stamped completed stay, for resume."""
+    try:
+        yield
+    except OutOfSpaceError:
+        _withdraw_published(paths)
+        paths.run_manifest.unlink(missing_ok=True)
+        raise
+
+
+def _retract_report(paths: ReportPaths) -> None:
+    """Before a run rewrites its folder: withdraw the published report (``index.html``,
+    ``report.html``, ``report.pdf``) and mark the run record as
+    running (a record that cannot be rewritten is removed), so that a run that then fails or
+    is killed leaves nothing claiming the earlier success."""
+    _withdraw_published(paths)
+    try:
+        record = json.loads(paths.run_manifest.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        paths.run_manifest.unlink(missing_ok=True)
+        return
+    record.update(status="running", complete=False, error=None)
+    text = json.dumps(record, indent=2, default=str)
+    with _space_for(paths.run_manifest, len(text.encode()), what="the run record"):
+        atomic_write_text(paths.run_manifest, text)
 
 
 def _unpublish_html(name: str, paths: RunPaths) -> None:
@@ -654,13 +733,26 @@ def _failure(exc: BaseException, name: str, executed: Path) -> tuple[str, str]:
     kind = "notebook"
     if isinstance(exc, PapermillExecutionError):
         what = f"cell {exc.exec_count or exc.cell_index}: {exc.ename}: {exc.evalue}"
-        kind = "input" if exc.ename == "InputError" else "notebook"
+        kind = {"InputError": "input", "ConfigError": "config",
+                "TrainingDiverged": "config"}.get(exc.ename, "notebook")
+        no_space = exc.ename in ("OSError", "OutOfSpaceError") and any(
+            mark in str(exc.evalue) for mark in ("[Errno 28]", "No space left", "out of disk"))
     else:
         what = f"{type(exc).__name__}: {exc}"
+        no_space = OutOfSpaceError.is_out_of_space(exc)
     message = (
         f"notebook {name} failed in {what}. The partial executed copy is kept for debugging at "
         f"{_display_path(executed)}; no HTML of it was published."
     )
+    if no_space:
+        kind = "disk"
+        space = free_bytes(executed)
+        message += (
+            " The disk is full" + (f" ({space / 1e6:,.1f} MB free where the report is)"
+                                   if space is not None else "")
+            + ": free some space (or choose other --out/--work folders) and run again; "
+            "finished steps are kept."
+        )
     return message, kind
 
 
@@ -796,7 +888,8 @@ def run_study(
         manifest_dir: the user's ``data_manifest`` folder; ``None`` = the embedded cohort,
             generated under ``data/embedded/`` on first use (:func:`embedded_cohort_dir`).
         run_dir: report folder (default ``reports/<profile>``).
-        work_dir: intermediate-data folder (default ``work/<name of run_dir>``).
+        work_dir: intermediate-data folder (default ``work/<name of run_dir>-<8 hex>``,
+            :func:`~magn_lib.layout.default_work_folder`).
         force: re-run the selected notebooks even when unchanged.
         kernel_name: Jupyter kernel that executes the notebooks.
         notebooks_dir: folder of ``NN_*.ipynb`` notebooks (default ``notebooks/``).
@@ -809,7 +902,12 @@ def run_study(
     Raises:
         ConfigError: a bad profile, override or selection.
         UpstreamError: a notebook before the selection is not up to date (says what to run).
-        RuntimeError: the kernel is not registered, or another run holds the run folder.
+        RuntimeError: the kernel is not registered, or another run holds the report or the
+            work folder.
+        OutOfSpaceError: the disk filled while the runner wrote (names the folder and the
+            space); the folder is left without ``index.html`` and run record, finished
+            notebooks keep their stamps. A notebook stopped by a full disk is a failed
+            notebook (``failure == "disk"``).
     """
     t_start = time.time()
     if any(v is None for v in (overrides or {}).values()):
@@ -818,7 +916,11 @@ def run_study(
     params = resolve_parameters(reference, given, run_dir=run_dir, work_dir=work_dir,
                                 manifest_dir=manifest_dir)
     cfg = params.profile
+    check_runnable(cfg)
     paths = run_paths(params.run_dir, params.work_dir)
+    if manifest_dir is not None and not resolve_path(manifest_dir).is_dir():
+        raise ConfigError(f"manifest: {resolve_path(manifest_dir)} is not a folder")
+    check_run_folders(paths, _data_folders(manifest_dir, cfg))
     notebooks = discover_notebooks(notebooks_dir)
     if not notebooks:
         raise ConfigError(f"notebooks_dir: no NN_name.ipynb notebooks in {notebooks_dir}")
@@ -827,7 +929,8 @@ def run_study(
     _check_kernel(kernel_name)
     console = _Console(stream, enabled=progress)
 
-    with _run_lock(paths):
+    with _run_lock(paths), _no_claim_if_disk_full(paths):
+        mark_run_folders(paths)
         started_iso = _now()
         for folder in (paths.executed_dir, paths.html_dir, paths.artifacts_dir, paths.work_dir):
             folder.mkdir(parents=True, exist_ok=True)
@@ -838,8 +941,6 @@ def run_study(
             manifest = _prepare_embedded_cohort(cfg, progress=console.tty)
         else:
             manifest = resolve_path(manifest_dir)
-        if not manifest.is_dir():
-            raise ConfigError(f"manifest: {manifest} is not a folder")
         inputs = input_checksums(manifest)
         code = code_sha256()
         run_params = {
@@ -899,6 +1000,10 @@ def run_study(
                 command=study_command(params, start=stale[0], stop=runs[first - 1].name),
             )
 
+        # from here on the folder is being rewritten: nothing may claim an earlier success
+        # until this run has ended (a run killed or failing now leaves no index.html and no
+        # "succeeded" record)
+        _retract_report(paths)
         error = failure = None
         n = len(runs)
         for i, (path, run) in enumerate(zip(notebooks, runs, strict=True)):
@@ -957,7 +1062,9 @@ def run_study(
             run.status = "executed"
             done.metadata[RUN_STAMP] = {"fingerprint": run.fingerprint, "status": "completed"}
             done = scrub_notebook(done, project=project_root())
-            atomic_write_text(executed, nbformat.writes(done))
+            text = nbformat.writes(done)
+            with _space_for(executed, len(text.encode()), what="the executed notebook"):
+                atomic_write_text(executed, text)  # the stamp: only once the notebook finished
             _publish_html(done, i, runs, paths, cfg.profile)
             console.line(f"{label}: done in {format_duration(run.duration_s)}")
 
@@ -992,22 +1099,25 @@ def run_study(
             "notebooks": [asdict(r) for r in runs],
             "warnings": warnings,
         }
-        atomic_write_text(paths.run_manifest, json.dumps(manifest_record, indent=2,
-                                                         default=str))
-
+        record_text = json.dumps(manifest_record, indent=2, default=str)
+        # the report first: a record saying "complete" never stands without it (and a full
+        # disk removes both: _no_claim_if_disk_full)
         if complete:
-            atomic_write_text(paths.report_html,
-                              _report_page(cfg, runs, manifest_record, paths))
+            report = _report_page(cfg, runs, manifest_record, paths)
+            with _space_for(paths.report_html, len(report.encode()), what="the report page"):
+                atomic_write_text(paths.report_html, report)
             console.line("report: printing report.pdf")
             pdf_problem = print_pdf(paths.report_html, paths.report_pdf)
             if pdf_problem:
                 paths.report_pdf.unlink(missing_ok=True)
                 console.line(f"report: PDF not produced: {pdf_problem}")
             page = _index_page(cfg, runs, manifest_record, paths, pdf_problem=pdf_problem)
-            atomic_write_text(paths.index_html, page)
+            with _space_for(paths.index_html, len(page.encode()), what="the index page"):
+                atomic_write_text(paths.index_html, page)
         else:
-            for stale in (paths.index_html, paths.report_html, paths.report_pdf):
-                stale.unlink(missing_ok=True)
+            _withdraw_published(paths)
+        with _space_for(paths.run_manifest, len(record_text.encode()), what="the run record"):
+            atomic_write_text(paths.run_manifest, record_text)
     return StudyResult(succeeded=succeeded, paths=paths, notebooks=runs, error=error,
                        complete=complete, failure=failure, duration_s=duration)
 

@@ -36,7 +36,6 @@ import joblib
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-import yaml
 from sklearn.base import BaseEstimator, clone
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.feature_selection import SelectorMixin, VarianceThreshold
@@ -46,7 +45,7 @@ from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from magn_lib.config import VIEWS, resolve_path
+from magn_lib.config import VIEWS, read_yaml, resolve_path
 from magn_lib.errors import ConfigError, InputError
 from magn_lib.files import atomic_open
 from magn_lib.layout import feature_cache
@@ -103,8 +102,7 @@ def load_settings(settings: Settings) -> dict[str, Any]:
         path = resolve_path(settings)
         if not path.is_file():
             raise ConfigError(f"radiomics settings: parameter file {path} does not exist")
-        with open(path) as f:
-            params = yaml.safe_load(f) or {}  # YAML is a superset of JSON
+        params = read_yaml(path, what="radiomics settings") or {}  # YAML ⊃ JSON
         if not isinstance(params, dict):
             raise ConfigError(f"radiomics settings: {path.name} must hold a mapping")
         source = path.name

@@ -28,6 +28,7 @@ __all__ = [
     "check_environment",
     "checkout_mismatch",
     "environment_info",
+    "file_blake2b",
     "file_sha256",
     "git_state",
     "package_versions",
@@ -85,6 +86,16 @@ def set_determinism(seed: int) -> None:
 def file_sha256(path: str | Path, *, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes (read in chunks: inputs can be large)."""
     digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_blake2b(path: str | Path, *, chunk: int = 1 << 20) -> str:
+    """Hex BLAKE2b (128-bit digest) of a file's bytes: the fast content hash that keys resume
+    stamps (about 1 GB/s on one core, faster than SHA-256 and than reading a DICOM file)."""
+    digest = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)

@@ -42,6 +42,7 @@ from magn_lib.errors import InputError
 from magn_lib.files import write_csv
 from magn_lib.ingest import EXCLUSION_COLUMNS, IngestResult, save_nifti
 from magn_lib.layout import TRANSFER_TABLES, WorkPaths
+from magn_lib.repro import file_blake2b
 from magn_lib.transfer import (
     dice,
     mask_centroid_world,
@@ -258,8 +259,10 @@ def build_crop_cache(
 ) -> CropCache:
     """Cut every analysed lesion's crops in ``views`` into one cache file (reused if current).
 
-    The cache is rebuilt only when the lesions, views, crop size or any source volume or mask
-    changed (a checksum over their cheap signatures is kept in its provenance).
+    The cache is rebuilt only when the lesions, views, crop size or the content of any source
+    volume or mask changed (a BLAKE2b hash of each file is part of the key kept in its
+    provenance; sizes and modification times are not trusted: a work folder that held another
+    cohort's files of the same size must not serve its crops).
 
     Returns:
         The :class:`~magn_lib.crops.CropCache` (also written to ``path``).
@@ -269,13 +272,14 @@ def build_crop_cache(
     path = Path(path)
     lesions = transfer.lesions
     volumes, masks = ingest.paths, transfer.paths  # one work folder, as transfer_cohort wrote it
-    inputs = []
+    inputs: list[list[str]] = []
+    digests: dict[Path, str] = {}
     for lesion in lesions.itertuples():
         for view in views:
             for f in (volumes.volume(lesion.patient_id, view), masks.mask(lesion.lesion_id, view)):
-                st = f.stat()
-                inputs.append([f.relative_to(ingest.work_dir).as_posix(), st.st_size,
-                               st.st_mtime_ns])
+                if f not in digests:  # a patient's volume serves each of its lesions
+                    digests[f] = file_blake2b(f)
+                inputs.append([f.relative_to(ingest.work_dir).as_posix(), digests[f]])
     key = {"views": list(views), "crop_size": int(crop_size), "inputs": inputs,
            "magn_version": __version__}
     key_text = json.dumps(key, sort_keys=True)

@@ -44,6 +44,7 @@ from magn_lib.stats import binary_metrics
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointPolicy",
+    "TrainingDiverged",
     "dataset_labels",
     "fit_fold",
     "predict",
@@ -52,6 +53,25 @@ __all__ = [
 
 # 2: the settings a resume must match are stored under "settings" (TrainSettings field names)
 CHECKPOINT_FORMAT = 2
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite: the fold stops before the step that would
+    spread it into the weights (and before any checkpoint of them).
+
+    Attributes ``learning_rate``, ``epoch`` (1-based) and ``loss`` keep the parts; the message
+    names the learning rate and what to change.
+    """
+
+    def __init__(self, *, loss: float, learning_rate: float, epoch: int, batch: int,
+                 desc: str | None = None) -> None:
+        self.loss, self.learning_rate, self.epoch = loss, learning_rate, epoch
+        where = f"{desc}: " if desc else ""
+        super().__init__(
+            f"{where}training diverged: the loss is {loss} in epoch {epoch}, batch {batch}, at "
+            f"learning rate {learning_rate:g}; lower learning_rate in the profile (e.g. "
+            f"--set learning_rate={learning_rate / 10:g}) and run again"
+        )
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -120,16 +140,26 @@ def _save_atomic(obj: Any, path: Path) -> None:
 
 def _epoch_pass(model: nn.Module, loader: DataLoader, *, device: torch.device, amp: bool,
                 attention_weight: float, pos_weight: float | None,
-                optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, float], dict]:
-    """One pass; trains when ``optimizer`` is given. Returns mean loss parts and predictions."""
+                optimizer: torch.optim.Optimizer | None, epoch: int = 0,
+                desc: str | None = None) -> tuple[dict[str, float], dict]:
+    """One pass; trains when ``optimizer`` is given. Returns mean loss parts and predictions.
+
+    Raises:
+        TrainingDiverged: a training batch's loss is not finite (``epoch`` is 0-based).
+    """
     sums: dict[str, float] = {}
-    n_seen = 0
+    n_seen = n_batches = 0
     out: dict[str, list] = {"lesion_id": [], "patient_id": [], "label": [], "probability": []}
     for batch in loader:
         images, masks, y = _to_device(batch, device, channels_last=amp)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             logits, cams = model(images)
         parts = magn_loss_parts(logits, y, cams, masks, attention_weight, pos_weight=pos_weight)
+        if optimizer is not None and not torch.isfinite(parts["loss"].detach()).all():
+            raise TrainingDiverged(loss=float(parts["loss"].detach()),
+                                   learning_rate=optimizer.param_groups[0]["lr"],
+                                   epoch=epoch + 1, batch=n_batches + 1, desc=desc)
+        n_batches += 1
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
@@ -257,7 +287,8 @@ class CheckpointPolicy:
 
 def _one_epoch(state: _FoldState, train_ds: Dataset, train_loader: DataLoader,
                val_loader: DataLoader | None, *, device: torch.device, amp: bool,
-               attention_weight: float, pos_weight: float | None) -> dict[str, Any]:
+               attention_weight: float, pos_weight: float | None,
+               desc: str | None = None) -> dict[str, Any]:
     """Train one epoch (and evaluate the held-out loader); returns the epoch's history row."""
     t0 = time.perf_counter()
     epoch = state.epochs_done
@@ -270,7 +301,7 @@ def _one_epoch(state: _FoldState, train_ds: Dataset, train_loader: DataLoader,
     model.train()
     means, _ = _epoch_pass(model, train_loader, device=device, amp=amp,
                            attention_weight=attention_weight, pos_weight=pos_weight,
-                           optimizer=state.optimizer)
+                           optimizer=state.optimizer, epoch=epoch, desc=desc)
     row.update({f"train_{k}": v for k, v in means.items()})
     state.scheduler.step()
     if val_loader is not None:
@@ -333,6 +364,10 @@ def fit_fold(
         ``train_attention_<view>``, ``seconds``, and with ``val_ds`` also ``val_loss``,
         ``val_bce``, ``val_attention``, ``val_attention_<view>``, ``val_accuracy``,
         ``val_auc``, ``val_f1``, ``val_sensitivity``, ``val_specificity`` (threshold 0.5).
+
+    Raises:
+        TrainingDiverged: the loss of a training batch is NaN or infinite (names the learning
+            rate); the weights and the checkpoint are those before that batch.
     """
     if len(train_ds) == 0:
         raise ConfigError("the training dataset is empty")
@@ -365,7 +400,8 @@ def fit_fold(
     try:
         while state.epochs_done < epochs:
             row = _one_epoch(state, train_ds, train_loader, val_loader, device=dev, amp=amp,
-                             attention_weight=settings.attention_weight, pos_weight=pos_weight)
+                             attention_weight=settings.attention_weight, pos_weight=pos_weight,
+                             desc=desc)
             if path is not None and policy.due(state.epochs_done, epochs):
                 policy.written()
                 _save(state, path, settings)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,8 @@ def test_to_dict_is_a_copy():
 def test_run_paths_resolve_against_project_root():
     paths = run_paths("reports/demo")
     assert paths.report_dir == project_root() / "reports" / "demo"
-    assert paths.work_dir == project_root() / "work" / "demo"
+    assert paths.work_dir.parent == project_root() / "work"
+    assert re.fullmatch(r"demo-[0-9a-f]{8}", paths.work_dir.name)  # unique to reports/demo
     assert paths.html_dir.parent == paths.report_dir
     absolute = run_paths(Path("/tmp/x/run1"), "/tmp/y")
     assert absolute.report_dir == Path("/tmp/x/run1") and absolute.work_dir == Path("/tmp/y")
@@ -143,8 +145,8 @@ def test_notebook_parameters_resolve_profile_then_overrides():
     assert by_hand.profile == load_profile("demo")
     assert by_hand.overrides == {} and by_hand.sources == {"epochs": "profile",
                                                            "learning_rate": "profile"}
-    assert (by_hand.run_dir, by_hand.work_dir, by_hand.manifest_dir) == (
-        "reports/demo", "work/demo", None)
+    assert (by_hand.run_dir, by_hand.manifest_dir) == ("reports/demo", None)
+    assert re.fullmatch(r"work/demo-[0-9a-f]{8}", by_hand.work_dir)
 
     # papermill -p profile paper -p epochs 1: exactly one thing changes
     paper = notebook_parameters({"profile": "paper", "epochs": 1, "learning_rate": None,
@@ -154,10 +156,11 @@ def test_notebook_parameters_resolve_profile_then_overrides():
     assert paper.values == {"epochs": 1, "learning_rate": 1e-3, "weights": "imagenet"}
     assert paper.sources == {"epochs": "override", "learning_rate": "profile",
                              "weights": "profile"}
-    assert paper.run_dir == "reports/paper" and paper.work_dir == "work/paper"
+    assert paper.run_dir == "reports/paper"
+    assert re.fullmatch(r"work/paper-[0-9a-f]{8}", paper.work_dir)
     # a run folder given names the default work folder after it
     named = notebook_parameters({"profile": "smoke", "run_dir": "/tmp/runs/site_a"})
-    assert named.work_dir == "work/site_a"
+    assert re.fullmatch(r"work/site_a-[0-9a-f]{8}", named.work_dir)
 
     with pytest.raises(ConfigError, match="^epochs: expected int"):
         notebook_parameters({"profile": "paper", "epochs": "1"})

@@ -81,9 +81,12 @@ def test_save_load_and_ensure_folds(tmp_path):
     folds = make_folds(lesions, n_splits=5, seed=0)
     path = save_folds(folds, tmp_path / "folds.csv")
     pd.testing.assert_frame_equal(load_folds(path), folds)
-    # written once, reused: another seed does not reshuffle an existing fold table
-    again = ensure_folds(lesions, path, n_splits=5, seed=99)
+    # written once, reused with the same seed and scheme; another seed makes (and saves) the
+    # folds of that seed (tests/test_resume_faults.py holds the rest of that rule)
+    again = ensure_folds(lesions, path, n_splits=5, seed=0)
     pd.testing.assert_frame_equal(again, folds)
+    reseeded = ensure_folds(lesions, path, n_splits=5, seed=99)
+    pd.testing.assert_frame_equal(reseeded, make_folds(lesions, n_splits=5, seed=99))
     # a changed cohort gets new folds
     fewer = lesions[lesions["patient_id"] != "P000"]
     new = ensure_folds(fewer, path, n_splits=5, seed=0)

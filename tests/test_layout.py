@@ -20,6 +20,7 @@ from magn_lib.layout import (
     WorkPaths,
     default_run_parents,
     default_run_paths,
+    default_work_folder,
     feature_cache,
     run_paths,
 )
@@ -32,6 +33,7 @@ FILE_NAMES = frozenset({
     "crops.npz", "folds.csv", "predictions.csv", "history.csv", "done.json", "started.json",
     "model.pt", "checkpoint.pt", "run_manifest.json", "warnings.json", "front_page.json",
     ".ingest.json", ".lock", "index.html", "qc.csv", "report.html", "report.pdf",
+    ".magn-run.json",
 })
 FOLDER_NAMES = frozenset({
     "magn_cv", "nifti", "masks", "ingest", "transfer", "radiomics", "artifacts", "executed",
@@ -255,5 +257,6 @@ def test_default_run_folders():
     assert run_paths_from_config is run_paths  # still importable from config
     paths = default_run_paths("demo")
     assert paths == RunPaths(report_dir=project_root() / "reports" / "demo",
-                             work_dir=project_root() / "work" / "demo")
+                             work_dir=project_root() / default_work_folder(paths.report_dir))
+    assert paths.work_dir.parent == project_root() / "work"
     assert default_run_parents() == (paths.report_dir.parent, paths.work_dir.parent)

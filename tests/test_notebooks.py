@@ -18,7 +18,7 @@ import nbformat
 import pytest
 
 from magn_lib.config import load_profile, project_root
-from magn_lib.layout import RunPaths
+from magn_lib.layout import RunPaths, default_work_folder
 from magn_lib.pipeline import (
     STUDY_NEEDS,
     discover_notebooks,
@@ -95,8 +95,8 @@ def smoke_run(checkout):
     root = checkout.root
     reports = root / "reports" / "smoke"
     return SimpleNamespace(
-        done=done, root=root, reports=reports, work=root / "work" / "smoke",
-        paths=RunPaths(reports, root / "work" / "smoke"),
+        done=done, root=root, reports=reports, work=root / default_work_folder(reports),
+        paths=RunPaths(reports, root / default_work_folder(reports)),
         cohort=root / "data" / "embedded" / embedded_cohort_dir(load_profile("smoke")).name,
         manifest=json.loads((reports / "run_manifest.json").read_text()),
     )
