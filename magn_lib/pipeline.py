@@ -287,7 +287,7 @@ STUDY_OUTPUTS: dict[str, Callable[[RunPaths], tuple[Path, ...]]] = {
                                        p.table("table1")),
     "02_annotation_transfer": lambda p: (p.crop_cache,),
     "03_magn_training": lambda p: (p.folds_csv, p.oof("magn")),
-    "04_radiomics": lambda p: (p.oof("radiomics"),),
+    "04_radiomics": lambda p: (p.oof("radiomics"), p.oof("first-order")),
 }
 # the earlier notebooks whose results each study notebook reads
 STUDY_NEEDS: dict[str, tuple[str, ...]] = {

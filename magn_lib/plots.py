@@ -68,6 +68,7 @@ PAPER_TABLE2: tuple[tuple[str, str, bool, float, float, float, float], ...] = (
     ("reader", "reader2", False, 0.6912, 0.7085, float("nan"), 0.6455),
 )
 _SECTIONS = {"magn": "Attention guided network", "radiomics": "Radiomics model",
+             "first-order": "Trivial baseline (first-order lesion intensity statistics)",
              "reader": "Radiologist assessment"}
 _VIEW_ALIASES = {"multi-view": "multi-view", "multiview": "multi-view", "multi_view": "multi-view",
                  "all": "multi-view", "sagittal": "sagittal", "axial": "axial",
@@ -340,7 +341,7 @@ def table2(
     paper = paper_table2()
     paper_order = {(m, v, a): i for i, (m, v, a) in
                    enumerate(zip(paper["method"], paper["view"], paper["attention"], strict=True))}
-    method_order = {"magn": 0, "radiomics": 1, "reader": 2}
+    method_order = {"magn": 0, "radiomics": 1, "first-order": 2, "reader": 3}
     rows = []
     for i, r in enumerate(metrics.itertuples(index=False)):
         view, attention = _parse_config(r.method, r.config)
@@ -349,7 +350,7 @@ def table2(
                       & (paper["attention"] == attention)]
         ref = match.iloc[0] if len(match) else None
         rows.append({
-            "_sort": (method_order.get(r.method, 3), paper_order.get(key, 100 + i)),
+            "_sort": (method_order.get(r.method, 4), paper_order.get(key, 100 + i)),
             "section": _SECTIONS.get(r.method, str(r.method)), "method": r.method,
             "config": r.config, "view": view, "attention": attention,
             "n_lesions": r.n_lesions,
