@@ -496,7 +496,10 @@ def embedded_cohort_dir(profile: Profile) -> Path:
     ``work/`` and ``reports/``, named by the parameters that determine it so that runs sharing
     them share one copy. ``$MAGN_EMBEDDED_DIR`` moves the ``data/embedded`` folder elsewhere.
     """
-    name = f"n{profile.n_patients}-seed{profile.seed}-sep{profile.separability:g}"
+    from magn_lib.synthetic.cohort import PHANTOM_VERSION
+
+    name = (f"n{profile.n_patients}-seed{profile.seed}-sep{profile.separability:g}"
+            f"-phantom{PHANTOM_VERSION}")
     base = os.environ.get("MAGN_EMBEDDED_DIR")
     return (Path(base) if base else project_root() / "data" / "embedded") / name
 
