@@ -7,6 +7,7 @@ All positions and sizes are in the spine's straightened frame ``(s, u, v)`` mm
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -150,6 +151,18 @@ def _rim_profile(r_norm: np.ndarray) -> np.ndarray:
             ).astype(np.float32)
 
 
+def _reference(centre: np.ndarray, radii: np.ndarray, strength: float, texture: Texture,
+               rng: np.random.Generator) -> np.ndarray:
+    """The structure field's distribution over the lesion: its sorted values at uniform
+    points of the lesion's ellipsoid (float32, (N_REFERENCE,))."""
+    ball = rng.normal(size=(N_REFERENCE, 3))
+    ball *= (rng.random(N_REFERENCE) ** (1 / 3) / np.linalg.norm(ball, axis=1))[:, None]
+    pts = (centre + ball * radii).astype(np.float32)
+    rim = _rim_profile(np.linalg.norm(ball, axis=1).astype(np.float32))
+    field = np.float32(strength) * rim + np.float32(math.sqrt(1 - strength ** 2)) * texture.at(pts)
+    return np.sort(field).astype(np.float32)
+
+
 #: label-independent probabilities of a lesion's extensions beyond its vertebral body
 POSTERIOR_PROBABILITY = 0.35
 SOFT_TISSUE_PROBABILITY = 0.21
@@ -202,14 +215,7 @@ def draw_lesion(spine: Spine, rng: np.random.Generator, *, label: int, k: int, m
     amp /= np.sqrt(np.sum(amp ** 2) / 2) + 1e-9
     texture = Texture.draw(rng, (4.0, 10.0))
     enhancement = float(np.clip(rng.normal(0.80, 0.07), 0.6, 0.98))
-    # the structure field's distribution over the lesion: uniform points in its ellipsoid
-    ball = rng.normal(size=(N_REFERENCE, 3))
-    ball *= (rng.random(N_REFERENCE) ** (1 / 3) / np.linalg.norm(ball, axis=1))[:, None]
-    ref_pts = (centre + ball * radii).astype(np.float32)
-    ref_r = np.linalg.norm(ball, axis=1).astype(np.float32)
-    rim = _rim_profile(ref_r)
-    reference = np.sort(np.float32(strength) * rim
-                        + np.float32(math.sqrt(1 - strength ** 2)) * texture.at(ref_pts))
+    reference = _reference(centre, radii, strength, texture, rng)
     # straightened bounding box of everything the lesion can occupy (for the prescriptions)
     breach = 1.0 + 0.9 * max(0.0, float(radii.max()) - max(a_u, h / 2))
     reach = radii * (1 + irregularity)
@@ -227,7 +233,7 @@ def draw_lesion(spine: Spine, rng: np.random.Generator, *, label: int, k: int, m
         irregularity=irregularity, enhancement=enhancement, heterogeneity=heterogeneity,
         posterior_elements=posterior, soft_tissue=soft, lobes=tuple(lobes),
         margin=Margin(dirs.astype(np.float32), freq, phase, amp),
-        texture=texture, reference=reference.astype(np.float32),
+        texture=texture, reference=reference,
     )
 
 
@@ -277,15 +283,11 @@ def draw_distractors(spine: Spine, rng: np.random.Generator, *, taken: set[int],
         spec = draw_lesion(spine, rng, label=imitated, k=int(k), m=float(m), diameter_cm=d,
                            lesion_id=f"{patient_id}-D{i + 1}", number=0)
         if imitated < 0:  # haemangioma: bright, nearly homogeneous, smooth, no extensions
-            spec = _replace(spec, enhancement=float(rng.uniform(0.75, 0.95)),
+            spec = dataclasses.replace(spec, enhancement=float(rng.uniform(0.75, 0.95)),
                             heterogeneity=0.04, irregularity=0.03, strength=0.0,
                             kind="heterogeneous", pattern="homogeneous", lobes=(),
                             posterior_elements=False, soft_tissue=False)
+            spec = dataclasses.replace(spec, reference=_reference(
+                spec.centre, spec.radii, 0.0, spec.texture, rng))
         out.append(spec)
     return out
-
-
-def _replace(spec: LesionSpec, **changes: Any) -> LesionSpec:
-    import dataclasses
-
-    return dataclasses.replace(spec, **changes)
