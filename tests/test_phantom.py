@@ -112,6 +112,7 @@ def test_distractors_are_drawn_without_the_label_and_never_masked():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_null_cohort_trivial_baseline_and_label_only_checks_at_chance(tmp_path):
     """Acceptance: on a rendered null-preset cohort (110 patients, ~140 lesions), the trivial
     baseline and every label-only check have a cross-validated AUC within 0.5 ± 0.1."""
