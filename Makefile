@@ -33,7 +33,7 @@ $(PY):
 $(STAMP): | $(PY)
 	$(PIP) install -c $(LOCK) pip setuptools wheel numpy versioneer
 	$(PIP) install -c $(LOCK) --no-build-isolation pyradiomics==3.0.1
-	$(PIP) install -c $(LOCK) -e '.[dev]'
+	$(PIP) install -c $(LOCK) -e '.[dev,ray]'
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (magn)"
 	rm -f $(VENV)/.magn-setup-*
 	touch $@

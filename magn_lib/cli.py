@@ -1,4 +1,5 @@
-"""The ``magn`` command: ``magn study``, ``magn generate``, ``magn predict``, ``magn doctor``.
+"""The ``magn`` command: ``magn study``, ``magn generate``, ``magn export``, ``magn predict``,
+``magn doctor``.
 
 Exit status (every subcommand): 0 done; 1 a notebook of the study failed; 2 a usage or
 configuration error (bad option, profile or ``--set``, a notebook before ``--only``/``--from``
@@ -14,6 +15,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from magn_lib import __version__
 from magn_lib.errors import ConfigError, InputError, UpstreamError
@@ -62,10 +64,37 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+# the execution options of `magn study` / `magn config`: shorthands of --set KEY=VALUE
+EXECUTION_FLAGS = ("executor", "ray_address", "gpus_per_task", "cpus_per_task")
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     from magn_lib.config import parse_override
 
-    return dict(parse_override(item) for item in args.set or [])
+    overrides = dict(parse_override(item) for item in args.set or [])
+    for key in EXECUTION_FLAGS:
+        value = getattr(args, key, None)
+        if value is not None:
+            if key in overrides and overrides[key] != value:
+                raise ConfigError(f"{key}: given both as --{key.replace('_', '-')} {value} and "
+                                  f"as --set {key}={overrides[key]}")
+            overrides[key] = value
+    return overrides
+
+
+def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "execution of the MAGN grid (never changes a result; shorthands of --set)")
+    group.add_argument("--executor", choices=("sequential", "ray"), default=None,
+                       help="sequential: one training after the other (default); ray: each "
+                            "(configuration, fold) a Ray task")
+    group.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                       help="join an existing Ray cluster (a head started with `ray start "
+                            "--head`); default: a local Ray started for the run")
+    group.add_argument("--gpus-per-task", type=float, default=None, metavar="G",
+                       help="GPUs of one training, e.g. 0.25: four share a GPU")
+    group.add_argument("--cpus-per-task", type=int, default=None, metavar="N",
+                       help="CPUs (and torch threads) of one training")
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -156,18 +185,74 @@ def _cmd_deid_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from magn_lib.predict import predict_lesion
+def _cmd_export(args: argparse.Namespace) -> int:
+    from magn_lib.bundle import export_bundle, load_bundle
 
+    out = export_bundle(args.run, args.out, config=args.config, work_dir=args.work,
+                        target_sensitivity=args.target_sensitivity, overwrite=args.overwrite)
+    bundle = load_bundle(out)  # what predict will read: checked once now
+    cal = bundle.calibration
+    cross = cal.operating_point["cross_validated"]
+
+    def estimate(metric: str) -> str:
+        value = cross[metric]["estimate"]
+        return "not estimable" if value is None or value != value else f"{value:.2f}"
+
+    print(f"magn export: {bundle.config.name} ({len(bundle.models)} fold models) -> "
+          f"{_shown_path(out)}; operating point {cal.threshold:.4g} ({cal.rule}), "
+          f"cross-validated sensitivity {estimate('sensitivity')}, "
+          f"specificity {estimate('specificity')}")
+    if cal.no_signal:
+        print("magn export: warning: out of fold the model did not rank multiple myeloma "
+              "above metastasis; its calibrated probability is the prevalence for every lesion",
+              file=sys.stderr)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from magn_lib.bundle import load_bundle
+    from magn_lib.layout import PredictionPaths
+    from magn_lib.predict import CaseInput, predict_case, predict_manifest
+
+    bundle = load_bundle(args.model)
+    out = args.out
+    if args.manifest:
+        if args.sagittal or args.mask:
+            raise ConfigError("give either --manifest or the series and --mask of one lesion")
+        table = predict_manifest(bundle, args.manifest, out, report=not args.no_report)
+        failed = table[table["status"] != "ok"]
+        for row in failed.itertuples():
+            print(f"magn predict: lesion {row.lesion_id}: input error: {row.error}",
+                  file=sys.stderr)
+        print(f"magn predict: {int((table['status'] == 'ok').sum())} of {len(table)} lesions "
+              f"scored; table: {_shown_path(PredictionPaths(Path(out)).table)} "
+              "(research use only; not a medical device)")
+        return EXIT_INPUT if len(failed) else EXIT_OK
+    if not (args.sagittal and args.mask and args.lesion_id):
+        raise ConfigError("one lesion needs --sagittal, --coronal, --axial, --mask and "
+                          "--lesion-id (or give --manifest)")
     series = {view: getattr(args, view) for view in ("sagittal", "coronal", "axial")
               if getattr(args, view)}
-    table = predict_lesion(args.run, series=series, mask=args.mask, mask_label=args.mask_label,
-                           config=args.config)
-    print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    mean = table.iloc[-1]
-    print(f"\nprobability of multiple myeloma: {mean['probability']:.3f} -> {mean['call']} "
+    case = CaseInput(lesion_id=args.lesion_id, series=series, mask=args.mask,
+                     mask_label=args.mask_label, patient_id=args.patient_id)
+    result = predict_case(bundle, case, out, report=not args.no_report)
+    for row in result["fold_models"]:
+        print(f"  fold {row['fold']}: {format_probability(row['probability_calibrated'])} "
+              f"(raw {format_probability(row['probability_raw'])})")
+    for warning in result["warnings"]:
+        print(f"magn predict: warning: {warning}", file=sys.stderr)
+    print(f"lesion {result['lesion_id']}: probability of multiple myeloma "
+          f"{result['probability_mm_text']} -> {result['call']} (threshold "
+          f"{result['threshold']:.4g}); report: "
+          f"{_shown_path(Path(out) / result['lesion_id'])} "
           "(research use only; not a medical device)")
-    return 0
+    return EXIT_OK
+
+
+def format_probability(p: float) -> str:
+    from magn_lib.predict import format_probability as fmt
+
+    return fmt(p)
 
 
 def _profile_keys() -> str:
@@ -228,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--kernel", default="magn", help="Jupyter kernel name (default: magn)")
     study.add_argument("--notebooks", default=None,
                        help="folder of NN_name.ipynb notebooks (default: the study's notebooks/)")
+    _add_execution_flags(study)
     study.set_defaults(func=_cmd_study)
 
     generate = sub.add_parser(
@@ -256,22 +342,54 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("--out", required=True, help="key file (CSV), outside reports/ and work/")
     key.set_defaults(func=_cmd_deid_key)
 
-    pred = sub.add_parser(
-        "predict", help="score one new lesion with the trained models of a finished study run",
+    export = sub.add_parser(
+        "export", help="pack one configuration of a finished study run into a model bundle",
+        description="Write a portable model bundle (a folder, by convention NAME.magn): the "
+                    "fold models of one configuration, calibration and operating point fitted "
+                    "on the out-of-fold predictions, the preprocessing, the training "
+                    "acquisition ranges and patients, a model card and checksums.",
         epilog=EXIT_CODES_HELP, formatter_class=formatter,
     )
-    pred.add_argument("--run", required=True, help="the run's report folder, e.g. reports/demo")
-    pred.add_argument("--sagittal", required=True, help="sagittal DICOM series folder")
+    export.add_argument("--run", required=True, help="the run's report folder, e.g. reports/demo")
+    export.add_argument("--out", required=True, help="the bundle folder to write, e.g. model.magn")
+    export.add_argument("--work", default=None,
+                        help="the run's work folder (default: the one its run record names)")
+    export.add_argument("--config", default=None, choices=GRID_CONFIGS, metavar="CONFIG",
+                        help="configuration to export: one of " + ", ".join(GRID_CONFIGS)
+                             + " (default: the multi-view one with the best pooled "
+                               "out-of-fold AUC among those whose fold models were kept)")
+    export.add_argument("--target-sensitivity", type=float, default=None,
+                        help="operating point: the highest threshold reaching this "
+                             "out-of-fold sensitivity (default: the profile's "
+                             "target_sensitivity, else Youden's J)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    export.set_defaults(func=_cmd_export)
+
+    pred = sub.add_parser(
+        "predict", help="score new lesions with a model bundle (magn export)",
+        description="Score one lesion (three DICOM series folders and a sagittal mask) or every "
+                    "lesion of a manifest with a model bundle. Per lesion, OUT/<lesion id>/ "
+                    "gets prediction.json and case_report.html; a manifest also gives "
+                    "OUT/predictions.csv.",
+        epilog=EXIT_CODES_HELP, formatter_class=formatter,
+    )
+    pred.add_argument("--model", required=True, help="the bundle folder written by magn export")
+    pred.add_argument("--out", default="predictions",
+                      help="output folder (default: predictions)")
+    pred.add_argument("--manifest", help="a data_manifest folder: score every lesion in it")
+    pred.add_argument("--sagittal", help="sagittal DICOM series folder")
     pred.add_argument("--coronal", help="coronal DICOM series folder")
     pred.add_argument("--axial", help="axial DICOM series folder")
-    pred.add_argument("--mask", required=True, help="lesion mask (NIfTI) on the sagittal grid")
+    pred.add_argument("--mask", help="lesion mask on the sagittal grid: NIfTI (.nii, .nii.gz) "
+                                     "or NRRD (.nrrd, as 3D Slicer / ITK-SNAP save it)")
     pred.add_argument("--mask-label", type=int, default=1, help="the lesion's value in the mask")
-    pred.add_argument("--config", default="multi-view+attention", choices=GRID_CONFIGS,
-                      metavar="CONFIG",
-                      help="configuration whose fold models score: one of "
-                           f"{', '.join(GRID_CONFIGS)} (default: multi-view+attention, the "
-                           "paper's MAGN; the study keeps the models of multi-view and "
-                           "multi-view+attention)")
+    pred.add_argument("--lesion-id", help="your id for the lesion (names the outputs; letters, "
+                                          "digits, . _ -); never a patient's name")
+    pred.add_argument("--patient-id", default=None,
+                      help="the patient's study id, if any (checked against the training "
+                           "patients for the in-sample warning)")
+    pred.add_argument("--no-report", action="store_true",
+                      help="write prediction.json only (no HTML, no Grad-CAM)")
     pred.set_defaults(func=_cmd_predict)
 
     config = sub.add_parser(
@@ -282,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--profile", default="demo", help=f"{PROFILE_HELP} (default: demo)")
     config.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override one parameter, as for magn study (repeatable)")
+    _add_execution_flags(config)
     config.set_defaults(func=_cmd_config)
 
     doctor = sub.add_parser(

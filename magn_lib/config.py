@@ -41,6 +41,8 @@ from magn_lib.layout import (  # re-exported: they used to live here
 
 __all__ = [
     "BACKBONES",
+    "EXECUTORS",
+    "GRID_CONFIG_NAMES",
     "PARAMETERS_MIMETYPE",
     "POOLINGS",
     "PROFILES",
@@ -66,6 +68,14 @@ BACKBONES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
 POOLINGS: tuple[str, ...] = ("lse", "avg", "max")
 PROFILES: tuple[str, ...] = ("smoke", "demo", "paper")
 RADIOMICS_CLASSIFIERS: tuple[str, ...] = ("gradient_boosting", "random_forest")
+# the names of the MAGN grid's configurations (magn_lib.cv.CONFIGS; spelt here so that a
+# profile can be checked without importing torch — a test keeps the two in step)
+GRID_CONFIG_NAMES: tuple[str, ...] = (
+    "sagittal", "sagittal+attention", "axial", "axial+attention", "coronal",
+    "coronal+attention", "multi-view", "multi-view+attention",
+)
+# how the grid's (configuration, fold) trainings are run (magn_lib.executor)
+EXECUTORS: tuple[str, ...] = ("sequential", "ray")
 # a notebook's parameters besides the profile's: where the run reads and writes
 RUN_FOLDERS: tuple[str, ...] = ("run_dir", "work_dir", "manifest_dir")
 # the MIME type under which a notebook publishes its effective parameters (machine-readable;
@@ -109,8 +119,15 @@ class Profile:
     augment: bool = True
     device: str = "auto"
     num_workers: int = 0
+    # the configurations whose trained fold models are kept (for Grad-CAM and `magn export`);
+    # not part of any fold's fingerprint: keeping a model does not change what it computes
+    keep_weights: list[str] = field(default_factory=lambda: ["multi-view",
+                                                             "multi-view+attention"])
     # validation
     n_folds: int = 5
+    # operating point of an exported model (magn export): None = Youden's J on the out-of-fold
+    # predictions; a number = the highest threshold whose out-of-fold sensitivity reaches it
+    target_sensitivity: float | None = None
     # radiomics baseline
     radiomics_settings: str = "configs/radiomics.yaml"
     radiomics_classifier: str = "gradient_boosting"
@@ -120,6 +137,13 @@ class Profile:
     n_bootstrap: int = 2000
     # parallel workers for CPU-bound stages (-1 = one per core)
     n_jobs: int = -1
+    # execution of the grid (magn_lib.executor): where and how many trainings run at once;
+    # none of these changes a result, so none enters a fold's fingerprint
+    executor: str = "sequential"
+    ray_address: str | None = None
+    gpus_per_task: float = 1.0
+    cpus_per_task: int = 1
+    ray_log_to_driver: bool = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -144,6 +168,13 @@ class Profile:
                      "radiomics_top_k", "radiomics_keep", "n_bootstrap"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        unknown = [c for c in self.keep_weights if c not in GRID_CONFIG_NAMES]
+        if unknown or len(set(self.keep_weights)) != len(self.keep_weights):
+            raise ConfigError(f"keep_weights: {self.keep_weights!r} must list distinct "
+                              f"configurations from {GRID_CONFIG_NAMES}")
+        if self.target_sensitivity is not None and not 0 < self.target_sensitivity < 1:
+            raise ConfigError("target_sensitivity: must be null or in (0, 1), got "
+                              f"{self.target_sensitivity}")
         if self.n_folds < 2:
             raise ConfigError(f"n_folds: cross-validation needs >= 2 folds, got {self.n_folds}")
         if self.radiomics_keep > self.radiomics_top_k:
@@ -158,6 +189,32 @@ class Profile:
             raise ConfigError(f"lr_gamma: must be in (0, 1], got {self.lr_gamma}")
         if self.attention_weight < 0 or self.separability < 0:
             raise ConfigError("attention_weight and separability must not be negative")
+        self._check_execution()
+
+    def _check_execution(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"executor: {self.executor!r} is not one of {EXECUTORS}")
+        address = self.ray_address
+        if address is not None and address != "auto" and ":" not in address:
+            raise ConfigError(
+                f"ray_address: {address!r} must be 'auto' (the cluster this machine belongs "
+                "to), 'host:port' of a head started with `ray start --head`, "
+                "'ray://host:port', or null (a local Ray started for the run)"
+            )
+        gpus = self.gpus_per_task
+        fraction_or_whole = 0 < gpus <= 1 or (gpus > 1 and gpus == int(gpus))
+        if not fraction_or_whole:
+            raise ConfigError(
+                f"gpus_per_task: {gpus!r} must be a fraction in (0, 1] (0.25: four trainings "
+                "share one GPU) or a whole number of GPUs"
+            )
+        if self.cpus_per_task < 1:
+            raise ConfigError(f"cpus_per_task: must be at least 1, got {self.cpus_per_task}")
+        if self.executor == "ray" and self.device.startswith("cuda:"):
+            raise ConfigError(
+                f"device: {self.device!r} names one GPU, but under executor 'ray' Ray assigns "
+                "each task its GPU: use device 'cuda' or 'auto'"
+            )
 
     def tuning_statement(self) -> str:
         """One sentence for the report: on which cohort the hyper-parameters were chosen and on

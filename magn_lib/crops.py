@@ -39,7 +39,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ import pandas as pd
 import magn_lib
 from magn_lib.config import VIEWS
 from magn_lib.errors import InputError
+from magn_lib.files import save
 from magn_lib.geometry import Geometry
 
 __all__ = [
@@ -518,19 +518,7 @@ def write_cache(path: str | os.PathLike[str], cache: CropCache) -> Path:
     because it is one file, needs nothing beyond NumPy, and loads without pickle. Returns the
     path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **cache.to_arrays())
-            stream.flush()
-            os.fsync(stream.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save(path, lambda stream: np.savez(stream, **cache.to_arrays()))
 
 
 def read_cache(path: str | os.PathLike[str]) -> CropCache:

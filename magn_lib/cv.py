@@ -12,13 +12,13 @@ metrics at threshold 0.5, and learning curves, with the settings of a
 :class:`~magn_lib.settings.GridSettings`. Each (configuration, fold) lives in its own folder
 under ``out_dir`` and is skipped when it finished before with the same fingerprint
 (:func:`fold_fingerprint`: settings, lesions, data); a fold killed mid-training resumes from its
-last epoch checkpoint.
+last epoch checkpoint. The trainings run one after the other, or as Ray tasks
+(``executor: ray``, :mod:`magn_lib.executor`) into the same folders.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import warnings
@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from magn_lib import stats
 from magn_lib.config import VIEWS, resolve_path
 from magn_lib.errors import ConfigError, InputError
+from magn_lib.files import save, write_csv, write_json
 from magn_lib.layout import GridPaths
 from magn_lib.model import MAGN
 from magn_lib.progress import tqdm
@@ -180,12 +181,7 @@ def make_folds(lesions: pd.DataFrame, *, n_splits: int = 5, seed: int = 0) -> pd
 
 def save_folds(folds: pd.DataFrame, path: str | Path) -> Path:
     """Write the fold table as CSV (atomically); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    folds[list(FOLD_COLUMNS)].to_csv(tmp, index=False)
-    tmp.replace(path)  # atomic rename (os.replace)
-    return path
+    return write_csv(folds[list(FOLD_COLUMNS)], path)
 
 
 def load_folds(path: str | Path) -> pd.DataFrame:
@@ -334,14 +330,14 @@ def fold_fingerprint(settings: GridSettings, config: str | GridConfig, fold: int
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)  # atomic rename (os.replace)
+    write_json(path, obj, default=str)
 
 
-def _run_one(config: GridConfig, fold: int, dataset_factory: Callable[..., Dataset],
-             folds: pd.DataFrame, settings: GridSettings, out_dir: Path, *, progress: bool,
-             data_fingerprint: str | None) -> None:
+def _prepare_fold(config: GridConfig, fold: int, folds: pd.DataFrame, settings: GridSettings,
+                  out_dir: Path, data_fingerprint: str | None) -> str | None:
+    """``None`` when the fold finished before with the same fingerprint; otherwise its
+    fingerprint, after making its folder ready (a stale one — other parameters or lesions —
+    removed, ``started.json`` written)."""
     train_ids = folds.loc[folds["fold"] != fold, "lesion_id"].tolist()
     test_ids = folds.loc[folds["fold"] == fold, "lesion_id"].tolist()
     keep = settings.keeps_weights(config.name)
@@ -351,7 +347,7 @@ def _run_one(config: GridConfig, fold: int, dataset_factory: Callable[..., Datas
     if done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint \
             and files.predictions.is_file() and files.history.is_file() \
             and (not keep or files.model.is_file()):
-        return
+        return None
     if where.exists():
         started = files.started
         if not started.is_file() or json.loads(started.read_text()).get("fingerprint") \
@@ -359,6 +355,24 @@ def _run_one(config: GridConfig, fold: int, dataset_factory: Callable[..., Datas
             shutil.rmtree(where)  # stale: other parameters or lesions
     where.mkdir(parents=True, exist_ok=True)
     _write_json({"fingerprint": fingerprint}, files.started)
+    return fingerprint
+
+
+def _run_one(config: GridConfig, fold: int, dataset_factory: Callable[..., Dataset],
+             folds: pd.DataFrame, settings: GridSettings, out_dir: Path, *, progress: bool,
+             data_fingerprint: str | None) -> None:
+    """Train and evaluate one (configuration, fold) into its folder, unless it finished
+    before (also the body of a Ray task: everything it needs comes as arguments)."""
+    config = config_by_name(config)
+    out_dir = Path(out_dir)
+    fingerprint = _prepare_fold(config, fold, folds, settings, out_dir, data_fingerprint)
+    if fingerprint is None:
+        return
+    train_ids = folds.loc[folds["fold"] != fold, "lesion_id"].tolist()
+    test_ids = folds.loc[folds["fold"] == fold, "lesion_id"].tolist()
+    keep = settings.keeps_weights(config.name)
+    files = GridPaths(out_dir).fold(config.name, fold)
+    done = files.done
 
     train = _fold_settings(settings, config, fold).train
     set_determinism(train.seed)
@@ -387,12 +401,13 @@ def _run_one(config: GridConfig, fold: int, dataset_factory: Callable[..., Datas
     pred.insert(0, "config", config.name)
     pred.insert(0, "method", "magn")
     pred = pred[list(PREDICTION_COLUMNS)]
-    pred.to_csv(files.predictions, index=False)
-    history.to_csv(files.history, index=False)
+    write_csv(pred, files.predictions)
+    write_csv(history, files.history)
     if keep:
-        torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "normalize": model.normalize, "init_report": model.init_report,
-                    "config": config.name, "fold": fold}, files.model)
+        state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 "normalize": model.normalize, "init_report": model.init_report,
+                 "config": config.name, "fold": fold}
+        save(files.model, lambda stream: torch.save(state, stream))
     files.checkpoint.unlink(missing_ok=True)  # optimiser state is not needed any more
     metrics = {"config": config.name, "fold": fold, "n_train": len(train_ids),
                **binary_metrics(pred["label"], pred["probability"]),
@@ -401,6 +416,33 @@ def _run_one(config: GridConfig, fold: int, dataset_factory: Callable[..., Datas
                "weights_used": model.init_report["used"],
                "init_message": model.init_report["message"]}
     _write_json({"fingerprint": fingerprint, "metrics": metrics}, done)
+
+
+def _run_on_ray(tasks: Sequence[tuple[GridConfig, int]], dataset_factory: Callable[..., Dataset],
+                folds: pd.DataFrame, settings: GridSettings, out_dir: Path, *, progress: bool,
+                data_fingerprint: str | None) -> None:
+    """The unfinished (configuration, fold) of ``tasks`` as Ray tasks
+    (:func:`magn_lib.executor.run_on_ray`), each running :func:`_run_one` into its folder,
+    its log and progress events beside its results."""
+    from magn_lib.executor import Task, run_on_ray  # imports Ray only when it is used
+
+    todo = [(c, k) for c, k in tasks
+            if _prepare_fold(c, k, folds, settings, out_dir, data_fingerprint) is not None]
+    device = settings.train.device
+    # Ray gives a GPU task its GPU(s) as the only visible ones; a CPU task sees none
+    # (magn_lib.executor hides them); "auto" asks for GPUs where the cluster has some
+    use_gpu = None if device == "auto" else device != "cpu"
+    work: list[Task] = []
+    for config, fold in todo:
+        files = GridPaths(out_dir).fold(config.name, fold)
+        work.append(Task(label=f"{config.name} fold {fold}", log=files.log,
+                         progress=files.progress,
+                         kwargs={"config": config, "fold": fold}))
+    run_on_ray(_run_one, work, settings.executor, use_gpu=use_gpu, progress=progress,
+               desc="MAGN grid", unit="fold", done_before=len(tasks) - len(todo),
+               shared={"dataset_factory": dataset_factory, "folds": folds,
+                       "settings": settings, "out_dir": out_dir, "progress": progress,
+                       "data_fingerprint": data_fingerprint})
 
 
 def run_grid(
@@ -436,6 +478,13 @@ def run_grid(
         data_fingerprint: a string that changes when the crops change (e.g. the cache's
             hash); a changed one retrains.
 
+    With ``settings.executor.executor == "ray"`` the unfinished (configuration, fold) run as
+    Ray tasks (:mod:`magn_lib.executor`), into the same folders, so a grid interrupted under
+    one executor resumes under the other; each task's log is kept in its fold folder
+    (``task.log``). A task that fails twice fails the grid with
+    :class:`magn_lib.executor.TaskError` (naming configuration, fold and error) once the
+    others have finished; nothing is returned then.
+
     Returns:
         :class:`GridResult` ``(predictions, metrics, curves)``: out-of-fold predictions in the
         shared format (``method`` = "magn"), one metrics row per (config, fold) with the
@@ -450,9 +499,13 @@ def run_grid(
     out_dir = Path(out_dir)
     fold_ids = sorted(folds["fold"].unique().tolist())
     tasks = [(c, k) for c in configs for k in fold_ids]
-    for config, fold in tqdm(tasks, desc="MAGN grid", unit="fold", disable=not progress):
-        _run_one(config, fold, dataset_factory, folds, settings, out_dir, progress=progress,
-                 data_fingerprint=data_fingerprint)
+    if settings.executor.executor == "ray":
+        _run_on_ray(tasks, dataset_factory, folds, settings, out_dir, progress=progress,
+                    data_fingerprint=data_fingerprint)
+    else:
+        for config, fold in tqdm(tasks, desc="MAGN grid", unit="fold", disable=not progress):
+            _run_one(config, fold, dataset_factory, folds, settings, out_dir, progress=progress,
+                     data_fingerprint=data_fingerprint)
     predictions, metrics, curves = [], [], []
     for config, fold in tasks:
         files = GridPaths(out_dir).fold(config.name, fold)

@@ -49,6 +49,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from magn_lib.errors import InputError
+from magn_lib.files import atomic_open
 from magn_lib.geometry import LPS_TO_RAS, Geometry, sort_slices
 
 __all__ = [
@@ -661,5 +662,6 @@ def deidentify_series(
                                     "TransferSyntaxUID", "FileMetaInformationVersion"):
                 del meta[elem.tag]
         ds.preamble = b"\0" * 128
-        ds.save_as(dst / f"{index:04d}.dcm", enforce_file_format=True)
+        with atomic_open(dst / f"{index:04d}.dcm", "wb") as stream:
+            ds.save_as(stream, enforce_file_format=True)
     return dst

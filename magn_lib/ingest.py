@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import pandas as pd
 from magn_lib import __version__
 from magn_lib.dicom import read_series, series_identity, series_metadata
 from magn_lib.errors import InputError
+from magn_lib.files import atomic_path, write_csv, write_json
 from magn_lib.layout import INGEST_TABLES, WorkPaths
 from magn_lib.manifest import Manifest
 
@@ -104,14 +104,8 @@ def save_nifti(img: nib.Nifti1Image, path: str | Path) -> None:
     img.header["descrip"] = b""
     img.header["aux_file"] = b""
     img.header["intent_name"] = b""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".tmp.nii.gz") as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _signature(paths: Sequence[Path], extra: Any) -> dict[str, Any]:
@@ -185,7 +179,7 @@ def _ingest_patient(
     except InputError as exc:
         reason = _scrub(str(exc), _identity_values(list(folders.values())), manifest.root)
         return {"patient_id": patient_id, "error": reason}
-    stamp.write_text(json.dumps({"signature": signature, "series": rows}))
+    write_json(stamp, {"signature": signature, "series": rows}, indent=None)
     return {"patient_id": patient_id, "series": rows, "skipped": False}
 
 
@@ -292,10 +286,7 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_csv(frame, path)
 
 
 def write_deid_key(
@@ -321,8 +312,4 @@ def write_deid_key(
     for item in manifest.series.itertuples():
         identity = series_identity(manifest.path(item.folder), patient=item.patient_id)
         rows.append({"patient_id": item.patient_id, "view": item.view, **identity})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", newline="") as f:
-        pd.DataFrame(rows).to_csv(f, index=False)
-    return path
+    return write_csv(pd.DataFrame(rows), path, permissions=0o600)

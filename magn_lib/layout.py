@@ -10,12 +10,14 @@ notebooks and the runner ask the objects below for paths::
         html/<notebook>.html                       html(notebook)        clinician view
         html-full/<notebook>.html                  full_html(notebook)   with code
         index.html  run_manifest.json              index_html  run_manifest
+        report.html  report.pdf                    report_html  report_pdf   one file to send
         warnings.json  .lock                       warnings_file  lock_file
         artifacts/<name>.csv                       table(name)
         artifacts/<name>.png, .svg                 figure(name)  figure_png(name)
         artifacts/folds.csv                        folds_csv             shared by every method
         artifacts/oof_<method>.csv                 oof(method)           out-of-fold predictions
         artifacts/front_page.json                  front_page
+        artifacts/screens/<page>.png               screens_dir           test screenshots
     work/<run>/                                  WorkPaths
         nifti/<patient_id>/<view>.nii.gz           volume(patient_id, view)
         nifti/<patient_id>/.ingest.json            ingest_stamp(patient_id)
@@ -29,6 +31,7 @@ notebooks and the runner ask the objects below for paths::
                 started.json  done.json              FoldPaths
                 predictions.csv  history.csv
                 model.pt  checkpoint.pt
+                task.log  progress.jsonl             (Ray executor only)
         radiomics/<kind>-<view>-<key>.pkl          radiomics_dir, feature_cache(...)
 
 :class:`RunPaths` is both (one run); :class:`WorkPaths` and :class:`ReportPaths` serve code that
@@ -44,6 +47,8 @@ from pathlib import Path
 from typing import ClassVar
 
 __all__ = [
+    "BundlePaths",
+    "PredictionPaths",
     "FoldPaths",
     "GridPaths",
     "INGEST_TABLES",
@@ -81,7 +86,9 @@ class FoldPaths:
 
     ``started.json`` and ``done.json`` hold the fold's fingerprint (``done`` also its metrics);
     ``predictions.csv`` its out-of-fold predictions, ``history.csv`` its learning curve,
-    ``model.pt`` the kept weights and ``checkpoint.pt`` the transient resume state.
+    ``model.pt`` the kept weights and ``checkpoint.pt`` the transient resume state. Under the
+    Ray executor the task also keeps its output in ``task.log`` and its progress events in
+    ``progress.jsonl`` (which the driver relays to the run's progress channel).
     """
 
     folder: Path
@@ -109,6 +116,14 @@ class FoldPaths:
     @property
     def checkpoint(self) -> Path:
         return self.folder / "checkpoint.pt"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "task.log"
+
+    @property
+    def progress(self) -> Path:
+        return self.folder / "progress.jsonl"
 
 
 @dataclass(frozen=True)
@@ -263,6 +278,16 @@ class ReportPaths:
         return self.report_dir / "index.html"
 
     @property
+    def report_html(self) -> Path:
+        """Every clinician view in one self-contained page (to send as one file)."""
+        return self.report_dir / "report.html"
+
+    @property
+    def report_pdf(self) -> Path:
+        """:attr:`report_html` printed to PDF (A4) by a headless Chromium."""
+        return self.report_dir / "report.pdf"
+
+    @property
     def run_manifest(self) -> Path:
         """What ran, where and with what (parameters, checksums, versions, timings)."""
         return self.report_dir / "run_manifest.json"
@@ -308,6 +333,11 @@ class ReportPaths:
     def front_page(self) -> Path:
         """What ``index.html`` shows above the notebook list (written by the last notebook)."""
         return self.artifacts_dir / "front_page.json"
+
+    @property
+    def screens_dir(self) -> Path:
+        """Screenshots of the pages, kept by the tests so a person can look without a browser."""
+        return self.artifacts_dir / "screens"
 
     def relative(self, path: str | Path) -> str:
         """``path`` relative to the report folder, with ``/`` (a link from ``index.html``)."""
@@ -361,3 +391,65 @@ def default_run_parents() -> tuple[Path, Path]:
     from magn_lib.config import project_root
 
     return project_root() / _REPORTS, project_root() / _WORK
+
+
+@dataclass(frozen=True)
+class BundlePaths:
+    """Files of an exported model bundle (a folder written by ``magn export``)::
+
+        <bundle>/bundle.json        meta           what the model is, how it was trained
+                 checksums.sha256   checksums      SHA-256 of every other file
+                 model_card.md      model_card
+                 oof.csv            oof            the training run's out-of-fold predictions
+                 models/fold<k>.pt  model(k)       one state dict per fold model
+    """
+
+    root: Path
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "bundle.json"
+
+    @property
+    def checksums(self) -> Path:
+        return self.root / "checksums.sha256"
+
+    @property
+    def model_card(self) -> Path:
+        return self.root / "model_card.md"
+
+    @property
+    def oof(self) -> Path:
+        return self.root / "oof.csv"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    def model(self, fold: int) -> Path:
+        return self.models_dir / f"fold{int(fold)}.pt"
+
+
+@dataclass(frozen=True)
+class PredictionPaths:
+    """Files ``magn predict`` writes under its ``--out`` folder::
+
+        <out>/predictions.csv                       table       one row per lesion (batch)
+              <lesion_id>/prediction.json           prediction(lesion_id)
+              <lesion_id>/case_report.html          case_report(lesion_id)
+    """
+
+    root: Path
+
+    @property
+    def table(self) -> Path:
+        return self.root / "predictions.csv"
+
+    def case_dir(self, lesion_id: str) -> Path:
+        return self.root / str(lesion_id)
+
+    def prediction(self, lesion_id: str) -> Path:
+        return self.case_dir(lesion_id) / "prediction.json"
+
+    def case_report(self, lesion_id: str) -> Path:
+        return self.case_dir(lesion_id) / "case_report.html"

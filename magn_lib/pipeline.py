@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import html
 import json
 import os
 import re
@@ -69,11 +70,17 @@ from magn_lib.layout import ReportPaths, default_report_folder, default_work_fol
 from magn_lib.progress import PROGRESS_ENV, ProgressTail, format_duration, format_event
 from magn_lib.report import (
     IndexEntry,
+    PageLink,
+    ReportPart,
     atomic_write_text,
     front_page_html,
+    navigation_html,
     notebook_title,
+    print_pdf,
     render_html,
     render_index,
+    render_report,
+    scrub_notebook,
 )
 from magn_lib.repro import environment_info, file_sha256, git_state
 
@@ -101,6 +108,9 @@ NOTEBOOK_PATTERN = re.compile(r"^\d{2}_[A-Za-z0-9_]+\.ipynb$")
 RUN_PARAMETERS = RUN_FOLDERS
 # metadata key of an executed notebook that the runner stamps once the notebook completed
 RUN_STAMP = "magn_run"
+# parameters no notebook reads but `magn export` does, from the run record (the operating point
+# of an exported model): overriding them is recorded, and changes what the export fits
+EXPORT_PARAMETERS = frozenset({"target_sensitivity"})
 _PROFILE_KEYS = frozenset(f.name for f in dataclasses.fields(Profile)) - {"profile"}
 
 
@@ -549,12 +559,37 @@ def reported_parameters(nb: nbformat.NotebookNode) -> dict[str, Any] | None:
     return None
 
 
-def _publish_html(nb: nbformat.NotebookNode, name: str, paths: RunPaths) -> None:
+def _run_label(paths: ReportPaths, profile: str) -> str:
+    return f"{paths.report_dir.name} (profile {profile})"
+
+
+def _href(target: Path, page: Path) -> str:
+    """A link from ``page`` to ``target``, relative, with ``/``."""
+    return Path(os.path.relpath(target, page.parent)).as_posix()
+
+
+def _publish_html(nb: nbformat.NotebookNode, position: int, runs: Sequence[NotebookRun],
+                  paths: RunPaths, profile: str) -> None:
+    """Write both views of ``runs[position]``'s executed notebook, each with the header that
+    links the index, its neighbours in reading order and the other view."""
+    name = runs[position].name
     title = notebook_title(nb)
-    clinician = render_html(nb, with_code=False, title=title)
-    full = render_html(nb, with_code=True, title=title)
-    atomic_write_text(paths.html(name), clinician)
-    atomic_write_text(paths.full_html(name), full)
+    for with_code, page_of, here, other_of, other in (
+            (False, paths.html, "Clinician view", paths.full_html, "Analyst view (with code)"),
+            (True, paths.full_html, "Analyst view (with code)", paths.html, "Clinician view")):
+        page = page_of(name)
+        before = runs[position - 1] if position > 0 else None
+        after = runs[position + 1] if position + 1 < len(runs) else None
+        header = navigation_html(
+            run=_run_label(paths, profile),
+            index=PageLink("Index", _href(paths.index_html, page)),
+            previous=None if before is None else PageLink(
+                f"{before.title}", _href(page_of(before.name), page)),
+            next=None if after is None else PageLink(
+                f"{after.title}", _href(page_of(after.name), page)),
+            here=here, views=[PageLink(other, _href(other_of(name), page))])
+        atomic_write_text(page, render_html(nb, with_code=with_code, title=title,
+                                            header_html=header))
 
 
 def _unpublish_html(name: str, paths: RunPaths) -> None:
@@ -825,7 +860,8 @@ def run_study(
             )
             upstream = run.fingerprint
             runs.append(run)
-        unread = sorted(set(given) - {k for r in runs for k in r.parameters})
+        unread = sorted(set(given) - {k for r in runs for k in r.parameters}
+                        - EXPORT_PARAMETERS)
         if unread:
             raise ConfigError(f"{unread[0]}: no notebook of the study reads this parameter, "
                               "so overriding it would change nothing")
@@ -859,7 +895,7 @@ def run_study(
                 run.duration_s = timing.get("duration")
                 _adopt_reported(run, reported_parameters(done))
                 if not paths.html(run.name).is_file():
-                    _publish_html(done, run.name, paths)
+                    _publish_html(done, i, runs, paths, cfg.profile)
                 console.line(f"{label}: unchanged, skipped")
                 continue
             if not selected[i]:
@@ -901,8 +937,9 @@ def run_study(
             run.duration_s = round(time.time() - t0, 2)
             run.status = "executed"
             done.metadata[RUN_STAMP] = {"fingerprint": run.fingerprint, "status": "completed"}
+            done = scrub_notebook(done, project=project_root())
             atomic_write_text(executed, nbformat.writes(done))
-            _publish_html(done, run.name, paths)
+            _publish_html(done, i, runs, paths, cfg.profile)
             console.line(f"{label}: done in {format_duration(run.duration_s)}")
 
         for run in runs:
@@ -940,10 +977,18 @@ def run_study(
                                                          default=str))
 
         if complete:
-            page = _index_page(cfg, runs, manifest_record, paths)
+            atomic_write_text(paths.report_html,
+                              _report_page(cfg, runs, manifest_record, paths))
+            console.line("report: printing report.pdf")
+            pdf_problem = print_pdf(paths.report_html, paths.report_pdf)
+            if pdf_problem:
+                paths.report_pdf.unlink(missing_ok=True)
+                console.line(f"report: PDF not produced: {pdf_problem}")
+            page = _index_page(cfg, runs, manifest_record, paths, pdf_problem=pdf_problem)
             atomic_write_text(paths.index_html, page)
         else:
-            paths.index_html.unlink(missing_ok=True)
+            for stale in (paths.index_html, paths.report_html, paths.report_pdf):
+                stale.unlink(missing_ok=True)
     return StudyResult(succeeded=succeeded, paths=paths, notebooks=runs, error=error,
                        complete=complete, failure=failure, duration_s=duration)
 
@@ -966,8 +1011,52 @@ def _adopt_reported(run: NotebookRun, record: dict[str, Any] | None) -> str | No
     return None
 
 
+def _provenance(cfg: Profile, record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    git = record["git"]
+    commit = "not a git checkout" if git["commit"] is None else (
+        git["commit"][:12] + (" (with uncommitted changes)" if git["dirty"] else "")
+    )
+    env = record["environment"]
+    gpus = ", ".join(g["name"] for g in env["gpus"]) or "none"
+    cohort = (
+        "embedded synthetic cohort (demonstrates the method; says nothing about patients)"
+        if record["run"]["embedded_cohort"] else f"manifest {record['run']['manifest_dir']}"
+    )
+    return [
+        ("Profile", cfg.profile),
+        ("Data", cohort),
+        ("Finished", record["finished"]),
+        ("Duration", f"{record['duration_s'] / 60:.1f} min"),
+        ("Code version", f"magn {record['magn_version']}, commit {commit}"),
+        ("Machine", f"{env['os']}; CPU {env['cpu']} ({env['cpu_count']} cores); GPU {gpus}"),
+        ("Software", f"Python {env['python']}, PyTorch {env['packages'].get('torch')}, "
+                     f"PyRadiomics {env['packages'].get('pyradiomics')}"),
+    ]
+
+
+_INTRO = (
+    "<p class=\"sub\">Multi-view attention-guided network (Chen et al., Front. Oncol. 2022, "
+    "doi:10.3389/fonc.2022.981769): spinal multiple myeloma vs lung-cancer metastasis on "
+    "contrast-enhanced T1 MRI. Research use only; not a medical device.</p>"
+)
+
+
+def _report_page(cfg: Profile, runs: list[NotebookRun], record: Mapping[str, Any],
+                 paths: ReportPaths) -> str:
+    """``report.html``: the front page and every clinician view in one file."""
+    parts = [ReportPart(anchor=f"nb{r.name[:2]}", title=r.title, summary=r.summary,
+                        page_html=paths.html(r.name).read_text(encoding="utf-8"))
+             for r in runs]
+    embedded = record["run"]["embedded_cohort"]
+    return render_report(
+        title=f"magn study report: {cfg.profile}", run=_run_label(paths, cfg.profile),
+        parts=parts, front_html=front_page_html(paths.report_dir, embedded=embedded),
+        provenance=_provenance(cfg, record), intro_html=_INTRO)
+
+
 def _index_page(
-    cfg: Profile, runs: list[NotebookRun], record: Mapping[str, Any], paths: ReportPaths
+    cfg: Profile, runs: list[NotebookRun], record: Mapping[str, Any], paths: ReportPaths, *,
+    pdf_problem: str | None = None,
 ) -> str:
     entries = [
         IndexEntry(
@@ -979,38 +1068,29 @@ def _index_page(
         )
         for r in runs
     ]
-    git = record["git"]
-    commit = "not a git checkout" if git["commit"] is None else (
-        git["commit"][:12] + (" (with uncommitted changes)" if git["dirty"] else "")
-    )
-    env = record["environment"]
-    gpus = ", ".join(g["name"] for g in env["gpus"]) or "none"
-    cohort = (
-        "embedded synthetic cohort (demonstrates the method; says nothing about patients)"
-        if record["run"]["embedded_cohort"] else f"manifest {record['run']['manifest_dir']}"
-    )
-    provenance = [
-        ("Profile", cfg.profile),
-        ("Data", cohort),
-        ("Finished", record["finished"]),
-        ("Duration", f"{record['duration_s'] / 60:.1f} min"),
-        ("Code version", f"magn {record['magn_version']}, commit {commit}"),
-        ("Machine", f"{env['os']}; CPU {env['cpu']} ({env['cpu_count']} cores); GPU {gpus}"),
-        ("Software", f"Python {env['python']}, PyTorch {env['packages'].get('torch')}, "
-                     f"PyRadiomics {env['packages'].get('pyradiomics')}"),
-    ]
     warnings = [f"{w['message']} (from {w['source']})" for w in record["warnings"]]
-    intro = (
-        "<p class=\"sub\">Multi-view attention-guided network (Chen et al., Front. Oncol. 2022, "
-        "doi:10.3389/fonc.2022.981769): spinal multiple myeloma vs lung-cancer metastasis on "
-        "contrast-enhanced T1 MRI. Research use only; not a medical device.</p>"
-    )
+    page = paths.index_html
+    downloads = [PageLink("The whole report as one page (report.html)",
+                          _href(paths.report_html, page))]
+    if pdf_problem is None:
+        downloads.append(PageLink("PDF (report.pdf)", _href(paths.report_pdf, page)))
+    header = navigation_html(
+        run=_run_label(paths, cfg.profile), here="Index",
+        next=PageLink(runs[0].title, _href(paths.html(runs[0].name), page)) if runs else None,
+        extra=downloads)
+    send = (f'<p class="note">To send the report as one file: <a href="'
+            f'{html.escape(_href(paths.report_html, page))}">report.html</a> (opens in any '
+            "browser, images included)"
+            + (f' or <a href="{html.escape(_href(paths.report_pdf, page))}">report.pdf</a>.'
+               if pdf_problem is None else
+               f". PDF not produced: {html.escape(pdf_problem)}.") + "</p>")
     return render_index(
         title=f"magn study report: {cfg.profile}",
         entries=entries,
-        provenance=provenance,
+        provenance=_provenance(cfg, record),
         warnings=warnings,
-        intro_html=intro,
+        header_html=header,
+        intro_html=_INTRO + send,
         body_html=front_page_html(paths.report_dir,
                                   embedded=record["run"]["embedded_cohort"]),
         record_href=paths.relative(paths.run_manifest),

@@ -17,7 +17,6 @@ config ``"reader1"``, ``"reader2"``. ``PAPER_TABLE2`` is matched to these names.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -28,9 +27,16 @@ from matplotlib.figure import Figure
 
 from magn_lib import stats
 from magn_lib.config import VIEWS
+from magn_lib.display import format_interval
+from magn_lib.files import atomic_open
 
 __all__ = [
+    "CAPTIONS",
+    "PALETTE",
     "PAPER_TABLE2",
+    "Captioned",
+    "captioned",
+    "curve_styles",
     "format_table2",
     "paper_table2",
     "plot_calibration",
@@ -67,6 +73,45 @@ PAPER_TABLE2: tuple[tuple[str, str, bool, float, float, float, float], ...] = (
     ("reader", "reader1", False, 0.6544, 0.6417, float("nan"), 0.5562),
     ("reader", "reader2", False, 0.6912, 0.7085, float("nan"), 0.6455),
 )
+# Okabe & Ito's colour-blind-safe palette (Color Universal Design, 2008), strongest first
+PALETTE: tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9",
+                            "#000000", "#F0E442")
+_LINE_STYLES: tuple[str, ...] = ("-", "--", "-.", ":")
+
+# what each figure shows and what to look at (under the figure in the notebook and on the
+# front page)
+CAPTIONS: Mapping[str, str] = {
+    "transfer_quality": "Each point is one transferred mask compared with the phantom's true "
+    "mask; diamonds are medians with their interquartile range. Look for Dice near 1 and "
+    "surface distances below one voxel on every scanner: a scanner that lags points to its "
+    "geometry.",
+    "transfer_example": "Green: the lesion outline, drawn on the sagittal images and carried "
+    "over to the coronal and axial images; yellow: the crop the models see. Check that the "
+    "outline sits on the lesion in every view.",
+    "crops": "The crops the network and the radiomics model see, by class; green: the lesion "
+    "outline. Look for lesions centred and inside their crop: an outline cut by the border "
+    "means the crop is smaller than the lesion.",
+    "learning_curves": "Mean over folds, band: range over folds; solid lines: with attention "
+    "guidance. Look for a training loss that falls: a flat or rising loss means the network "
+    "did not learn with these settings.",
+    "fig4_roc": "Thin lines: each fold; thick black line: all folds pooled; dashed: the "
+    "radiomics model and the trivial first-order baseline; points: the radiologists' calls. "
+    "Curves nearer the top-left corner "
+    "separate the classes better; the spread of the fold curves shows how much the result "
+    "depends on the split.",
+    "roc_all_models": "The pooled ROC curve of every model; colour and line style together "
+    "identify a model (legend). Look for curves that stay above the others over the whole "
+    "range, not at one point only.",
+    "fig5_gradcam": "Where the network looks (Grad-CAM), without and with attention "
+    "guidance; green: the lesion outline. Look whether the bright area falls on the lesion: "
+    "guidance should move it there.",
+    "calibration": "Predicted probability of myeloma against the observed share; the dotted "
+    "diagonal is perfect calibration. Points below it mean the model overstates the chance "
+    "of myeloma, points above it understate it.",
+    "decision_curves": "Net benefit of acting on the model's call at each threshold "
+    "probability, against treating all or none. A model helps only where its curve lies "
+    "above both grey reference lines.",
+}
 _SECTIONS = {"magn": "Attention guided network", "radiomics": "Radiomics model",
              "first-order": "Trivial baseline (first-order lesion intensity statistics)",
              "reader": "Radiologist assessment"}
@@ -106,24 +151,63 @@ def save_figure(fig: Figure, path_without_suffix: str | os.PathLike[str], *,
         (png_path, svg_path).
     """
     base = Path(path_without_suffix)
-    base.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt, meta in (("png", {"Software": None}), ("svg", {"Date": None})):
         target = base.with_name(base.name + f".{fmt}")
-        fd, tmp = tempfile.mkstemp(prefix=f".{base.name}.", suffix=f".{fmt}.tmp", dir=base.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
-            Path(tmp).replace(target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(target, "wb") as stream:
+            fig.savefig(stream, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
         written.append(target)
     return written[0], written[1]
 
 
 # --------------------------------------------------------------------------------------------
 # ROC
+
+
+def curve_styles(n: int) -> list[dict[str, str]]:
+    """``n`` distinct ``{"color", "linestyle"}`` pairs for lines on one axes.
+
+    Colours cycle through :data:`PALETTE` (8) and the line style moves on with every round,
+    so no two of the first 32 lines look alike, in colour or in grey print.
+    """
+    return [{"color": PALETTE[i % len(PALETTE)],
+             "linestyle": _LINE_STYLES[(i + i // len(PALETTE)) % len(_LINE_STYLES)]}
+            for i in range(n)]
+
+
+class Captioned:
+    """A Figure with the caption to show under it (displayed as ``<figure>`` with a
+    ``<figcaption>``, the image embedded as PNG)."""
+
+    def __init__(self, fig: Figure, caption: str, *, dpi: int = 100) -> None:
+        self.fig, self.caption, self.dpi = fig, caption, dpi
+
+    def _png(self) -> bytes:
+        import io
+
+        buffer = io.BytesIO()
+        self.fig.savefig(buffer, format="png", dpi=self.dpi, bbox_inches="tight",
+                         metadata={"Software": None})
+        return buffer.getvalue()
+
+    def _repr_html_(self) -> str:
+        import base64
+        import html
+
+        data = base64.b64encode(self._png()).decode("ascii")
+        return (f'<figure class="magn-figure"><img alt="{html.escape(self.caption)}" '
+                f'src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(self.caption)}</figcaption></figure>")
+
+    def __repr__(self) -> str:
+        return f"Figure: {self.caption}"
+
+
+def captioned(fig: Figure, caption: str) -> Captioned:
+    """Show ``fig`` with ``caption`` under it: what the figure shows and what to look at."""
+    if not caption.strip():
+        raise ValueError("a figure needs a caption that says what to look at")
+    return Captioned(fig, caption)
 
 
 def _new_axes(ax: Axes | None, figsize: tuple[float, float] = (5.5, 5.0)) -> tuple[Figure, Axes]:
@@ -199,19 +283,22 @@ def plot_roc_folds(
         raise ValueError(f"no predictions for {stats.model_name(method, config)}")
     fig, ax = _new_axes(ax)
     _roc_axes(ax)
-    for fold, part in sub.groupby("fold", sort=True):
+    folds = list(sub.groupby("fold", sort=True))
+    for (fold, part), style in zip(folds, curve_styles(len(folds)), strict=True):
         if part["label"].nunique() < 2:
             continue
         fpr, tpr, auc = _roc_curve(part)
-        ax.plot(fpr, tpr, linewidth=1, alpha=0.7, label=f"fold {fold} (AUC {auc:.2f})")
+        ax.plot(fpr, tpr, linewidth=1, alpha=0.8, color=style["color"],
+                linestyle="-", label=f"fold {fold} (AUC {auc:.2f})")
     fpr, tpr, auc = _roc_curve(sub)
     ax.plot(fpr, tpr, color="black", linewidth=2.5, label=f"pooled (AUC {auc:.2f})")
-    for cm, cc in compare:
+    others = curve_styles(len(folds) + len(compare))[len(folds):]
+    for (cm, cc), style in zip(compare, others, strict=True):
         other = data[(data["method"] == cm) & (data["config"] == cc)]
         if other.empty:
             continue
         fpr, tpr, auc = _roc_curve(other)
-        ax.plot(fpr, tpr, linestyle="--", linewidth=2,
+        ax.plot(fpr, tpr, linestyle="--", linewidth=2, color=style["color"],
                 label=f"{stats.model_name(cm, cc)} (AUC {auc:.2f})")
     rd = data[data["method"] == "reader"] if readers is None else stats.check_oof(readers)
     if len(rd):
@@ -242,13 +329,15 @@ def plot_roc_comparison(
     fig, ax = _new_axes(ax)
     _roc_axes(ax)
     reader_rows = []
+    curves = [m for m in models if m[0] != "reader"]
+    styles = dict(zip(curves, curve_styles(len(curves)), strict=True))
     for method, config in models:
         sub = data[(data["method"] == method) & (data["config"] == config)]
         if method == "reader":
             reader_rows.append(sub)
             continue
         fpr, tpr, auc = _roc_curve(sub)
-        ax.plot(fpr, tpr, linewidth=1.8,
+        ax.plot(fpr, tpr, linewidth=1.8, **styles[(method, config)],
                 label=f"{stats.model_name(method, config)} (AUC {auc:.2f})")
     if reader_rows:
         _reader_points(ax, pd.concat(reader_rows))
@@ -269,8 +358,9 @@ def plot_calibration(curves: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
     """
     fig, ax = _new_axes(ax)
     ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1, gid="perfect")
-    for (method, config), sub in curves.groupby(["method", "config"], sort=False):
-        ax.plot(sub["mean_predicted"], sub["fraction_positive"], marker="o",
+    groups = list(curves.groupby(["method", "config"], sort=False))
+    for ((method, config), sub), style in zip(groups, curve_styles(len(groups)), strict=True):
+        ax.plot(sub["mean_predicted"], sub["fraction_positive"], marker="o", **style,
                 label=f"{stats.model_name(method, config)} (Brier {sub['brier'].iloc[0]:.3f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -293,10 +383,13 @@ def plot_decision_curve(curves: pd.DataFrame, *, ax: Axes | None = None,
     fig, ax = _new_axes(ax, figsize=(6.5, 4.5))
     styles = {"all": {"color": "0.4", "linestyle": "--"}, "none": {"color": "0.2",
                                                                    "linestyle": ":"}}
-    for model, sub in curves.groupby("model", sort=False):
+    groups = list(curves.groupby("model", sort=False))
+    models = [m for m, _ in groups if m not in styles]
+    styles = {**dict(zip(models, curve_styles(len(models)), strict=True)), **styles}
+    for model, sub in groups:
         label = {"all": "treat all as MM", "none": "treat none"}.get(model, model)
         ax.plot(sub["threshold"], sub["net_benefit"], label=label, linewidth=1.6,
-                **styles.get(model, {}))
+                **styles[model])
     top = float(np.nanmax(curves["net_benefit"])) if len(curves) else 1.0
     ax.set_ylim(y_min, max(top * 1.1, 0.05))
     ax.set_xlim(0, 1)
@@ -368,14 +461,15 @@ def table2(
     return out.reset_index(drop=True)
 
 
-def format_table2(t2: pd.DataFrame, *, decimals: int = 3) -> pd.DataFrame:
-    """Display version of ``table2``: strings "x [low, high]" and "mean ± SD", paper beside."""
+def format_table2(t2: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
+    """Display version of ``table2``: "0.83 (95 % CI 0.74–0.91)" (the report's one interval
+    style, :func:`magn_lib.display.format_interval`) and "mean ± SD", the paper beside."""
 
     def f(x: float) -> str:
         return "–" if not np.isfinite(x) else f"{x:.{decimals}f}"
 
     def ci(x: float, lo: float, hi: float) -> str:
-        return f"{f(x)} [{f(lo)}, {f(hi)}]" if np.isfinite(x) else "–"
+        return format_interval(x, lo, hi, decimals=decimals)
 
     def pm(m: float, s: float) -> str:
         return f"{f(m)} ± {f(s)}" if np.isfinite(m) and np.isfinite(s) else f(m)
@@ -386,13 +480,13 @@ def format_table2(t2: pd.DataFrame, *, decimals: int = 3) -> pd.DataFrame:
         "Configuration": [v.capitalize() if m != "reader" else c.replace("reader", "Radiologist ")
                           for m, v, c in zip(t2["method"], t2["view"], t2["config"], strict=True)],
         "Attention": np.where(t2["attention"], "✓", "–"),
-        f"{acc} [95% CI]": [ci(*v) for v in zip(t2["accuracy"], t2["accuracy_low"],
+        acc: [ci(*v) for v in zip(t2["accuracy"], t2["accuracy_low"],
                                                  t2["accuracy_high"], strict=True)],
         f"{auc} folds (mean ± SD)": [pm(*v) for v in zip(t2["auc_fold_mean"], t2["auc_fold_sd"],
                                                          strict=True)],
-        f"{auc} pooled [DeLong 95% CI]": [ci(*v) for v in zip(t2["auc"], t2["auc_low"],
+        f"{auc} pooled (DeLong)": [ci(*v) for v in zip(t2["auc"], t2["auc_low"],
                                                               t2["auc_high"], strict=True)],
-        f"{f1} [95% CI]": [ci(*v) for v in zip(t2["f1"], t2["f1_low"], t2["f1_high"],
+        f1: [ci(*v) for v in zip(t2["f1"], t2["f1_low"], t2["f1_high"],
                                                strict=True)],
         f"Paper {acc}": [f(v) for v in t2["paper_accuracy"]],
         f"Paper {auc}": [pm(*v) for v in zip(t2["paper_auc"], t2["paper_auc_sd"], strict=True)],
@@ -614,10 +708,11 @@ def plot_learning_curves(curves: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(5.2 * len(panels), 3.8), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (column, label) in zip(axes, panels, strict=True):
-        for config, part in curves.groupby("config", sort=False):
+        configs = list(curves.groupby("config", sort=False))
+        for (config, part), style in zip(configs, curve_styles(len(configs)), strict=True):
             by_epoch = part.groupby("epoch")[column]
             mean = by_epoch.mean()
-            line = ax.plot(mean.index, mean.to_numpy(), label=config,
+            line = ax.plot(mean.index, mean.to_numpy(), label=config, color=style["color"],
                            linestyle="-" if "attention" in config else "--")[0]
             ax.fill_between(mean.index, by_epoch.min().to_numpy(), by_epoch.max().to_numpy(),
                             color=line.get_color(), alpha=0.12, linewidth=0)

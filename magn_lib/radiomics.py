@@ -25,9 +25,7 @@ import copy
 import functools
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from os import PathLike
@@ -50,6 +48,7 @@ from threadpoolctl import threadpool_limits
 
 from magn_lib.config import VIEWS, resolve_path
 from magn_lib.errors import ConfigError, InputError
+from magn_lib.files import atomic_open
 from magn_lib.layout import feature_cache
 from magn_lib.progress import tqdm
 
@@ -392,19 +391,9 @@ def _cached(cache_dir: str | PathLike[str] | None, source: str, view: str | None
         if stored.get("key") == key:
             return stored["features"].copy(), stored["failures"].copy()
     features, failures = compute()
-    folder.mkdir(parents=True, exist_ok=True)
     # write-then-rename: a reader never sees half a file, even if this process dies
-    fd, name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump({"key": key, "features": features, "failures": failures}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as stream:
+        pickle.dump({"key": key, "features": features, "failures": failures}, stream)
     return features, failures
 
 

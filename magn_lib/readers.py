@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from magn_lib import stats
+from magn_lib.display import format_interval
 from magn_lib.errors import InputError
 
 __all__ = [
@@ -300,13 +301,11 @@ def reader_scores(reads: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_reader_metrics(table: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
-    """A readable version of :func:`reader_metrics`: one row per reader, "value (low–high)"."""
+    """A readable version of :func:`reader_metrics`: one row per reader, "0.70 (95 % CI
+    0.60–0.80)" (:func:`magn_lib.display.format_interval`)."""
 
     def ci(row: pd.Series, m: str) -> str:
-        value, lo, hi = row[m], row[f"{m}_low"], row[f"{m}_high"]
-        if not np.isfinite(value):
-            return "–"
-        return f"{value:.{decimals}f} ({lo:.{decimals}f}–{hi:.{decimals}f})"
+        return format_interval(row[m], row[f"{m}_low"], row[f"{m}_high"], decimals=decimals)
 
     label, auc = stats.METRIC_LABELS, stats.METRIC_LABELS["auc"]
     columns = {**{m: label[m] for m in ("accuracy", "f1", "sensitivity", "specificity")},

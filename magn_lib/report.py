@@ -12,8 +12,7 @@ import base64
 import copy
 import html
 import json
-import os
-import tempfile
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ import nbformat
 import numpy as np
 from nbconvert import HTMLExporter
 
+from magn_lib.display import clinician_table, format_interval, format_p
+from magn_lib.files import write_csv, write_text
 from magn_lib.layout import ReportPaths
 
 __all__ = [
@@ -44,17 +45,8 @@ ANALYST_ONLY_TAG = "analyst-only"
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`magn_lib.files.write_text`)."""
+    write_text(path, text)
 
 
 def save_table(frame: Any, path: str | Path, *, index: bool = False) -> Path:
@@ -66,13 +58,12 @@ def save_table(frame: Any, path: str | Path, *, index: bool = False) -> Path:
             ``paths.oof(method)`` (:class:`magn_lib.layout.ReportPaths`).
         index: write the frame's index as the first column.
     """
-    path = Path(path)
-    atomic_write_text(path, frame.to_csv(index=index))
-    return path
+    return write_csv(frame, path, index=index)
 
 
 def clinician_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """A copy of ``nb`` for readers without code: stderr streams and analyst-only cells removed.
+    """A copy of ``nb`` for readers without code: stderr streams, analyst-only cells and the
+    run's folders (in the effective-parameters table) removed.
 
     Code inputs and prompts are dropped at rendering time (see :func:`render_html`); here we
     remove the outputs that only make sense next to code (tqdm bars and warnings on stderr).
@@ -87,18 +78,35 @@ def clinician_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
                 out for out in cell.get("outputs", [])
                 if not (out.get("output_type") == "stream" and out.get("name") == "stderr")
             ]
+            for out in cell.outputs:
+                _drop_run_folders(out)
         cells.append(cell)
     nb.cells = cells
     return nb
 
 
-def render_html(nb: nbformat.NotebookNode, *, with_code: bool, title: str | None = None) -> str:
+def _drop_run_folders(output: dict[str, Any]) -> None:
+    """Leave the run's folders (report, work, manifest) out of the effective-parameters table
+    of a clinician view: the work folder is private, and folders are the analyst's concern
+    (the analyst view and ``run_manifest.json`` keep them)."""
+    from magn_lib.config import PARAMETERS_MIMETYPE
+
+    data = output.get("data", {})
+    if PARAMETERS_MIMETYPE in data and "text/markdown" in data:
+        lines = data["text/markdown"].splitlines()
+        data["text/markdown"] = "\n".join(line for line in lines
+                                          if not line.rstrip().endswith("| run |"))
+
+
+def render_html(nb: nbformat.NotebookNode, *, with_code: bool, title: str | None = None,
+                header_html: str = "") -> str:
     """Render an executed notebook to one self-contained HTML page.
 
     Args:
         nb: the executed notebook.
         with_code: ``False`` for the clinician view (no code cells, no prompts, no stderr).
         title: the page title (default: the notebook's first heading).
+        header_html: shown above the notebook (the navigation, :func:`navigation_html`).
     """
     exporter = HTMLExporter(
         template_name="magn", extra_template_basedirs=[str(TEMPLATES)], embed_images=True
@@ -108,7 +116,8 @@ def render_html(nb: nbformat.NotebookNode, *, with_code: bool, title: str | None
         exporter.exclude_input = True
         exporter.exclude_input_prompt = True
         exporter.exclude_output_prompt = True
-    resources = {"metadata": {"name": title or notebook_title(nb)}}
+    resources = {"metadata": {"name": title or notebook_title(nb)},
+                 "magn": {"css": _NAV_CSS + _PAGE_CSS, "header": header_html}}
     body, _ = exporter.from_notebook_node(nb, resources=resources)
     return body
 
@@ -214,7 +223,7 @@ def plain_summary(
         r = rows.get(model_name(*key))
         if r is None or not np.isfinite(r["auc"]):
             return "not available"
-        return f"{r['auc']:.2f} (95 % CI {r['auc_low']:.2f}–{r['auc_high']:.2f})"
+        return format_interval(r["auc"], r["auc_low"], r["auc_high"])
 
     def acc(key: tuple[str, str]) -> str:
         r = rows.get(model_name(*key))
@@ -233,7 +242,7 @@ def plain_summary(
     ]
     primary_name, comparator_name = model_name(*primary), model_name(*comparator)
     result = (
-        f"Result: the proposed network (MAGN, three views with attention guidance) reached an "
+        f"Result: The proposed network (MAGN, three views with attention guidance) reached an "
         f"area under the ROC curve (AUC) of {auc(primary)} and classified {acc(primary)} of "
         f"the lesions correctly; the multi-view radiomics model reached an AUC of "
         f"{auc(comparator)} ({acc(comparator)} correct)."
@@ -249,8 +258,9 @@ def plain_summary(
     if len(test):
         p = float(test["p_value"].iloc[0])
         verdict = "a difference" if p < 0.05 else "no clear difference"
-        result += (f" On the same lesions the two AUCs show {verdict} (DeLong test, p = "
-                   f"{'<0.001' if p < 0.001 else f'{p:.3f}'}).")
+        p_text = format_p(p)
+        result += (f" On the same lesions the two AUCs show {verdict} (DeLong test, p "
+                   f"{p_text if p_text.startswith('<') else '= ' + p_text}).")
     paragraphs.append(result)
     if embedded:
         paragraphs.append(
@@ -350,7 +360,7 @@ def _table_html(csv_path: Path) -> str:
     import pandas as pd
 
     frame = pd.read_csv(csv_path, keep_default_na=False)
-    return frame.to_html(index=False, escape=True, border=0, na_rep="")
+    return clinician_table(frame, index=False)._repr_html_()
 
 
 def _figure_html(png_path: Path, title: str, caption: str) -> str:
@@ -404,6 +414,7 @@ def render_index(
     intro_html: str = "",
     body_html: str = "",
     record_href: str | None = None,
+    header_html: str = "",
 ) -> str:
     """The run's front page.
 
@@ -429,8 +440,9 @@ def render_index(
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{esc(title)}</title><style>{_INDEX_CSS}</style></head>
+<title>{esc(title)}</title><style>{_INDEX_CSS}{_NAV_CSS}</style></head>
 <body>
+{header_html}
 <h1>{esc(title)}</h1>
 {intro_html}
 {warn}
@@ -447,3 +459,324 @@ def render_index(
 {record}
 </body></html>
 """
+
+
+# --------------------------------------------------------------------------------------------
+# navigation: every page says where it belongs and links on
+
+STUDY_NAME = "MAGN study: spinal multiple myeloma vs lung-cancer metastasis on MRI"
+
+_NAV_CSS = """
+nav.magn-nav{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;font-size:.88rem;
+background:#f6f8fa;border-bottom:1px solid #d0d7de;padding:.45rem 1rem;margin:0 0 1rem 0;
+display:flex;flex-wrap:wrap;gap:.3rem 1.2rem;align-items:baseline;line-height:1.4}
+nav.magn-nav .magn-study{font-weight:600} nav.magn-nav a{color:#0550ae;text-decoration:none}
+nav.magn-nav a:hover{text-decoration:underline} nav.magn-nav .magn-here{color:#57606a}
+@media print{nav.magn-nav{display:none}}
+"""
+
+# tables and figures of the notebook pages: fit a 1280 px window and an A4 page
+_PAGE_CSS = """
+table.magn-table{border-collapse:collapse;font-size:.85rem;margin:.4rem 0;max-width:100%}
+table.magn-table th,table.magn-table td{padding:.2rem .55rem;border-bottom:1px solid #eaeef2;
+text-align:left;vertical-align:top;overflow-wrap:anywhere}
+table.magn-table thead th{background:#f6f8fa} table.magn-table caption{caption-side:top;
+text-align:left;font-size:.85rem;color:#57606a;padding:.2rem 0}
+.jp-RenderedImage img,.jp-RenderedHTMLCommon img{max-width:100%;height:auto}
+.jp-OutputArea-output pre{white-space:pre-wrap;overflow-wrap:anywhere}
+figure.magn-figure,.jp-RenderedImage,table.magn-table{break-inside:avoid}
+"""
+
+
+@dataclass(frozen=True)
+class PageLink:
+    """A link in a page's navigation header; ``href`` relative to the page."""
+
+    title: str
+    href: str
+
+
+def navigation_html(*, run: str, index: PageLink | None = None,
+                    previous: PageLink | None = None, next: PageLink | None = None,
+                    views: Sequence[PageLink] = (), here: str | None = None,
+                    extra: Sequence[PageLink] = ()) -> str:
+    """The header of every report page: study name, run, index, previous/next notebook and
+    the other view of the same notebook (clinician view <-> analyst view).
+
+    Args:
+        run: the run's name (its report folder) and profile, as the reader should see it.
+        index: the run's front page.
+        previous, next: the neighbouring notebooks in reading order (same kind of view).
+        views: the other views of this page (e.g. "Analyst view (with code)").
+        here: what this page is ("Clinician view"), shown as plain text.
+        extra: further links (the single-file report and its PDF on the front page).
+    """
+    esc = html.escape
+
+    def link(item: PageLink, prefix: str = "", suffix: str = "") -> str:
+        return f'<a href="{esc(item.href)}">{prefix}{esc(item.title)}{suffix}</a>'
+
+    parts = [f'<span class="magn-study">{esc(STUDY_NAME)}</span>',
+             f"<span>Run: <b>{esc(run)}</b></span>"]
+    if index is not None:
+        parts.append(link(index))
+    if previous is not None:
+        parts.append(link(previous, "← "))
+    if next is not None:
+        parts.append(link(next, "", " →"))
+    if here:
+        parts.append(f'<span class="magn-here">{esc(here)}</span>')
+    parts += [link(v) for v in views]
+    parts += [link(v) for v in extra]
+    return f'<nav class="magn-nav" aria-label="Report navigation">{" ".join(parts)}</nav>'
+
+
+# --------------------------------------------------------------------------------------------
+# executed notebooks without machine traces
+
+# a tqdm line: "<description>: 42%|####  | 5/12 [00:03<00:04, 1.9it/s]" (or "5/12 [00:03<")
+_PROGRESS = re.compile(r"^(.*?)\s*(\d+%\||\d+/\d+ \[\d+:\d\d)")
+_TEXT_MIMETYPES = ("text/", "application/json", "application/vnd.magn")
+
+
+def _bar(line: str) -> str | None:
+    """The description of the progress bar drawn on ``line``, ``None`` for other text."""
+    match = _PROGRESS.search(line)
+    return None if match is None else match.group(1)
+
+
+def collapse_progress(text: str) -> str:
+    """A stream as a terminal would end up showing it, progress bars at their final state.
+
+    Each line keeps what follows its last carriage return (a bar redrawn in place), and a run
+    of lines of one bar (same description) keeps only its last line.
+    """
+    out: list[str] = []
+    for raw in text.split("\n"):
+        line = raw.rsplit("\r", 1)[-1]
+        name = _bar(line)
+        if name is not None and out and _bar(out[-1]) == name:
+            out[-1] = line
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def machine_paths(project: str | Path) -> list[tuple[str, str]]:
+    """``(absolute prefix, replacement)`` pairs that hide where a run ran, longest first.
+
+    The project folder becomes nothing (paths inside it read relative to it) or
+    ``<project>``; the Python environment ``<env>``; the home folder ``<home>``; the
+    temporary folder ``<tmp>``. Both the given and the resolved spelling of each are listed.
+    """
+    import sys
+    import tempfile
+
+    pairs: dict[str, str] = {}
+    for folder, name in ((Path(project), "<project>"), (Path(sys.prefix), "<env>"),
+                         (Path.home(), "<home>"), (Path(tempfile.gettempdir()), "<tmp>")):
+        for spelling in {str(folder), str(folder.resolve())}:
+            if len(spelling) > 1:
+                pairs.setdefault(spelling + "/", "" if name == "<project>" else name + "/")
+                pairs.setdefault(spelling, name)
+    return sorted(pairs.items(), key=lambda kv: len(kv[0]), reverse=True)
+
+
+def scrub_text(text: str, replacements: Sequence[tuple[str, str]]) -> str:
+    """``text`` with every machine path of :func:`machine_paths` replaced (whole path parts
+    only: ``/tmp`` does not touch ``/tmpfoo``)."""
+    if not text:
+        return text
+    for prefix, replacement in replacements:
+        if prefix in text:
+            end = "" if prefix.endswith("/") else r"(?![\w.+-])"
+            text = re.sub(re.escape(prefix) + end, lambda _m, r=replacement: r, text)
+    return text
+
+
+def _scrub_value(value: Any, replacements: Sequence[tuple[str, str]]) -> Any:
+    if isinstance(value, str):
+        return scrub_text(value, replacements)
+    if isinstance(value, list):
+        return [_scrub_value(v, replacements) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub_value(v, replacements) for k, v in value.items()}
+    return value
+
+
+def scrub_notebook(nb: nbformat.NotebookNode, *, project: str | Path) -> nbformat.NotebookNode:
+    """A copy of an executed notebook without traces of the machine that ran it.
+
+    Absolute paths (papermill's recorded input/output paths and parameters, the injected
+    parameters cell, warnings and tracebacks, text outputs) are replaced as
+    :func:`machine_paths` says; progress-bar streams are collapsed to their final line
+    (:func:`collapse_progress`). Images are left untouched.
+    """
+    pairs = machine_paths(project)
+    # in Markdown and HTML "<tmp>" would be read as a tag and vanish
+    escaped = [(prefix, html.escape(name)) for prefix, name in pairs]
+    nb = copy.deepcopy(nb)
+    nb.metadata = nbformat.from_dict(_scrub_value(dict(nb.metadata), pairs))
+    for cell in nb.cells:
+        cell.source = scrub_text(cell.source, escaped if cell.cell_type == "markdown" else pairs)
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if out.get("output_type") == "stream":
+                out["text"] = scrub_text(collapse_progress(out.get("text", "")), pairs)
+            for key in ("evalue", "ename"):
+                if key in out:
+                    out[key] = scrub_text(out[key], pairs)
+            if "traceback" in out:
+                out["traceback"] = [scrub_text(line, pairs) for line in out["traceback"]]
+            for mime, data in out.get("data", {}).items():
+                if mime.startswith(_TEXT_MIMETYPES):
+                    markup = mime in ("text/html", "text/markdown")
+                    out["data"][mime] = _scrub_value(data, escaped if markup else pairs)
+    return nb
+
+
+# --------------------------------------------------------------------------------------------
+# the report as one file: report.html, and report.pdf printed from it
+
+_PRINT_CSS = """
+body{max-width:72rem;margin:0 auto;padding:0 1rem}
+.magn-toc ol{line-height:1.6} section.magn-part{margin-top:2rem}
+section.magn-part>h2.magn-part-title{border-bottom:2px solid #d0d7de;font-size:1.5rem}
+.magn-front figure img{max-width:100%;height:auto}
+.magn-front table{border-collapse:collapse;font-size:.85rem}
+.magn-front th,.magn-front td{padding:.2rem .55rem;border-bottom:1px solid #eaeef2;
+text-align:left;vertical-align:top}
+@page{size:A4;margin:16mm 14mm 18mm 14mm;
+@bottom-center{content:"Page " counter(page) " of " counter(pages);font:9pt sans-serif;
+color:#57606a}}
+@media print{section.magn-part{break-before:page}
+figure,img,table,.jp-RenderedImage,.jp-OutputArea-output{break-inside:avoid}
+h1,h2,h3{break-after:avoid} a{color:inherit;text-decoration:none}}
+"""
+
+_STYLE = re.compile(r"<style[^>]*>.*?</style>", re.S)
+_MAIN = re.compile(r"<main>(.*)</main>", re.S)
+
+
+@dataclass(frozen=True)
+class ReportPart:
+    """One notebook's clinician view as a chapter of ``report.html``."""
+
+    anchor: str
+    title: str
+    summary: str
+    page_html: str  # the notebook's clinician page, as :func:`render_html` writes it
+
+
+def _prefixed_ids(body: str, prefix: str) -> str:
+    """In-page anchors of one chapter made unique in the joined page."""
+    body = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}-{m.group(1)}"', body)
+    return re.sub(r'\bhref="#([^"]+)"', lambda m: f'href="#{prefix}-{m.group(1)}"', body)
+
+
+def render_report(*, title: str, run: str, parts: Sequence[ReportPart], front_html: str = "",
+                  provenance: Sequence[tuple[str, str]] = (), intro_html: str = "") -> str:
+    """Every clinician view of a run in one self-contained page, in reading order.
+
+    The page holds the front page (summary, tables, key figures, limitations, model card),
+    a table of contents, each notebook as a chapter, the glossary and the provenance. Images
+    stay embedded as data URIs and the page loads nothing from elsewhere, so it can be sent
+    as one file; printed (:func:`print_pdf`) each chapter starts a page, figures and tables
+    are not split and every page is numbered.
+
+    Args:
+        title, run: the report's title and the run's name.
+        parts: the chapters, in reading order.
+        front_html: the front page's body (:func:`front_page_html`).
+        provenance: ``(field, value)`` rows (profile, data, code version, ...).
+        intro_html: a line under the title (HTML, built by the caller from escaped parts).
+    """
+    esc = html.escape
+    styles = _STYLE.findall(parts[0].page_html) if parts else []
+    toc = ['<li><a href="#summary">Summary, key results, limitations and model card</a></li>']
+    chapters = []
+    for part in parts:
+        toc.append(f'<li><a href="#{esc(part.anchor)}">{esc(part.title)}</a>'
+                   + (f'<br><span class="small">{esc(part.summary)}</span>' if part.summary
+                      else "") + "</li>")
+        found = _MAIN.search(part.page_html)
+        body = found.group(1) if found else part.page_html
+        body = re.sub(r'<nav\b[^>]*\bmagn-nav\b[^>]*>.*?</nav>', "", body, flags=re.S)
+        # the notebook's own first heading is the chapter's title
+        chapters.append(f'<section class="magn-part" id="{esc(part.anchor)}">'
+                        f"{_prefixed_ids(body, part.anchor)}</section>")
+    toc.append('<li><a href="#glossary">Glossary</a></li>')
+    toc.append('<li><a href="#provenance">About this run</a></li>')
+    prov = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in provenance)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title>
+{"".join(styles)}
+<style>{_INDEX_CSS}{_PAGE_CSS}{_PRINT_CSS}</style></head>
+<body class="jp-Notebook" data-jp-theme-light="true" data-jp-theme-name="JupyterLab Light">
+<main>
+<h1>{esc(title)}</h1>
+<p class="sub">{esc(STUDY_NAME)} · run <b>{esc(run)}</b></p>
+{intro_html}
+<nav class="magn-toc" aria-label="Contents"><h2>Contents</h2><ol>{"".join(toc)}</ol></nav>
+<section class="magn-part magn-front" id="summary">
+<h2 class="magn-part-title">Summary, key results, limitations and model card</h2>
+{front_html}
+</section>
+{"".join(chapters)}
+<section class="magn-part" id="glossary">{glossary_html()}</section>
+<section class="magn-part" id="provenance"><h2>About this run</h2>
+<table class="prov">{prov}</table></section>
+</main></body></html>
+"""
+
+
+def find_chromium() -> str | None:
+    """The system's Chromium (``$MAGN_CHROMIUM`` first), or ``None`` when there is none."""
+    import os
+    import shutil
+
+    for candidate in (os.environ.get("MAGN_CHROMIUM"), "chromium", "chromium-browser",
+                      "google-chrome", "google-chrome-stable"):
+        if candidate and (found := shutil.which(candidate)):
+            return found
+    return None
+
+
+def print_pdf(html_path: str | Path, pdf_path: str | Path, *, chromium: str | None = None,
+              timeout_s: float = 300) -> str | None:
+    """Print a page to PDF (A4, numbered pages) with a headless Chromium.
+
+    Returns:
+        ``None`` when ``pdf_path`` was written; otherwise why no PDF was produced (no Chromium
+        on this machine, or it failed) — the caller says so in the report; nothing is raised
+        and no partial file is left.
+    """
+    import os
+    import subprocess
+    import tempfile
+
+    from magn_lib.files import atomic_path
+
+    executable = chromium or find_chromium()
+    if executable is None:
+        return ("no Chromium was found on this machine (install the `chromium` package or set "
+                "MAGN_CHROMIUM to a Chromium or Chrome executable)")
+    html_path = Path(html_path).resolve()
+    with tempfile.TemporaryDirectory(prefix="magn-chromium-") as profile:
+        flags = ["--headless", "--disable-gpu", "--no-pdf-header-footer", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", f"--user-data-dir={profile}"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            flags.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
+        try:
+            with atomic_path(pdf_path) as tmp:
+                done = subprocess.run([executable, *flags, f"--print-to-pdf={tmp}",
+                                       html_path.as_uri()], capture_output=True, text=True,
+                                      timeout=timeout_s, check=False)
+                if done.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0 \
+                        or not tmp.read_bytes().startswith(b"%PDF-"):
+                    raise RuntimeError(f"Chromium exited with status {done.returncode}")
+        except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+            return f"Chromium could not print the report ({exc})"
+    return None

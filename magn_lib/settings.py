@@ -1,6 +1,6 @@
 """Typed settings of the network, of training one fold and of the cross-validation grid.
 
-Three frozen dataclasses carry what :func:`magn_lib.cv.build_model`, :func:`magn_lib.train.fit_fold`
+Frozen dataclasses carry what :func:`magn_lib.cv.build_model`, :func:`magn_lib.train.fit_fold`
 and :func:`magn_lib.cv.run_grid` need, each built from a study :class:`~magn_lib.config.Profile`
 with ``from_profile``: a field takes the profile parameter of the same name, so a parameter
 added to both the profile and a settings class flows through without any other change.
@@ -9,8 +9,10 @@ added to both the profile and a settings class flows through without any other c
 - :class:`TrainSettings`: the optimisation of one fold (epochs, batch size, Adam learning rate
   and its step decay, attention weight, class weighting, augmentation, seed) and where it runs
   (device, DataLoader workers).
-- :class:`GridSettings`: both, plus what the grid does around training (track the held-out fold
-  every epoch, which configurations keep their weights).
+- :class:`ExecutorSettings`: how the grid's trainings are run (sequentially or as Ray tasks,
+  with which resources).
+- :class:`GridSettings`: all three, plus what the grid does around training (track the
+  held-out fold every epoch, which configurations keep their weights).
 
 Fingerprints: :func:`settings_record` is ``dataclasses.asdict`` of a settings object without
 the fields declared with ``metadata=NOT_FINGERPRINTED`` (where the work runs and what is kept,
@@ -35,6 +37,7 @@ from magn_lib.errors import ConfigError
 
 __all__ = [
     "NOT_FINGERPRINTED",
+    "ExecutorSettings",
     "GridSettings",
     "NetworkSettings",
     "TrainSettings",
@@ -45,7 +48,7 @@ __all__ = [
 # field metadata of a setting that does not change what is computed (where, how fast, what is
 # kept); left out of fingerprints and checkpoint checks
 NOT_FINGERPRINTED = MappingProxyType({"fingerprint": False})
-DEFAULT_KEPT_WEIGHTS: tuple[str, ...] = ("multi-view", "multi-view+attention")
+DEFAULT_KEPT_WEIGHTS: tuple[str, ...] = tuple(Profile().keep_weights)
 
 
 def _profile_default(name: str) -> Any:
@@ -136,6 +139,32 @@ class TrainSettings(_FromProfile):
 
 
 @dataclass(frozen=True)
+class ExecutorSettings(_FromProfile):
+    """How the grid's (configuration, fold) trainings are run (:mod:`magn_lib.executor`).
+
+    ``executor``: ``"sequential"`` (one after the other in this process) or ``"ray"`` (each a
+    Ray task). ``ray_address``: ``None`` starts a local Ray for the run (or uses the one this
+    process already started), ``"auto"`` / ``"host:port"`` / ``"ray://host:port"`` joins an
+    existing cluster. A GPU task asks for ``gpus_per_task`` GPUs (0.25: four share one) and
+    ``cpus_per_task`` CPUs, a CPU task for ``cpus_per_task`` CPUs; each task trains with
+    ``cpus_per_task`` torch threads. ``ray_log_to_driver``: also print the workers' output in
+    this process (each task's log is kept in its fold folder either way). Where the work runs
+    does not change what it computes: the whole value is left out of fingerprints.
+    """
+
+    executor: str = _profile_default("executor")
+    ray_address: str | None = _profile_default("ray_address")
+    gpus_per_task: float = _profile_default("gpus_per_task")
+    cpus_per_task: int = _profile_default("cpus_per_task")
+    ray_log_to_driver: bool = _profile_default("ray_log_to_driver")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # the same checks as a profile's (a value built by hand gets them too)
+        Profile(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+
+@dataclass(frozen=True)
 class GridSettings:
     """Everything :func:`magn_lib.cv.run_grid` trains and keeps by.
 
@@ -150,6 +179,8 @@ class GridSettings:
     track_test: bool = True
     keep_weights: bool | tuple[str, ...] = field(default=DEFAULT_KEPT_WEIGHTS,
                                                  metadata=NOT_FINGERPRINTED)
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings,
+                                       metadata=NOT_FINGERPRINTED)
 
     def __post_init__(self) -> None:
         if not isinstance(self.keep_weights, bool):
@@ -160,10 +191,12 @@ class GridSettings:
 
     @classmethod
     def from_profile(cls, profile: Profile, **options: Any) -> Self:
-        """Network and training settings of ``profile``; ``options`` set ``track_test`` and
-        ``keep_weights`` (or replace ``network`` / ``train``)."""
+        """Network, training and execution settings and ``keep_weights`` of ``profile``;
+        ``options`` set ``track_test`` or replace any of them."""
         values = {"network": NetworkSettings.from_profile(profile),
-                  "train": TrainSettings.from_profile(profile)}
+                  "train": TrainSettings.from_profile(profile),
+                  "executor": ExecutorSettings.from_profile(profile),
+                  "keep_weights": tuple(profile.keep_weights)}
         return cls(**{**values, **options})
 
     def keeps_weights(self, config_name: str) -> bool:

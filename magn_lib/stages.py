@@ -39,6 +39,7 @@ from magn_lib.crops import (
     write_cache,
 )
 from magn_lib.errors import InputError
+from magn_lib.files import write_csv
 from magn_lib.ingest import EXCLUSION_COLUMNS, IngestResult, save_nifti
 from magn_lib.layout import TRANSFER_TABLES, WorkPaths
 from magn_lib.transfer import (
@@ -183,10 +184,9 @@ def transfer_cohort(
         columns=list(EXCLUSION_COLUMNS),
     )
     kept = ingest.lesions[~ingest.lesions["lesion_id"].isin(exclusions["lesion_id"])]
-    paths.transfer_dir.mkdir(parents=True, exist_ok=True)
     kept = kept.reset_index(drop=True)
     for name, frame in (("qc", qc), ("exclusions", exclusions), ("lesions", kept)):
-        frame.to_csv(paths.transfer_table(name), index=False)
+        write_csv(frame, paths.transfer_table(name))
     return TransferResult(qc=qc, lesions=kept, exclusions=exclusions, work_dir=ingest.work_dir)
 
 

@@ -167,7 +167,9 @@ def _fmt(x: float, decimals: int) -> str:
 
 
 def _fmt_p(p: float) -> str:
-    return "n/a" if not np.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+    from magn_lib.display import format_p
+
+    return "n/a" if not np.isfinite(p) else format_p(p)
 
 
 def table1(
@@ -995,17 +997,15 @@ def delong_matrix(pairwise: pd.DataFrame, *, value: str = "p_adjusted") -> pd.Da
 def format_metrics(table: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
     """A readable version of :func:`metrics_table`: one row per model, text cells.
 
-    Columns: ``model``, ``lesions``, ``AUC (95% CI)`` (pooled, DeLong), ``AUC folds`` (mean ±
-    SD over folds, as the paper reports), ``ACC``, ``F1``, ``sensitivity``, ``specificity``
-    (pooled at threshold 0.5, patient-bootstrap 95 % CI).
+    Columns: ``model``, ``lesions``, ``AUC`` (pooled, DeLong 95 % CI), ``AUC folds (mean ±
+    SD)`` (over folds, as the paper reports), ``ACC``, ``F1``, ``sensitivity``,
+    ``specificity`` (pooled at threshold 0.5, patient-bootstrap 95 % CI). Intervals are
+    written by :func:`magn_lib.display.format_interval`: ``0.83 (95 % CI 0.74–0.91)``.
     """
+    from magn_lib.display import format_interval
 
     def ci(row: pd.Series, m: str) -> str:
-        value, lo, hi = row[m], row[f"{m}_low"], row[f"{m}_high"]
-        if not np.isfinite(value):
-            return "–"
-        text = f"{value:.{decimals}f}"
-        return text + (f" ({lo:.{decimals}f}–{hi:.{decimals}f})" if np.isfinite(lo) else "")
+        return format_interval(row[m], row[f"{m}_low"], row[f"{m}_high"], decimals=decimals)
 
     def folds(row: pd.Series) -> str:
         mean, sd = row["auc_fold_mean"], row["auc_fold_sd"]
@@ -1015,8 +1015,8 @@ def format_metrics(table: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
     out = pd.DataFrame({
         "model": [model_name(m, c) for m, c in zip(table["method"], table["config"], strict=True)],
         "lesions": table["n_lesions"].astype(int),
-        f"{auc} (95% CI)": [ci(r, "auc") for _, r in table.iterrows()],
-        f"{auc} folds": [folds(r) for _, r in table.iterrows()],
+        auc: [ci(r, "auc") for _, r in table.iterrows()],
+        f"{auc} folds (mean ± SD)": [folds(r) for _, r in table.iterrows()],
     })
     for m in _THRESHOLD_METRICS:
         out[METRIC_LABELS[m]] = [ci(r, m) for _, r in table.iterrows()]

@@ -20,7 +20,6 @@ float32.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from magn_lib.errors import ConfigError
+from magn_lib.files import save
 from magn_lib.losses import magn_loss_parts
 from magn_lib.progress import tqdm
 from magn_lib.repro import set_determinism
@@ -115,13 +115,7 @@ def _set_rng_state(state: Mapping[str, Any], loader_gen: torch.Generator) -> Non
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        tmp.replace(path)  # atomic rename (os.replace)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save(path, lambda stream: torch.save(obj, stream))
 
 
 def _epoch_pass(model: nn.Module, loader: DataLoader, *, device: torch.device, amp: bool,

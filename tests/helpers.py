@@ -26,6 +26,7 @@ __all__ = [
     "ToyCrops",
     "assert_matches_itk",
     "make_small_cohort",
+    "make_trained_run",
     "reference_data_root",
     "sitk_read",
 ]
@@ -185,3 +186,63 @@ def build_crop_cache_of(root: Path, *, n_patients: int, seed: int, crop_size: in
     read = {"dtype": {"lesion_id": str, "patient_id": str}}
     return (cache, pd.read_csv(paths.ingest_table("lesions"), **read),
             pd.read_csv(paths.ingest_table("patients"), **read))
+
+
+def make_trained_run(root: Path, *, class_counts: dict[int, tuple[int, int]] | None = None,
+                     seed: int = 11, crop_size: int = 32, n_folds: int = 2,
+                     configs: Sequence[str] = ("multi-view",), backbone: str = "resnet18",
+                     epochs: int = 1, batch_size: int = 4):
+    """A finished study run, made with the library's stages instead of the notebooks (seconds):
+    a simulated cohort under ``root/cohort`` (``class_counts``: ``{label: (patients,
+    lesions)}``, default 2 MM patients with 2 lesions and 2 metastasis patients with 3), its
+    ingest, mask transfer and crop cache, a tiny
+    grid of ``configs`` trained on patient-grouped folds, and the report folder's files that
+    ``magn export`` reads (run record, folds, out-of-fold predictions).
+
+    Returns:
+        A namespace: ``manifest`` (folder), ``report`` and ``work`` (the run's folders),
+        ``paths`` (:class:`~magn_lib.layout.RunPaths`), ``profile``, ``oof`` (predictions).
+    """
+    import json
+    from types import SimpleNamespace
+
+    from magn_lib.config import load_profile
+    from magn_lib.crops import read_cache
+    from magn_lib.cv import ensure_folds, run_grid
+    from magn_lib.data import dataset_factory
+    from magn_lib.ingest import ingest_cohort
+    from magn_lib.layout import RunPaths
+    from magn_lib.manifest import load_manifest
+    from magn_lib.report import save_table
+    from magn_lib.settings import GridSettings
+    from magn_lib.stages import build_crop_cache, transfer_cohort
+    from magn_lib.synthetic import make_cohort
+
+    class_counts = class_counts or {1: (2, 2), 0: (2, 3)}
+    n_patients = sum(n for n, _ in class_counts.values())
+    profile = load_profile("smoke", n_patients=n_patients, seed=seed, crop_size=crop_size,
+                           n_folds=n_folds, epochs=epochs, batch_size=batch_size,
+                           backbone=backbone, n_bootstrap=200, device="cpu", augment=False,
+                           keep_weights=list(configs))
+    manifest_dir = make_cohort(root / "cohort", n_patients=n_patients, seed=seed, n_jobs=1,
+                               progress=False, class_counts=class_counts)
+    paths = RunPaths(report_dir=root / "reports" / "run", work_dir=root / "work" / "run")
+    ingest = ingest_cohort(load_manifest(manifest_dir), paths.work_dir, progress=False)
+    transfer = transfer_cohort(ingest, progress=False)
+    build_crop_cache(ingest, transfer, paths.crop_cache, views=VIEWS, crop_size=crop_size,
+                     progress=False)
+    cache = read_cache(paths.crop_cache)
+    folds = ensure_folds(cache.lesions(), paths.folds_csv, n_splits=n_folds, seed=seed)
+    make = dataset_factory(cache, views=VIEWS, augment=False, seed=seed)
+    grid = run_grid(make, folds, list(configs), GridSettings.from_profile(profile,
+                                                                         track_test=False),
+                    paths.grid_dir, progress=False)
+    save_table(grid.predictions, paths.oof("magn"))
+    paths.run_manifest.write_text(json.dumps({
+        "status": "succeeded", "magn_version": "test", "git": {"commit": None, "dirty": None},
+        "parameters": profile.to_dict(),
+        "run": {"work_dir": str(paths.work_dir), "embedded_cohort": True},
+    }))
+    return SimpleNamespace(manifest=manifest_dir, report=paths.report_dir,
+                           work=paths.work_dir, paths=paths, profile=profile,
+                           oof=grid.predictions)

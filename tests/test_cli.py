@@ -95,10 +95,13 @@ def test_exit_status_per_class(tmp_path, capsys):
                      "--out", str(tmp_path / "r")]) == cli.EXIT_USAGE
     assert "'99' is not a notebook of the study" in capsys.readouterr().err
     # 3 input data (a run folder that is none)
-    code = cli.main(["predict", "--run", str(tmp_path), "--sagittal", str(tmp_path),
-                     "--mask", str(tmp_path / "m.nii.gz")])
+    code = cli.main(["predict", "--model", str(tmp_path), "--sagittal", str(tmp_path),
+                     "--mask", str(tmp_path / "m.nii.gz"), "--lesion-id", "L1"])
     assert code == cli.EXIT_INPUT
     assert "input error" in capsys.readouterr().err
+    assert cli.main(["export", "--run", str(tmp_path), "--out", str(tmp_path / "m.magn")]) \
+        == cli.EXIT_INPUT
+    assert "not the report folder of a study run" in capsys.readouterr().err
     # 1 (a notebook failed) and 3 from a notebook: test_pipeline.py
 
 
@@ -110,8 +113,8 @@ def test_every_help_lists_its_choices():
     assert cli.GRID_CONFIGS == tuple(c.name for c in CONFIGS)
     parser = cli.build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subparsers.choices) == {"study", "generate", "deid-key", "predict", "config",
-                                       "doctor"}
+    assert set(subparsers.choices) == {"study", "generate", "deid-key", "export", "predict",
+                                       "config", "doctor"}
     for name, sub in subparsers.choices.items():
         text = " ".join(sub.format_help().split())
         for action in sub._actions:

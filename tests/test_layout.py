@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 FILE_NAMES = frozenset({
     "crops.npz", "folds.csv", "predictions.csv", "history.csv", "done.json", "started.json",
     "model.pt", "checkpoint.pt", "run_manifest.json", "warnings.json", "front_page.json",
-    ".ingest.json", ".lock", "index.html", "qc.csv",
+    ".ingest.json", ".lock", "index.html", "qc.csv", "report.html", "report.pdf",
 })
 FOLDER_NAMES = frozenset({
     "magn_cv", "nifti", "masks", "ingest", "transfer", "radiomics", "artifacts", "executed",
-    "html", "html-full",
+    "html", "html-full", "screens",
 })
 # the default parents of the report and work folders, under the project root
 PARENT_NAMES = frozenset({"reports", "work"})

@@ -261,22 +261,184 @@ def test_no_identity_in_reports_or_work(smoke_run):
                 assert not leaked, f"{leaked} in {rel}"
 
 
+# every element's right edge and scroll width, against the 1280-px window (playwright's default
+# viewport, which `open_page` keeps)
+TOO_WIDE = """() => { const width = document.documentElement.clientWidth; const wide = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const box = el.getBoundingClientRect();
+    if (box.width > 0 && (box.right > width + 1 || el.scrollWidth > width + 1))
+      wide.push(`${el.tagName.toLowerCase()}.${el.className} ${Math.round(box.right)} px`);
+  }
+  return wide.slice(0, 5); }"""
+
+
+def _machine_traces(smoke_run) -> re.Pattern:
+    """The machine's home, the project's absolute paths and the temporary folder, as text."""
+    import tempfile
+
+    places = {str(Path.home()), str(smoke_run.root), str(project_root()),
+              tempfile.gettempdir(), str(Path(tempfile.gettempdir()).resolve())}
+    return re.compile("|".join(re.escape(p) + r"(?![\w.-])" for p in sorted(places)))
+
+
+def _broken_links(page, path: Path, run_dir: Path) -> list[str]:
+    """hrefs and srcs of a loaded page that leave the run folder or lead nowhere."""
+    from urllib.parse import unquote, urlsplit
+
+    ids = set(page.eval_on_selector_all("[id]", "els => els.map(e => e.id)"))
+    links = page.eval_on_selector_all(
+        "[href], [src]", "els => els.map(e => e.getAttribute('href') ?? e.getAttribute('src'))")
+    broken = []
+    for link in links:
+        if link.startswith("data:"):
+            continue
+        if link.startswith("#"):
+            if link[1:] not in ids and unquote(link[1:]) not in ids:
+                broken.append(link)
+            continue
+        parts = urlsplit(link)
+        target = (path.parent / unquote(parts.path)).resolve()
+        if parts.scheme or parts.netloc or not target.is_relative_to(run_dir.resolve()) \
+                or not target.is_file():
+            broken.append(link)
+    return broken
+
+
 @study
-def test_clinician_pages_in_chromium(smoke_run, open_page, tmp_path):
-    machine_paths = [str(smoke_run.root), str(project_root()), str(Path.home()) + "/"]
-    pages = [smoke_run.paths.index_html, *sorted(smoke_run.paths.html_dir.glob("*.html"))]
-    for page_path in pages:
-        page, problems = open_page(page_path, tmp_path / f"{page_path.stem}.png")
-        assert problems == [], f"{page_path.name}: {problems}"
+def test_every_page_and_the_report_in_chromium(smoke_run, open_page, tmp_path):
+    paths = smoke_run.paths
+    clinician = [paths.index_html, *sorted(paths.html_dir.glob("*.html")), paths.report_html]
+    analyst = sorted(paths.full_html_dir.glob("*.html"))
+    assert len(clinician) == 8 and len(analyst) == 6
+    traces = _machine_traces(smoke_run)
+    paths.screens_dir.mkdir(parents=True, exist_ok=True)
+    kept = {paths.index_html: "index", paths.html("03_magn_training"): "03_magn_training",
+            paths.full_html("03_magn_training"): "03_magn_training-analyst",
+            paths.report_html: "report"}
+    for page_path in clinician + analyst:
+        name = page_path.relative_to(paths.report_dir).as_posix()
+        shot = paths.screens_dir / f"{kept[page_path]}.png" if page_path in kept \
+            else tmp_path / f"{page_path.stem}.png"
+        page, problems = open_page(page_path, shot)
+        assert problems == [], f"{name}: {problems}"
+        assert page.evaluate(TOO_WIDE) == [], name
+        assert _broken_links(page, page_path, paths.report_dir) == [], name
         text = page.inner_text("body")
-        html = page_path.read_text()
-        assert "Traceback" not in text, page_path.name
-        assert not re.search(r"\w+(Error|Exception|Warning): ", text), page_path.name
-        assert not any(p in html for p in machine_paths), page_path.name
-        assert page.query_selector_all(".jp-InputArea-editor, .jp-InputPrompt") == []
+        assert not traces.search(text), f"{name}: {traces.search(text).group(0)}"
+        assert str(smoke_run.root) not in page_path.read_text(), name
+        assert "Traceback" not in text, name
         widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
-        assert all(w > 0 for w in widths), f"{page_path.name}: a figure did not load"
+        assert all(w > 0 for w in widths), f"{name}: a figure did not load"
+        if page_path in clinician:
+            assert not re.search(r"\w+(Error|Exception|Warning): ", text), name
+            assert page.query_selector_all(".jp-InputArea-editor, .jp-InputPrompt") == []
+            assert not re.search(r"(?<![\w<])work/", text), f"{name}: points into work/"
+        if page_path != paths.report_html:  # every page but the single file has the header
+            nav = page.query_selector("nav.magn-nav")
+            assert nav is not None and "Run: smoke" in nav.inner_text(), name
         page.close()
+    assert sorted(p.name for p in paths.screens_dir.iterdir()) == sorted(
+        f"{v}.png" for v in kept.values())
+
+
+@study
+def test_navigation_links_the_notebooks_in_reading_order(smoke_run):
+    paths = smoke_run.paths
+    names = [n["name"] for n in smoke_run.manifest["notebooks"]]
+    for views, other in ((paths.html, paths.full_html), (paths.full_html, paths.html)):
+        for i, name in enumerate(names):
+            nav = re.search(r'<nav[^>]*magn-nav.*?</nav>', views(name).read_text(), re.S)
+            hrefs = [(views(name).parent / h).resolve()
+                     for h in re.findall(r'href="([^"]+)"', nav.group(0))]
+            expected = [paths.index_html, *([views(names[i - 1])] if i else []),
+                        *([views(names[i + 1])] if i + 1 < len(names) else []), other(name)]
+            assert hrefs == [p.resolve() for p in expected], name
+    index = paths.index_html.read_text()
+    assert 'href="report.html"' in index and 'href="report.pdf"' in index
+
+
+@study
+def test_clinician_tables_carry_labels_not_column_names(smoke_run):
+    from html.parser import HTMLParser
+
+    class Headers(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.headers, self._inside = [], False
+
+        def handle_starttag(self, tag, attrs):
+            self._inside = self._inside or tag == "th"
+            if tag == "th":
+                self.headers.append("")
+
+        def handle_endtag(self, tag):
+            self._inside = self._inside and tag != "th"
+
+        def handle_data(self, data):
+            if self._inside:
+                self.headers[-1] += data
+
+    paths = smoke_run.paths
+    pages = [paths.index_html, *sorted(paths.html_dir.glob("*.html")), paths.report_html]
+    n_headers = 0
+    for page in pages:
+        parser = Headers()
+        parser.feed(page.read_text())
+        snake = [h.strip() for h in parser.headers if "_" in h]
+        assert snake == [], f"{page.name}: {snake}"
+        n_headers += len(parser.headers)
+        # no DataFrame index: nbconvert's rendering of a raw DataFrame is gone
+        assert 'class="dataframe"' not in page.read_text(), page.name
+    assert n_headers > 100  # the pages do show tables
+    report = paths.report_html.read_text()
+    assert re.search(r"\d\.\d\d \(95 % CI \d\.\d\d–\d\.\d\d\)", report)
+    assert not re.search(r"\d\.\d+ \[\d\.\d+, \d\.\d+\]", report)  # the other style
+
+
+@study
+def test_report_pdf_is_printed_with_numbered_pages(smoke_run):
+    from magn_lib.report import find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("Chromium is not installed")
+    pypdf = pytest.importorskip("pypdf")
+    pdf = smoke_run.paths.report_pdf
+    assert pdf.read_bytes().startswith(b"%PDF-")
+    pages = pypdf.PdfReader(pdf).pages
+    n = len(pages)
+    # the front page and summary, six chapters (each starts a page), glossary, provenance
+    assert n >= 1 + 6 + 2
+    assert [p.extract_text().splitlines()[0] for p in pages] == [
+        f"Page {i} of {n}" for i in range(1, n + 1)]
+    text = "\n".join(p.extract_text() for p in pages)
+    names = [n["name"] for n in smoke_run.manifest["notebooks"]]
+    assert all(f"{name[:2]} ·" in text for name in names)
+
+
+@study
+def test_published_files_have_the_umask_permissions(smoke_run):
+    from magn_lib.files import default_file_mode
+
+    published = [p for p in smoke_run.reports.rglob("*") if p.is_file()]
+    assert len(published) > 50
+    wrong = {p.relative_to(smoke_run.reports).as_posix(): oct(p.stat().st_mode & 0o777)
+             for p in published if p.stat().st_mode & 0o777 != default_file_mode()}
+    assert wrong == {}, f"expected {oct(default_file_mode())}"
+
+
+@study
+def test_executed_notebooks_carry_no_machine_traces(smoke_run):
+    traces = _machine_traces(smoke_run)
+    for path in sorted(smoke_run.paths.executed_dir.glob("*.ipynb")):
+        nb = nbformat.read(str(path), as_version=4)
+        recorded = nb.metadata["papermill"]
+        assert recorded["input_path"] == f"notebooks/{path.name}"
+        assert recorded["output_path"] == f"reports/smoke/executed/{path.name}"
+        for cell in nb.cells:
+            for out in cell.get("outputs", []):
+                out.get("data", {}).pop("image/png", None)  # base64 may spell anything
+        text = nbformat.writes(nb)
+        assert not traces.search(text), f"{path.name}: {traces.search(text).group(0)}"
 
 
 @study
@@ -290,29 +452,34 @@ def test_second_run_skips_everything(smoke_run, checkout):
 
 
 @study
-def test_predict_reproduces_the_held_out_prediction(smoke_run, capsys, monkeypatch):
+def test_export_and_predict_reproduce_the_held_out_prediction(smoke_run, capsys, tmp_path):
     import pandas as pd
 
-    from magn_lib import cli, config
+    from magn_lib import cli
     from magn_lib.manifest import load_manifest
-    from magn_lib.predict import predict_lesion
 
-    # the run's record holds its folders relative to the checkout that ran it
-    monkeypatch.setattr(config, "project_root", lambda: smoke_run.root)
+    bundle = tmp_path / "smoke.magn"
+    assert cli.main(["export", "--run", str(smoke_run.reports), "--work", str(smoke_run.work),
+                     "--out", str(bundle)]) == cli.EXIT_OK
+    chosen = json.loads((bundle / "bundle.json").read_text())["config"]["name"]
+    assert chosen in ("multi-view", "multi-view+attention")
     manifest = load_manifest(smoke_run.cohort / "manifest")
     oof = pd.read_csv(smoke_run.paths.oof("magn"), dtype={"lesion_id": str})
-    held_out = oof[oof["config"] == "multi-view+attention"].iloc[0]
+    held_out = oof[oof["config"] == chosen].iloc[0]
     lesion = manifest.lesions.set_index("lesion_id").loc[held_out["lesion_id"]]
     series = {v: manifest.series_folder(lesion["patient_id"], v)
               for v in ("sagittal", "coronal", "axial")}
-    table = predict_lesion(smoke_run.reports, series=series,
-                           mask=manifest.mask_path(held_out["lesion_id"]),
-                           mask_label=int(lesion["mask_label"]))
-    assert table["fold"].tolist()[-1] == "mean" and len(table) == 1 + oof["fold"].nunique()
-    own = table[table["fold"] == str(held_out["fold"])]["probability"].iloc[0]
-    assert own == pytest.approx(held_out["probability"], abs=1e-4)
+    code = cli.main(["predict", "--model", str(bundle), "--out", str(tmp_path / "out"),
+                     "--lesion-id", "case-1", "--mask", str(manifest.mask_path(
+                         held_out["lesion_id"])), "--mask-label", str(int(lesion["mask_label"])),
+                     *(f"--{v}={series[v]}" for v in series)])
+    assert code == cli.EXIT_OK
+    result = json.loads((tmp_path / "out" / "case-1" / "prediction.json").read_text())
+    own = next(r for r in result["fold_models"] if r["fold"] == int(held_out["fold"]))
+    assert own["probability_raw"] == pytest.approx(held_out["probability"], abs=1e-6)
+    assert result["in_sample"]["held_out_fold"] == int(held_out["fold"])
 
-    code = cli.main(["predict", "--run", str(smoke_run.reports),
+    code = cli.main(["predict", "--model", str(bundle), "--lesion-id", "case-2",
                      "--sagittal", str(series["sagittal"]), "--mask",
                      str(manifest.mask_path(held_out["lesion_id"]))])
     assert code == cli.EXIT_INPUT

@@ -253,6 +253,10 @@ def test_overrides_reach_only_the_notebooks_declaring_them(study):
         run_study("smoke", overrides={"epoch": 2}, **study)
     with pytest.raises(ConfigError, match="crop_size: no notebook of the study reads"):
         run_study("smoke", overrides={"crop_size": 64}, **study)
+    # read by `magn export` from the run record, not by a notebook: accepted and recorded
+    run_study("smoke", overrides={"target_sensitivity": 0.9}, **study)
+    manifest = json.loads((study["run_dir"] / "run_manifest.json").read_text())
+    assert manifest["parameters"]["target_sensitivity"] == 0.9
 
 
 def test_one_notebook_or_a_range_behaves_as_a_whole_run(study):

@@ -97,6 +97,38 @@ def test_roc_comparison_lines_per_model(oof):
     assert len(fig.axes[0].collections) == 2
 
 
+def test_twelve_models_stay_distinguishable_in_colour_and_in_grey(oof):
+    base = oof[oof["method"] != "reader"]
+    models = pd.concat([base.assign(config=base["config"] + f" #{k}") for k in range(3)])
+    fig = plots.plot_roc_comparison(models)
+    lines = [ln for ln in fig.axes[0].get_lines() if ln.get_gid() != "chance"]
+    assert len(lines) == 3 * len(CONFIGS) >= 12
+    looks = {(matplotlib.colors.to_hex(ln.get_color()), ln.get_linestyle()) for ln in lines}
+    assert len(looks) == len(lines)  # no two curves alike
+    assert {c for c, _ in looks} <= {c.lower() for c in plots.PALETTE}
+    # neighbours in the legend differ in line style as well, so grey print keeps them apart
+    pairs = zip(lines[:-1], lines[1:], strict=True)
+    assert all(a.get_linestyle() != b.get_linestyle() for a, b in pairs)
+    assert len({tuple(sorted(s.items())) for s in plots.curve_styles(32)}) == 32
+
+
+def test_palette_is_okabe_ito():
+    # Okabe & Ito (2008), Color Universal Design: the eight colours, in any order
+    assert {c.upper() for c in plots.PALETTE} == {
+        "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"}
+
+
+def test_captioned_figure_shows_its_caption_under_the_image(oof):
+    shown = plots.captioned(plots.plot_roc_comparison(oof), "Look at <the> top-left corner.")
+    page = shown._repr_html_()
+    assert page.startswith('<figure class="magn-figure"><img ')
+    assert page.index("data:image/png;base64,") < page.index(
+        "<figcaption>Look at &lt;the&gt; top-left corner.</figcaption>")
+    with pytest.raises(ValueError, match="caption"):
+        plots.captioned(Figure(), " ")
+    assert all(len(text) > 40 for text in plots.CAPTIONS.values())
+
+
 def test_calibration_and_decision_plots(oof):
     models = oof[oof.method != "reader"]
     cal = stats.calibration_table(models, n_bins=4)
@@ -143,13 +175,14 @@ def test_table2_numbers_equal_the_stats_functions(oof):
     assert t2.iloc[0].auc_low == pytest.approx(stats.delong_ci(sub.label, sub.probability)[1])
     shown = plots.format_table2(t2)
     assert shown.loc[1, "Attention"] == "✓" and shown.loc[0, "Attention"] == "–"
-    assert shown.loc[1, "Paper AUC"] == "0.749 ± 0.067"
+    assert shown.loc[1, "Paper AUC"] == "0.75 ± 0.07"
     assert shown.loc[6, "Configuration"] == "Radiologist 1"
-    assert shown.loc[0, "ACC [95% CI]"].startswith(f"{t2.accuracy[0]:.3f} [")
+    assert shown.loc[0, "ACC"] == (f"{t2.accuracy[0]:.2f} (95 % CI {t2.accuracy_low[0]:.2f}–"
+                                   f"{t2.accuracy_high[0]:.2f})")
     # the paper's labels, as today: one mapping gives every display name
     assert list(shown.columns) == [
-        "Section", "Configuration", "Attention", "ACC [95% CI]", "AUC folds (mean ± SD)",
-        "AUC pooled [DeLong 95% CI]", "F1 [95% CI]", "Paper ACC", "Paper AUC", "Paper F1"]
+        "Section", "Configuration", "Attention", "ACC", "AUC folds (mean ± SD)",
+        "AUC pooled (DeLong)", "F1", "Paper ACC", "Paper AUC", "Paper F1"]
 
 
 def test_cam_grid_three_views_with_and_without_guidance():

@@ -167,6 +167,6 @@ def test_format_reader_metrics():
            for suffix, v in (("", 0.7), ("_low", 0.6), ("_high", 0.8))},
     }])
     text = format_reader_metrics(table)
-    assert text.loc[0, "ACC"] == "0.70 (0.60–0.80)" and text.loc[0, "lesions"] == 40
+    assert text.loc[0, "ACC"] == "0.70 (95 % CI 0.60–0.80)" and text.loc[0, "lesions"] == 40
     assert list(text.columns) == ["reader", "lesions", "ACC", "F1", "sensitivity",
                                   "specificity", "AUC (call)", "AUC (call + confidence)"]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import nbformat
 import pandas as pd
@@ -159,8 +160,151 @@ def test_plain_summary_reports_the_primary_comparison():
                          embedded=True)
     magn = metrics[metrics["method"] == "magn"].iloc[0]
     assert f"{magn['auc']:.2f} (95 % CI {magn['auc_low']:.2f}–{magn['auc_high']:.2f})" in text[2]
-    assert "DeLong test, p = " in text[2] and "radiologists classified" in text[2]
+    assert re.search(r"DeLong test, p (= \d\.\d{3}|< 0\.001)\)", text[2])
+    assert "radiologists classified" in text[2]
     assert "20 myeloma, 40 metastasis" in text[1]
     assert "synthetic" in text[-1]
     assert len(plain_summary(metrics, pairwise, n_patients=n, n_lesions=n, n_mm=20,
                              embedded=False)) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# navigation, machine traces, the single-file report and its PDF
+
+
+def test_navigation_links_index_neighbours_and_the_other_view():
+    from magn_lib.report import STUDY_NAME, PageLink, navigation_html
+
+    nav = navigation_html(run="smoke (profile smoke)", index=PageLink("Index", "../index.html"),
+                          previous=PageLink("01 · Cohort", "01_cohort.html"),
+                          next=PageLink("03 · <MAGN>", "03_magn.html"), here="Clinician view",
+                          views=[PageLink("Analyst view", "../html-full/02_transfer.html")])
+    hrefs = re.findall(r'href="([^"]+)"', nav)
+    assert hrefs == ["../index.html", "01_cohort.html", "03_magn.html",
+                     "../html-full/02_transfer.html"]
+    assert STUDY_NAME in nav and "smoke (profile smoke)" in nav
+    assert "← 01 · Cohort" in nav and "03 · &lt;MAGN&gt; →" in nav  # escaped
+    page = render_html(_executed_notebook(), with_code=False, header_html=nav)
+    assert page.index("<main>") < page.index('class="magn-nav"') < page.index("AUC 0.91")
+
+
+def test_collapse_progress_keeps_each_bars_final_line():
+    from magn_lib.report import collapse_progress
+
+    text = ("grid:   0%|          | 0/3 [00:00<?, ?it/s]\rgrid:  33%|###       | 1/3 [00:01<00:02]"
+            "\rgrid: 100%|##########| 3/3 [00:03<00:00]\n"
+            "fold 0: 1/2 [00:01<00:01]\nfold 0: 2/2 [00:02<00:00]\n"
+            "UserWarning: something to keep\nfold 1: 2/2 [00:02<00:00]\n")
+    assert collapse_progress(text) == (
+        "grid: 100%|##########| 3/3 [00:03<00:00]\nfold 0: 2/2 [00:02<00:00]\n"
+        "UserWarning: something to keep\nfold 1: 2/2 [00:02<00:00]\n")
+    assert collapse_progress("plain\ntext\n") == "plain\ntext\n"
+
+
+def test_scrub_notebook_removes_machine_paths_and_keeps_images(tmp_path, monkeypatch):
+    import sys
+    import tempfile
+
+    from magn_lib.report import scrub_notebook
+
+    project = tmp_path / "checkout"
+    home = Path.home()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    nb = _executed_notebook()
+    nb.metadata["papermill"] = {
+        "input_path": f"{project}/notebooks/01.ipynb",
+        "output_path": f"{project}/reports/smoke/executed/01.ipynb",
+        "parameters": {"run_dir": f"{tmp_path}/scratch/run"}}
+    nb.cells[1].source = f'run_dir = "{project}/reports/smoke"'
+    nb.cells[1].outputs += [
+        new_output("stream", name="stderr",
+                   text=f"{sys.prefix}/lib/python3.11/site-packages/x.py:3: UserWarning: w\n"
+                        f"cache in {home}/.cache and {tmp_path}/scratch/job\n"),
+        new_output("display_data", data={"text/markdown": f"run in `{project}` at {home}",
+                                         "image/png": f"{project}"}),
+    ]
+    nb.cells[0].source = f"Outputs in {tmp_path}/scratch/x"
+    clean = scrub_notebook(nb, project=project)
+    assert clean.metadata["papermill"]["input_path"] == "notebooks/01.ipynb"
+    assert clean.metadata["papermill"]["output_path"] == "reports/smoke/executed/01.ipynb"
+    assert clean.metadata["papermill"]["parameters"]["run_dir"] == "<tmp>/run"
+    assert clean.cells[1].source == 'run_dir = "reports/smoke"'
+    stream = clean.cells[1].outputs[-2]["text"]
+    assert stream.startswith("<env>/lib/python3.11/") and "<home>/.cache" in stream
+    assert "<tmp>/job" in stream
+    shown = clean.cells[1].outputs[-1]["data"]
+    assert shown["text/markdown"] == "run in `&lt;project&gt;` at &lt;home&gt;"
+    assert shown["image/png"] == str(project)  # image data is never rewritten
+    assert clean.cells[0].source == "Outputs in &lt;tmp&gt;/x"
+    assert nb.cells[1].source.startswith('run_dir = "/')  # the input is not modified
+
+
+def _part(title: str, body: str) -> str:
+    nb = new_notebook()
+    nb.cells = [new_markdown_cell(f"# {title}\n\n{body}\n\n[back](#{title.replace(' ', '-')})")]
+    return render_html(nb, with_code=False, header_html='<nav class="magn-nav">x</nav>')
+
+
+def test_report_page_joins_the_clinician_views_in_order_and_loads_nothing(tmp_path):
+    from magn_lib.report import ReportPart, render_report
+
+    parts = [ReportPart("nb01", "01 · Cohort", "Who is in.", _part("Cohort", "First.")),
+             ReportPart("nb02", "02 · Results", "", _part("Results", "Second."))]
+    page = render_report(title="magn study report: smoke", run="smoke", parts=parts,
+                         front_html="<h2>Summary</h2><p>Sum.</p>",
+                         provenance=[("Profile", "smoke")])
+    assert page.index("Sum.") < page.index("First.") < page.index("Second.")
+    assert page.index('href="#nb01"') < page.index('href="#nb02"')  # contents, in order
+    assert 'class="magn-nav"' not in page  # chapters carry no page navigation
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids))
+    for anchor in re.findall(r'href="#([^"]+)"', page):
+        assert anchor in ids, anchor
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    assert "<script src" not in page
+
+
+def test_print_pdf_numbers_a4_pages(tmp_path):
+    from magn_lib.report import find_chromium, print_pdf
+
+    if find_chromium() is None:
+        pytest.skip("Chromium is not installed")
+    pypdf = pytest.importorskip("pypdf")
+    page = tmp_path / "report.html"
+    page.write_text("<!DOCTYPE html><html><head><style>@page{size:A4;@bottom-center{content:"
+                    '"Page " counter(page) " of " counter(pages)}} section{break-before:page}'
+                    "</style></head><body><h1>T</h1><section>A</section><section>B</section>"
+                    "</body></html>")
+    assert print_pdf(page, tmp_path / "report.pdf") is None
+    reader = pypdf.PdfReader(tmp_path / "report.pdf")
+    assert len(reader.pages) == 3
+    assert [p.extract_text().splitlines()[0] for p in reader.pages] == [
+        "Page 1 of 3", "Page 2 of 3", "Page 3 of 3"]
+    width, height = (float(v) for v in reader.pages[0].mediabox[2:])
+    assert (round(width / 72 * 25.4), round(height / 72 * 25.4)) == (210, 297)  # A4 in mm
+
+
+def test_print_pdf_degrades_with_a_reason(tmp_path):
+    from magn_lib.report import print_pdf
+
+    page = tmp_path / "report.html"
+    page.write_text("<p>x</p>")
+    failing = tmp_path / "chromium"
+    failing.write_text("#!/bin/sh\nexit 3\n")
+    failing.chmod(0o755)
+    reason = print_pdf(page, tmp_path / "report.pdf", chromium=str(failing))
+    assert reason is not None and "status 3" in reason
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chromium", "report.html"]
+
+
+def test_clinician_view_leaves_the_run_folders_out_of_the_parameters_table():
+    from magn_lib.config import PARAMETERS_MIMETYPE
+
+    nb = _executed_notebook()
+    table = ("**Effective parameters** of this run\n\n| parameter | value | from |\n|---|---|---|\n"
+             "| `seed` | 7 | profile |\n| `work_dir` | work/smoke | run |")
+    nb.cells[1].outputs.append(new_output("display_data", data={
+        "text/markdown": table, PARAMETERS_MIMETYPE: {"run": {"work_dir": "work/smoke"}}}))
+    page = render_html(nb, with_code=False)
+    assert "Effective parameters" in page and "work/smoke" not in page
+    assert "work/smoke" in render_html(nb, with_code=True)  # the analyst keeps it

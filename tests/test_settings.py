@@ -140,3 +140,27 @@ def test_build_model_follows_the_network_settings():
         build_model("axial", NetworkSettings(weights="no/such/weights.pth"))
     # relative to the project root, as every path of a profile
     assert info.value.file == str(project_root() / "no" / "such" / "weights.pth")
+
+
+def test_keep_weights_per_profile_and_never_in_a_fingerprint():
+    from magn_lib.config import GRID_CONFIG_NAMES
+    from magn_lib.cv import CONFIGS
+
+    assert GRID_CONFIG_NAMES == tuple(c.name for c in CONFIGS)
+    paper, demo, smoke = (GridSettings.from_profile(load_profile(p))
+                          for p in ("paper", "demo", "smoke"))
+    assert all(paper.keeps_weights(c.name) for c in CONFIGS)
+    pair = ("multi-view", "multi-view+attention")
+    for settings in (demo, smoke):
+        assert [c.name for c in CONFIGS if settings.keeps_weights(c.name)] == list(pair)
+    assert GridSettings.from_profile(load_profile("smoke"), keep_weights=False).keep_weights \
+        is False
+    # the profile key changes what is kept, never what a fold computes
+    only_axial = GridSettings.from_profile(Profile(keep_weights=["axial"]))
+    assert only_axial.keep_weights == ("axial",)
+    assert _fingerprint(only_axial) == _fingerprint(GridSettings.from_profile(Profile()))
+    assert _fingerprint(paper) == _fingerprint(replace(paper, keep_weights=("axial",)))
+    with pytest.raises(ConfigError, match="keep_weights"):
+        Profile(keep_weights=["multiview"])
+    with pytest.raises(ConfigError, match="target_sensitivity"):
+        Profile(target_sensitivity=1.0)

@@ -528,10 +528,11 @@ def test_format_metrics_text_matches_the_numbers():
     text = stats.format_metrics(table)
     row = table.iloc[0]
     assert text.loc[0, "model"] == stats.model_name("radiomics", "multi-view")
-    assert text.loc[0, "AUC (95% CI)"] == (
-        f"{row['auc']:.2f} ({row['auc_low']:.2f}–{row['auc_high']:.2f})")
-    assert text.loc[0, "AUC folds"] == f"{row['auc_fold_mean']:.2f} ± {row['auc_fold_sd']:.2f}"
+    assert text.loc[0, "AUC"] == (
+        f"{row['auc']:.2f} (95 % CI {row['auc_low']:.2f}–{row['auc_high']:.2f})")
+    assert text.loc[0, "AUC folds (mean ± SD)"] == (
+        f"{row['auc_fold_mean']:.2f} ± {row['auc_fold_sd']:.2f}")
     assert text.loc[0, "lesions"] == n
-    assert list(text.columns) == ["model", "lesions", "AUC (95% CI)", "AUC folds", "ACC", "F1",
-                                  "sensitivity", "specificity"]
-    assert text.loc[0, "ACC"].startswith(f"{row['accuracy']:.2f} (")
+    assert list(text.columns) == ["model", "lesions", "AUC", "AUC folds (mean ± SD)", "ACC",
+                                  "F1", "sensitivity", "specificity"]
+    assert text.loc[0, "ACC"].startswith(f"{row['accuracy']:.2f} (95 % CI ")

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from magn_lib.files import write_csv, write_json
 from magn_lib.synthetic.patient import generate_patient
 from magn_lib.synthetic.planning import parse_knobs, plan_cohort
 from magn_lib.synthetic.readers import simulate_readers
@@ -101,30 +102,26 @@ def make_cohort(out_dir: str | PathLike[str], *, n_patients: int, seed: int, **k
     cohort_rng = np.random.default_rng(np.random.SeedSequence([seed, 7331]))
     readers = simulate_readers(lesions, cohort_rng)
     # the pipeline's manifest (data_manifest schema)
-    patients[["patient_id", "age", "sex", "site"]].to_csv(manifest_dir / "patients.csv",
-                                                          index=False)
+    write_csv(patients[["patient_id", "age", "sex", "site"]], manifest_dir / "patients.csv")
     lesions_out = lesions[["lesion_id", "patient_id", "label"]].copy()
     lesions_out["mask"] = [next(r["mask"] for r in results if r["patient"]["patient_id"] == p)
                            for p in lesions["patient_id"]]
     lesions_out["mask_label"] = lesions["mask_label"]
     lesions_out["vertebra"] = lesions["vertebra"]
     lesions_out["size_cm"] = lesions["size_cm"]
-    lesions_out.to_csv(manifest_dir / "lesions.csv", index=False)
-    pd.DataFrame([s for r in results for s in r["series"]]).to_csv(
-        manifest_dir / "series.csv", index=False)
-    readers.to_csv(manifest_dir / "readers.csv", index=False)
+    write_csv(lesions_out, manifest_dir / "lesions.csv")
+    write_csv(pd.DataFrame([s for r in results for s in r["series"]]), manifest_dir / "series.csv")
+    write_csv(readers, manifest_dir / "readers.csv")
     # truth (never read by the pipeline)
-    patients.to_csv(truth_dir / "patients.csv", index=False)
-    lesions.to_csv(truth_dir / "lesions.csv", index=False)
-    pd.DataFrame([r["identity"] for r in results]).to_csv(truth_dir / "identity.csv", index=False)
-    pd.DataFrame([s for r in results for s in r["truth_series"]]).to_csv(
-        truth_dir / "series.csv", index=False)
+    write_csv(patients, truth_dir / "patients.csv")
+    write_csv(lesions, truth_dir / "lesions.csv")
+    write_csv(pd.DataFrame([r["identity"] for r in results]), truth_dir / "identity.csv")
+    write_csv(pd.DataFrame([s for r in results for s in r["truth_series"]]),
+              truth_dir / "series.csv")
     # written last: its presence marks a complete cohort
-    with open(stamp, "w") as f:
-        json.dump({**recipe,
-                   "coordinate_frame": "world RAS+ mm (NIfTI); DICOM tags are LPS",
-                   "mask_convention": "data[i=DICOM column, j=row, k=slice along row x col]"},
-                  f, indent=2)
+    write_json(stamp, {**recipe,
+                       "coordinate_frame": "world RAS+ mm (NIfTI); DICOM tags are LPS",
+                       "mask_convention": "data[i=DICOM column, j=row, k=slice along row x col]"})
     return manifest_dir
 
 

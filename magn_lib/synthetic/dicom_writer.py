@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from magn_lib.files import atomic_open
 from magn_lib.synthetic.geometry import SliceStack
 from magn_lib.synthetic.scanners import Vendor, instance_order
 
@@ -162,4 +163,5 @@ def write_series(folder: Path, *, g: SliceStack, stored: np.ndarray, slope: floa
         ds.SliceLocation = f"{float(pos @ g.normal):.6f}"
         ds.PixelData = np.ascontiguousarray(stored[k], dtype="<u2").tobytes()
         name = vendor.file_pattern.format(n=int(file_numbers[k]))
-        ds.save_as(folder / name, enforce_file_format=True)
+        with atomic_open(folder / name, "wb") as stream:
+            ds.save_as(stream, enforce_file_format=True)

@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
+from magn_lib.files import atomic_path
 from magn_lib.synthetic.geometry import SliceStack
 
 __all__ = ["label_image", "max_diameter_cm", "save_mask"]
@@ -32,7 +33,8 @@ def save_mask(path: Path, labels: np.ndarray, g: SliceStack) -> None:
     img.header.set_qform(g.affine_ras(), code=1)
     img.header.set_sform(g.affine_ras(), code=1)
     img.header.set_xyzt_units("mm", "sec")
-    nib.save(img, path)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
 
 
 def max_diameter_cm(mask: np.ndarray, g: SliceStack) -> float:

@@ -1,0 +1,275 @@
+"""The Ray executor: what it costs and where it pays, on this machine's CPUs.
+
+1. Ray's start-up: ``ray.init`` of a local Ray (2 CPUs, no dashboard) until a first task has
+   answered, and the round trip of one more empty task once it runs.
+2. The MAGN grid (toy crops, 2 configurations x 2 folds, 2 epochs): sequential with 2 torch
+   threads vs the Ray executor with 2 tasks x 1 thread (start-up included and left out).
+3. The other embarrassingly parallel stages, per item as the library runs them: radiomics
+   extraction per lesion (pyradiomics on 2D crops) and ingest per patient (DICOM -> NIfTI),
+   each with its local joblib pool (2 workers, cold: process start included) vs the same
+   function as Ray tasks (start-up included). Where Ray costs more, the stage keeps its pool.
+4. The memory of one ``paper`` training (3 x ResNet50, 256 px, batch 16, Adam) measured on the
+   CPU — parameters, gradients, Adam's two moments, and the activations autograd keeps for
+   the backward pass (counted by a saved-tensors hook at batch 2 and 4, linear in the batch,
+   extrapolated to 16) — and the ``gpus_per_task`` that fits it on common GPU sizes. No GPU is
+   used here; ``torch.cuda.max_memory_allocated`` is therefore not available.
+
+The CPU load average is printed: on a machine busy with other work every ratio is noisy.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmarks.common import Result
+
+CPUS = 2
+GRID_CONFIGS = ["axial", "multi-view+attention"]
+GRID_CROP, GRID_PATIENTS, GRID_EPOCHS = 64, 16, 2
+RADIOMICS_LESIONS, RADIOMICS_CROP = 24, 96
+INGEST_PATIENTS = 6
+# one training of the paper profile
+PAPER_BATCH, PAPER_CROP, PAPER_VIEWS = 16, 256, 3
+# the memory a CUDA context, cuDNN workspaces and the caching allocator's slack take beside
+# the tensors (a rule of thumb, not measured here: no GPU)
+GPU_OVERHEAD_GB = 2.0
+GPU_SIZES_GB = (16, 24, 40, 48, 80, 141)
+
+
+def _load() -> str:
+    return f"1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+
+
+# ------------------------------------------------------------------------------------ the grid
+
+def _grid(out: Path, executor: str):
+    from magn_lib.config import load_profile
+    from magn_lib.cv import make_folds, run_grid
+    from magn_lib.settings import ExecutorSettings, GridSettings
+    from tests.helpers import ToyCrops
+
+    lesions = pd.DataFrame({"lesion_id": [f"P{p:02d}-L1" for p in range(GRID_PATIENTS)],
+                            "patient_id": [f"P{p:02d}" for p in range(GRID_PATIENTS)],
+                            "label": [p % 2 for p in range(GRID_PATIENTS)]})
+    folds = make_folds(lesions, n_splits=2, seed=0)
+    cohort = ToyCrops(lesions, size=GRID_CROP, seed=1)
+
+    def factory(ids, *, train):
+        return cohort.subset(ids)
+
+    settings = GridSettings.from_profile(load_profile("smoke", epochs=GRID_EPOCHS, batch_size=8,
+                                                      device="cpu"))
+    settings = replace(settings, executor=ExecutorSettings(executor=executor, cpus_per_task=1))
+    start = time.perf_counter()
+    result = run_grid(factory, folds, GRID_CONFIGS, settings, out, progress=False)
+    return time.perf_counter() - start, result.predictions
+
+
+# ----------------------------------------------------------------------- radiomics and ingest
+
+def _radiomics_tasks() -> list[tuple]:
+    from magn_lib.config import project_root
+    from magn_lib.radiomics import _canonical, load_settings
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:RADIOMICS_CROP, :RADIOMICS_CROP] - RADIOMICS_CROP / 2
+    params = _canonical(load_settings(project_root() / "configs" / "radiomics.yaml"))
+    tasks = []
+    for i in range(RADIOMICS_LESIONS):
+        a, b = rng.uniform(8, 24, 2)
+        mask = ((xx / a) ** 2 + (yy / b) ** 2 <= 1).astype(np.uint8)
+        image = np.clip(0.35 + 0.25 * mask + rng.normal(0, 0.1, mask.shape), 0, 1)
+        tasks.append((params, f"P{i:03d}-L1", image.astype(np.float32), mask, None))
+    return tasks
+
+
+def _joblib(fn, tasks: list[tuple]) -> float:
+    import joblib
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)  # cold: the pool's start is part of the cost
+    start = time.perf_counter()
+    joblib.Parallel(n_jobs=CPUS, batch_size="auto")(joblib.delayed(fn)(*t) for t in tasks)
+    return time.perf_counter() - start
+
+
+def _serial(fn, tasks: list[tuple]) -> float:
+    start = time.perf_counter()
+    for task in tasks:
+        fn(*task)
+    return time.perf_counter() - start
+
+
+def _on_ray(ray, fn, tasks: list[tuple]) -> float:
+    remote = ray.remote(num_cpus=1)(fn)
+    start = time.perf_counter()
+    ray.get([remote.remote(*t) for t in tasks])
+    return time.perf_counter() - start
+
+
+def _cohort(folder: Path):
+    from magn_lib.manifest import load_manifest
+    from magn_lib.synthetic import make_cohort
+
+    return load_manifest(make_cohort(folder / "cohort", n_patients=INGEST_PATIENTS, seed=5,
+                                     n_jobs=1, progress=False))
+
+
+def _ingest_tasks(manifest, work: Path) -> list[tuple]:
+    """One ``_ingest_patient`` call per patient, into the fresh work folder ``work``."""
+    from magn_lib.layout import WorkPaths
+
+    views = tuple(manifest.views)
+    return [(manifest, pid, views, WorkPaths(work)) for pid in manifest.patients["patient_id"]]
+
+
+def _stage_results(name: str, unit: str, serial: float, pool: float, ray_warm: float,
+                   startup: float, n: int) -> list[Result]:
+    ray_cold = startup + ray_warm
+    keep = "keeps its joblib pool" if ray_cold > pool else "pays off on Ray"
+    return [Result(
+        name=f"{name}, {n} {unit}s on Ray ({CPUS} tasks of 1 CPU, start-up included)",
+        value=ray_cold, reference=f"the local joblib pool ({CPUS} workers, cold)",
+        reference_value=pool,
+        note=(f"serial {1000 * serial / n:.0f} ms per {unit}; Ray without its start-up "
+              f"{ray_warm:.2f} s; Ray's start-up alone {startup:.1f} s = "
+              f"{startup / (serial / n):.0f} {unit}s of serial work: the stage {keep}"),
+    )]
+
+
+# ------------------------------------------------------------------------- a paper training
+
+def _paper_memory() -> tuple[dict[str, float], str]:
+    """Bytes of one paper-profile training's state and activations (CPU, float32)."""
+    from magn_lib.config import load_profile
+    from magn_lib.cv import build_model
+    from magn_lib.losses import magn_loss
+    from magn_lib.settings import NetworkSettings
+
+    network = replace(NetworkSettings.from_profile(load_profile("paper")), weights=None)
+    model = build_model("multi-view+attention", network).train()
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
+    activations = {}
+    for batch in (2, 4):
+        seen: dict[tuple[int, int], int] = {}
+
+        def pack(tensor: torch.Tensor, seen=seen) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+            return tensor
+
+        images = {v: torch.rand(batch, 3, PAPER_CROP, PAPER_CROP) for v in model.views}
+        masks = {v: (torch.rand(batch, PAPER_CROP, PAPER_CROP) > 0.7).float()
+                 for v in model.views}
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logits, cams = model(images)
+            loss = magn_loss(logits, torch.ones(batch), cams, masks, attention_weight=0.5)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        activations[batch] = sum(seen.values())
+    per_sample = (activations[4] - activations[2]) / 2
+    fixed = activations[2] - 2 * per_sample
+    linear = f"{activations[2] / 2**30:.2f} GiB at batch 2, {activations[4] / 2**30:.2f} at 4"
+    at_batch = fixed + PAPER_BATCH * per_sample
+    return {
+        "parameters": param_bytes + buffer_bytes,
+        "gradients": param_bytes,
+        "adam": 2 * param_bytes,
+        "activations": at_batch,
+        "n_params": n_params,
+    }, linear
+
+
+def _gpus_per_task(total_gb: float, gpu_gb: float) -> float:
+    """The smallest of 1, 1/2, 1/3, 1/4, ... of a GPU of ``gpu_gb`` that holds ``total_gb``."""
+    for share in range(8, 0, -1):
+        if total_gb <= gpu_gb / share:
+            return 1 / share
+    return float(np.ceil(total_gb / gpu_gb))
+
+
+def run() -> list[Result]:
+    import ray
+
+    from magn_lib.executor import start_local_ray
+    from magn_lib.ingest import _ingest_patient
+    from magn_lib.radiomics import _crop_task
+
+    results = []
+    torch_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="magn-bench-executor-") as tmp:
+        tmp = Path(tmp)
+        load_before = _load()
+        torch.set_num_threads(CPUS)
+        sequential, seq_predictions = _grid(tmp / "seq", "sequential")
+        torch.set_num_threads(torch_threads)
+
+        rad_tasks = _radiomics_tasks()
+        rad_serial = _serial(_crop_task, rad_tasks)
+        rad_pool = _joblib(_crop_task, rad_tasks)
+        manifest = _cohort(tmp)
+        ingest_serial = _serial(_ingest_patient, _ingest_tasks(manifest, tmp / "serial"))
+        ingest_pool = _joblib(_ingest_patient, _ingest_tasks(manifest, tmp / "pool"))
+
+        if ray.is_initialized():
+            ray.shutdown()
+        start = time.perf_counter()
+        start_local_ray(num_cpus=CPUS, num_gpus=0)
+        ray.get(ray.remote(num_cpus=1)(lambda: None).remote())
+        startup = time.perf_counter() - start
+        try:
+            empty = ray.remote(num_cpus=1)(lambda: None)
+            start = time.perf_counter()
+            ray.get(empty.remote())
+            round_trip = time.perf_counter() - start
+            on_ray, ray_predictions = _grid(tmp / "ray", "ray")
+            rad_ray = _on_ray(ray, _crop_task, rad_tasks)
+            ingest_ray = _on_ray(ray, _ingest_patient, _ingest_tasks(manifest, tmp / "ray"))
+        finally:
+            ray.shutdown()
+        load_after = _load()
+    same = ray_predictions.equals(seq_predictions)
+    results.append(Result(
+        name="Ray start-up (local, 2 CPUs, until a first task answered)", value=startup,
+        reference="one empty task once Ray runs", reference_value=round_trip,
+        note=f"{load_before} before, {load_after} after",
+    ))
+    results.append(Result(
+        name=f"MAGN grid ({len(GRID_CONFIGS)} configurations x 2 folds, {GRID_CROP} px, "
+             f"{GRID_EPOCHS} epochs) on Ray, {CPUS} tasks x 1 thread, start-up included",
+        value=on_ray + startup, reference=f"sequential, {CPUS} torch threads",
+        reference_value=sequential,
+        note=f"without the start-up: {on_ray:.1f} s (ratio {on_ray / sequential:.3f}); "
+             f"predictions equal to the sequential run's: {same}",
+    ))
+    results += _stage_results("radiomics extraction", "lesion", rad_serial, rad_pool, rad_ray,
+                              startup, len(rad_tasks))
+    results += _stage_results("ingest", "patient", ingest_serial, ingest_pool, ingest_ray,
+                              startup, INGEST_PATIENTS)
+
+    memory, linear = _paper_memory()
+    state = memory["parameters"] + memory["gradients"] + memory["adam"]
+    total_gb = (state + memory["activations"]) / 1e9
+    shares = ", ".join(f"{gb} GB -> {_gpus_per_task(total_gb + GPU_OVERHEAD_GB, gb):.3g}"
+                       for gb in GPU_SIZES_GB)
+    results.append(Result(
+        name=f"paper training memory (3 x ResNet50, {PAPER_CROP} px, batch {PAPER_BATCH}, "
+             "float32, Adam), measured on the CPU",
+        value=total_gb, unit="GB", reference="its parameters + gradients + Adam state",
+        reference_value=state / 1e9,
+        note=(f"{memory['n_params'] / 1e6:.1f} M parameters; activations kept for backward "
+              f"{memory['activations'] / 1e9:.2f} GB ({linear}, extrapolated linearly); "
+              f"no GPU here, so with ~{GPU_OVERHEAD_GB:g} GB for CUDA context and allocator "
+              f"slack, gpus_per_task by GPU memory: {shares}"),
+    ))
+    return results
