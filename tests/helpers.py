@@ -191,7 +191,7 @@ def build_crop_cache_of(root: Path, *, n_patients: int, seed: int, crop_size: in
 def make_trained_run(root: Path, *, class_counts: dict[int, tuple[int, int]] | None = None,
                      seed: int = 11, crop_size: int = 32, n_folds: int = 2,
                      configs: Sequence[str] = ("multi-view",), backbone: str = "resnet18",
-                     epochs: int = 1, batch_size: int = 4):
+                     shared_backbone: bool = False, epochs: int = 1, batch_size: int = 4):
     """A finished study run, made with the library's stages instead of the notebooks (seconds):
     a simulated cohort under ``root/cohort`` (``class_counts``: ``{label: (patients,
     lesions)}``, default 2 MM patients with 2 lesions and 2 metastasis patients with 3), its
@@ -222,7 +222,8 @@ def make_trained_run(root: Path, *, class_counts: dict[int, tuple[int, int]] | N
     n_patients = sum(n for n, _ in class_counts.values())
     profile = load_profile("smoke", n_patients=n_patients, seed=seed, crop_size=crop_size,
                            n_folds=n_folds, epochs=epochs, batch_size=batch_size,
-                           backbone=backbone, n_bootstrap=200, device="cpu", augment=False,
+                           backbone=backbone, shared_backbone=shared_backbone,
+                           n_bootstrap=200, device="cpu", augment=False,
                            keep_weights=list(configs))
     manifest_dir = make_cohort(root / "cohort", n_patients=n_patients, seed=seed, n_jobs=1,
                                progress=False, class_counts=class_counts)
