@@ -103,6 +103,9 @@ class Profile:
 
     profile: str = "demo"
     seed: int = 2022
+    # the seed of the embedded cohort on which the profile's hyper-parameters were chosen
+    # (None: they were not chosen on a cohort held apart from the reported one)
+    tuning_seed: int | None = None
     # embedded cohort (ignored when a user's manifest is given)
     n_patients: int = 60
     separability: float = 1.0
@@ -247,6 +250,20 @@ class Profile:
                 f"device: {self.device!r} names one GPU, but under executor 'ray' Ray assigns "
                 "each task its GPU: use device 'cuda' or 'auto'"
             )
+
+    def tuning_statement(self) -> str:
+        """One sentence for the report: on which cohort the hyper-parameters were chosen and on
+        which the results are reported."""
+        if self.tuning_seed is None:
+            return (f"Reporting seed {self.seed}. Hyper-parameters were not tuned on a cohort "
+                    "held apart from the reported one (no tuning seed): they are the paper's, "
+                    "or departures from it stated with the profile.")
+        if self.tuning_seed == self.seed:
+            return (f"Hyper-parameters were chosen on the reported cohort itself (tuning seed "
+                    f"= reporting seed = {self.seed}): the results are optimistic.")
+        return (f"Hyper-parameters were chosen on the embedded cohort of seed "
+                f"{self.tuning_seed} (tuning seed); the results are reported on seed "
+                f"{self.seed} (reporting seed), which was not used to choose them.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain ``{name: value}`` (lists copied), as injected into notebooks."""

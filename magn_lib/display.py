@@ -39,7 +39,7 @@ LABELS: Mapping[str, str] = MappingProxyType({
     "section": "Section", "guidance": "Attention guidance", "stage": "Stage",
     "reason": "Reason", "variable": "Variable", "level": "Level", "test": "Test",
     "rule": "Rule", "step": "Step", "feature": "Feature", "features": "Features",
-    "feature_class": "Feature class", "source": "Source",
+    "feature_class": "Feature class", "source": "Source", "check": "Check",
     # counts
     "n": "n", "n_lesions": "Lesions", "n_patients": "Patients", "lesions": "Lesions",
     "patients": "Patients", "patients_mm": "Patients, myeloma",

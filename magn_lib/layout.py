@@ -347,7 +347,8 @@ class ReportPaths:
         return self.table("folds")
 
     def oof(self, method: str) -> Path:
-        """Out-of-fold predictions of one method (``"magn"``, ``"radiomics"``, ``"readers"``)."""
+        """Out-of-fold predictions of one method (``"magn"``, ``"radiomics"``, ``"first-order"``
+        (the trivial baseline), ``"readers"``)."""
         return self.table(f"oof_{method}")
 
     @property

@@ -302,7 +302,7 @@ STUDY_OUTPUTS: dict[str, Callable[[RunPaths], tuple[Path, ...]]] = {
                                        p.table("table1")),
     "02_annotation_transfer": lambda p: (p.crop_cache,),
     "03_magn_training": lambda p: (p.folds_csv, p.oof("magn")),
-    "04_radiomics": lambda p: (p.oof("radiomics"),),
+    "04_radiomics": lambda p: (p.oof("radiomics"), p.oof("first-order")),
 }
 # the earlier notebooks whose results each study notebook reads
 STUDY_NEEDS: dict[str, tuple[str, ...]] = {
@@ -550,7 +550,10 @@ def embedded_cohort_dir(profile: Profile) -> Path:
     ``work/`` and ``reports/``, named by the parameters that determine it so that runs sharing
     them share one copy. ``$MAGN_EMBEDDED_DIR`` moves the ``data/embedded`` folder elsewhere.
     """
-    name = f"n{profile.n_patients}-seed{profile.seed}-sep{profile.separability:g}"
+    from magn_lib.synthetic.cohort import PHANTOM_VERSION
+
+    name = (f"n{profile.n_patients}-seed{profile.seed}-sep{profile.separability:g}"
+            f"-phantom{PHANTOM_VERSION}")
     base = os.environ.get("MAGN_EMBEDDED_DIR")
     return (Path(base) if base else project_root() / "data" / "embedded") / name
 

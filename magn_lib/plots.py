@@ -95,7 +95,8 @@ CAPTIONS: Mapping[str, str] = {
     "guidance. Look for a training loss that falls: a flat or rising loss means the network "
     "did not learn with these settings.",
     "fig4_roc": "Thin lines: each fold; thick black line: all folds pooled after ranking within "
-    "each fold; dashed: the radiomics model, pooled the same way; points: the readers' calls "
+    "each fold; dashed: the radiomics model and the trivial first-order baseline, pooled the "
+    "same way; points: the readers' calls "
     "(on the embedded cohort simulated readers, not radiologists). Curves nearer the top-left "
     "corner separate the classes better; the spread of the fold curves shows how much the "
     "result depends on the split.",
@@ -113,6 +114,7 @@ CAPTIONS: Mapping[str, str] = {
     "above both grey reference lines.",
 }
 _SECTIONS = {"magn": "Attention guided network", "radiomics": "Radiomics model",
+             "first-order": "Trivial baseline (first-order lesion intensity statistics)",
              "reader": "Radiologist assessment"}
 _SIMULATED_READERS_SECTION = "Simulated readers (not radiologists)"
 _VIEW_ALIASES = {"multi-view": "multi-view", "multiview": "multi-view", "multi_view": "multi-view",
@@ -459,7 +461,7 @@ def table2(
     paper = paper_table2()
     paper_order = {(m, v, a): i for i, (m, v, a) in
                    enumerate(zip(paper["method"], paper["view"], paper["attention"], strict=True))}
-    method_order = {"magn": 0, "radiomics": 1, "reader": 2}
+    method_order = {"magn": 0, "radiomics": 1, "first-order": 2, "reader": 3}
     rows = []
     for i, r in enumerate(metrics.itertuples(index=False)):
         view, attention = _parse_config(r.method, r.config)
@@ -468,7 +470,7 @@ def table2(
                       & (paper["attention"] == attention)]
         ref = match.iloc[0] if len(match) else None
         rows.append({
-            "_sort": (method_order.get(r.method, 3), paper_order.get(key, 100 + i)),
+            "_sort": (method_order.get(r.method, 4), paper_order.get(key, 100 + i)),
             "section": _SECTIONS.get(r.method, str(r.method)), "method": r.method,
             "config": r.config, "view": view, "attention": attention,
             "n_lesions": r.n_lesions,

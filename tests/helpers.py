@@ -166,6 +166,30 @@ def assert_matches_itk(img: nib.Nifti1Image, folder: Path) -> None:
     np.testing.assert_array_equal(data[tuple(ours.T)], ref_data.reshape(-1))
 
 
+def build_crop_cache_of(root: Path, *, n_patients: int, seed: int, crop_size: int,
+                        views: Sequence[str] = ("sagittal", "coronal", "axial"), **knobs):
+    """Generate an embedded cohort under ``root`` and run ingest, mask transfer and crops on it
+    (what notebooks 01-02 do). Returns ``(crop cache, ingest lesions table, ingest patients
+    table)``; the benchmarks use it too."""
+    from magn_lib.ingest import ingest_cohort
+    from magn_lib.layout import RunPaths
+    from magn_lib.manifest import load_manifest
+    from magn_lib.stages import build_crop_cache, transfer_cohort
+    from magn_lib.synthetic import make_cohort
+
+    manifest_dir = make_cohort(root / "cohort", n_patients=n_patients, seed=seed,
+                               progress=False, **knobs)
+    paths = RunPaths(report_dir=root / "reports", work_dir=root / "work")
+    manifest = load_manifest(manifest_dir, views=tuple(views))
+    ingest = ingest_cohort(manifest, paths.work_dir, n_jobs=-1, progress=False)
+    transfer = transfer_cohort(ingest, progress=False)
+    cache = build_crop_cache(ingest, transfer, paths.crop_cache, views=tuple(views),
+                             crop_size=crop_size, progress=False)
+    read = {"dtype": {"lesion_id": str, "patient_id": str}}
+    return (cache, pd.read_csv(paths.ingest_table("lesions"), **read),
+            pd.read_csv(paths.ingest_table("patients"), **read))
+
+
 def make_trained_run(root: Path, *, class_counts: dict[int, tuple[int, int]] | None = None,
                      seed: int = 11, crop_size: int = 32, n_folds: int = 2,
                      configs: Sequence[str] = ("multi-view",), backbone: str = "resnet18",

@@ -202,3 +202,15 @@ def test_parse_override_reads_yaml_values_and_names_bad_keys():
         parse_override("epochs")
     with pytest.raises(ConfigError, match="weights: --set weights=null cannot"):
         parse_override("weights=null")
+
+
+def test_tuning_statement_names_both_seeds_honestly():
+    demo = load_profile("demo")
+    assert demo.tuning_seed is None and "not tuned" in demo.tuning_statement()
+    assert "2022" in demo.tuning_statement()
+    held_apart = demo.replace(tuning_seed=11)
+    text = held_apart.tuning_statement()
+    assert "seed 11 (tuning seed)" in text and "seed 2022 (reporting seed)" in text
+    assert "optimistic" in demo.replace(tuning_seed=2022).tuning_statement()
+    with pytest.raises(ConfigError, match="tuning_seed"):
+        demo.replace(tuning_seed="eleven")

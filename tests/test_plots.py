@@ -18,7 +18,7 @@ from magn_lib import plots, stats  # noqa: E402
 
 CONFIGS = (("magn", "sagittal", 1.0), ("magn", "sagittal+attention", 1.3),
            ("magn", "multi-view+attention", 2.0), ("radiomics", "multi-view", 0.8),
-           ("magn", "extra-view", 0.5))
+           ("magn", "extra-view", 0.5), ("first-order", "multi-view", 0.3))
 
 
 def make_oof(n_patients: int = 30, seed: int = 1234, n_folds: int = 3) -> pd.DataFrame:
@@ -170,9 +170,12 @@ def test_table2_numbers_equal_the_stats_functions(oof):
     t2 = plots.table2(metrics=mt)
     assert len(t2) == len(CONFIGS) + 2
     # paper order: MAGN (sagittal before sagittal+attention ... multi-view), then unknown MAGN
-    # configs, radiomics, readers
+    # configs, radiomics, the trivial baseline, readers
     assert list(t2.config) == ["sagittal", "sagittal+attention", "multi-view+attention",
-                               "extra-view", "multi-view", "reader1", "reader2"]
+                               "extra-view", "multi-view", "multi-view", "reader1", "reader2"]
+    assert list(t2.method)[4:6] == ["radiomics", "first-order"]
+    assert t2.section[5].startswith("Trivial baseline")
+    assert np.isnan(t2.paper_auc[5])  # the paper has no such row
     for r in t2.itertuples():
         m = mt[(mt.method == r.method) & (mt.config == r.config)].iloc[0]
         assert (r.accuracy, r.accuracy_low, r.accuracy_high) == (m.accuracy, m.accuracy_low,
@@ -198,8 +201,8 @@ def test_table2_numbers_equal_the_stats_functions(oof):
     shown = plots.format_table2(t2)
     assert shown.loc[1, "Attention"] == "✓" and shown.loc[0, "Attention"] == "–"
     assert shown.loc[1, "Paper AUC"] == "0.75 ± 0.07"
-    assert shown.loc[5, "Configuration"] == "Radiologist 1"
-    assert shown.loc[5, "Section"] == "Radiologist assessment"
+    assert shown.loc[6, "Configuration"] == "Radiologist 1"
+    assert shown.loc[6, "Section"] == "Radiologist assessment"
     assert shown.loc[0, "ACC"] == (f"{t2.accuracy[0]:.2f} (95 % CI {t2.accuracy_low[0]:.2f}–"
                                    f"{t2.accuracy_high[0]:.2f})")
     assert shown.loc[0, "AUC folds (mean ± SD)"] == (

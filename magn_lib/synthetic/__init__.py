@@ -37,11 +37,14 @@ coil, noise, stored integers), ``prescription`` (slice stacks), ``geometry`` (fr
 ``dicom_writer``, ``identity``, ``masks``, ``readers`` (simulated radiologists), ``patient``,
 ``cohort`` (:func:`make_cohort`) and ``truth`` (:func:`load_truth`).
 
-Difficulty: every lesion has a latent "metastasis-likeness" ``m ~ N(+-separability * 1.2, 1)``
-(metastasis +, myeloma -); its enhancement pattern (homogeneous vs heterogeneous or rim),
-margin irregularity and posterior-element and soft-tissue involvement are noisy functions of
-``m``; size follows Table 1 and multiplicity the paper's lesion counts. ``separability=0`` makes
-the classes indistinguishable in the images.
+Difficulty: every lesion has a latent "metastasis-likeness" ``m`` (metastasis +, myeloma -)
+whose class means differ by ``separability``; only the lesion's *structure* follows it (rim
+with a dark core vs diffuse mottling, margin irregularity). Its intensity distribution (mean,
+SD, percentiles), size, extensions, and the patient's lesion count and site are drawn without
+regard to the label (the last three by default; knob ``label_independent``), beside
+label-independent marrow variation, vessels and unmasked lesion-like foci of either class.
+``separability=0`` (the ``null`` preset) is a true null. The package's ``README.md`` tabulates
+what depends on the label and what does not.
 """
 
 from __future__ import annotations

@@ -17,7 +17,10 @@ from magn_lib.synthetic.patient import generate_patient
 from magn_lib.synthetic.planning import parse_knobs, plan_cohort
 from magn_lib.synthetic.readers import simulate_readers
 
-__all__ = ["make_cohort"]
+__all__ = ["PHANTOM_VERSION", "make_cohort"]
+
+#: the generative model's version: a cohort of another version is never reused
+PHANTOM_VERSION = 2
 
 
 def make_cohort(out_dir: str | PathLike[str], *, n_patients: int, seed: int, **knobs: Any) -> Path:
@@ -29,7 +32,19 @@ def make_cohort(out_dir: str | PathLike[str], *, n_patients: int, seed: int, **k
         n_patients: number of patients (``smoke`` 12, ``demo`` 60, ``paper`` 217).
         seed: the cohort's seed; the same seed and knobs give byte-identical files.
         **knobs:
-            separability (float, default 1.0): class signal strength in the images; 0 = none.
+            separability (float, default 1.0): class signal strength in the lesions'
+                structure (rim vs mottling, margin); 0 = none (a true null: with the default
+                ``label_independent`` nothing else depends on the label either).
+            label_independent (sequence of "size", "lesions", "site", "age", "sex", or
+                "all"): drawn for all patients from both classes' pooled distribution
+                instead of by class. Default: all at separability 0; else size, lesions
+                per patient and site (what the images show), age and sex by class as in the
+                paper's Table 1 (lesions per patient by class when ``class_counts`` is given).
+            preset ("null"): ``separability=0, label_independent="all"``; explicit knobs
+                override it.
+            distractors (bool, default True): label-independent marrow variation, the
+                basivertebral vein and unmasked lesion-like foci of either class and
+                haemangioma-like foci in other vertebrae.
             class_counts ({label: (patients, lesions)}): per-class counts; by default the
                 paper's proportions (79/81 myeloma, 138/188 metastasis for 217 patients).
             vendors, positions (sequence of str): cycle these scanners (``VENDORS`` keys) or
@@ -39,6 +54,9 @@ def make_cohort(out_dir: str | PathLike[str], *, n_patients: int, seed: int, **k
             noise (bool, default True): Rician noise; n_jobs (int, default -1): parallel
                 patients (joblib; results do not depend on it); progress (bool): tqdm bar;
                 overwrite (bool): replace an existing cohort in ``out_dir``.
+
+        The generative model (what depends on the label and what does not) is tabulated in
+        the package's ``README.md``.
 
     Returns:
         The manifest folder ``out_dir/manifest``. A complete cohort already in ``out_dir`` made
@@ -58,7 +76,8 @@ def make_cohort(out_dir: str | PathLike[str], *, n_patients: int, seed: int, **k
     opts = parse_knobs(knobs)
     out = Path(out_dir)
     manifest_dir, truth_dir = out / "manifest", out / "truth"
-    recipe = {"n_patients": n_patients, "seed": seed, "knobs": _recipe_knobs(knobs)}
+    recipe = {"n_patients": n_patients, "seed": seed, "knobs": _recipe_knobs(knobs),
+              "phantom": PHANTOM_VERSION}
     stamp = truth_dir / "truth.json"
     if stamp.is_file() and not opts.overwrite:
         with open(stamp) as f:

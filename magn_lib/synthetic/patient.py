@@ -14,11 +14,11 @@ from magn_lib.synthetic.anatomy import Spine
 from magn_lib.synthetic.dicom_writer import uid, write_series
 from magn_lib.synthetic.geometry import LPS_TO_RAS
 from magn_lib.synthetic.identity import draw_identity
-from magn_lib.synthetic.lesions import draw_patient_lesions
+from magn_lib.synthetic.lesions import draw_distractors, draw_patient_lesions
 from magn_lib.synthetic.masks import label_image, max_diameter_cm, save_mask
 from magn_lib.synthetic.planning import Knobs
 from magn_lib.synthetic.prescription import prescribe
-from magn_lib.synthetic.render import Phantom, render_series
+from magn_lib.synthetic.render import Marrow, Phantom, render_series
 from magn_lib.synthetic.scanners import VENDORS, CoilSensitivity, rician_noise, to_stored
 
 __all__ = ["VIEWS", "generate_patient"]
@@ -50,9 +50,14 @@ def generate_patient(plan: dict[str, Any], manifest_dir: Path, truth_dir: Path,
                   else LPS_TO_RAS @ np.asarray(knobs.marker_ras, float))
     lesions = tuple(draw_patient_lesions(spine, rng, label=plan["label"],
                                          n_lesions=plan["n_lesions"], patient_id=pid,
-                                         separability=knobs.separability))
+                                         separability=knobs.separability,
+                                         size_cm=plan["size_cm"]))
+    marrow = Marrow.draw(rng) if knobs.distractors else None
+    distractors = (tuple(draw_distractors(spine, rng, taken={les.k for les in lesions},
+                                          separability=knobs.separability, patient_id=pid))
+                   if knobs.distractors else ())
     ph = Phantom(spine=spine, lesions=lesions, fat_residual=vendor.fat_residual, coil=coil,
-                 marker_lps=marker_lps)
+                 marker_lps=marker_lps, marrow=marrow, distractors=distractors)
     stacks = prescribe(spine, lesions, vendor, position, rng, marker_lps=marker_lps)
     ident = draw_identity(rng, plan, vendor)
     uids = {"study": uid(ident["PatientID"], ident["AccessionNumber"], "study"),
@@ -108,6 +113,8 @@ def generate_patient(plan: dict[str, Any], manifest_dir: Path, truth_dir: Path,
         "index_vertebra": spine.levels[3], "curvature_per_mm": round(spine.kappa, 6),
         "tilt_deg": round(math.degrees(spine.phi0), 3),
         "origin_ras": json.dumps(np.round(LPS_TO_RAS @ spine.origin, 3).tolist()),
+        "n_distractors": len(distractors),
+        "marrow_level": None if marrow is None else round(marrow.level, 4),
     }
     return {"patient": patient, "identity": {"patient_id": pid, **ident}, "series": series_rows,
             "truth_series": truth_series, "lesions": lesion_rows,

@@ -9,10 +9,23 @@ from typing import Any
 
 import numpy as np
 
-from magn_lib.synthetic.paper import PAPER_CLASS_COUNTS, SITES, TABLE1
+from magn_lib.synthetic.paper import PAPER_CLASS_COUNTS, SITES, SIZE_OFFSET_CM, TABLE1
 from magn_lib.synthetic.scanners import POSITION_WEIGHTS, POSITIONS, VENDOR_WEIGHTS, VENDORS
 
-__all__ = ["Knobs", "class_counts", "parse_knobs", "plan_cohort"]
+__all__ = ["LABEL_FREE", "Knobs", "PRESETS", "class_counts", "parse_knobs", "plan_cohort",
+           "pooled_table1"]
+
+#: what ``label_independent`` may name: drawn from the pooled distribution of both classes
+LABEL_FREE: tuple[str, ...] = ("size", "lesions", "site", "age", "sex")
+#: what is label-independent unless the knob says otherwise: everything at separability 0
+#: (a true null), else what the images show besides the lesion's appearance (the lesion's
+#: size, its patient's other lesions in the neighbouring vertebrae, the spine region) — age
+#: and sex then follow the paper's Table 1 by class.
+_DEFAULT_LABEL_FREE = ("size", "lesions", "site")
+#: named sets of knobs; knobs given explicitly override the preset's
+PRESETS: dict[str, dict[str, Any]] = {
+    "null": {"separability": 0.0, "label_independent": LABEL_FREE},
+}
 
 
 @dataclass(frozen=True)
@@ -20,6 +33,9 @@ class Knobs:
     """The options of :func:`~magn_lib.synthetic.make_cohort` (documented there)."""
 
     separability: float = 1.0
+    label_independent: tuple[str, ...] | None = None  # None: see _DEFAULT_LABEL_FREE
+    distractors: bool = True
+    preset: str | None = None
     class_counts: dict[int, tuple[int, int]] | None = None
     vendors: tuple[str, ...] | None = None
     positions: tuple[str, ...] | None = None
@@ -37,6 +53,10 @@ def parse_knobs(knobs: Mapping[str, Any]) -> Knobs:
     if unknown:
         raise TypeError(f"make_cohort: unknown knob(s) {unknown}; known: {sorted(known)}")
     k = dict(knobs)
+    if k.get("preset") is not None:
+        if k["preset"] not in PRESETS:
+            raise ValueError(f"preset: {k['preset']!r} is not one of {sorted(PRESETS)}")
+        k = {**PRESETS[k["preset"]], **k}
     if "separability" in k and not (isinstance(k["separability"], int | float)
                                     and k["separability"] >= 0):
         raise ValueError(f"separability must be a number >= 0, got {k['separability']!r}")
@@ -47,6 +67,15 @@ def parse_knobs(knobs: Mapping[str, Any]) -> Knobs:
             if bad or not values:
                 raise ValueError(f"{name}: {bad or values!r} not among {list(allowed)}")
             k[name] = values
+    if k.get("label_independent") is not None:
+        names = k["label_independent"]
+        names = (names,) if isinstance(names, str) else tuple(names)
+        if names == ("all",):
+            names = LABEL_FREE
+        bad = [n for n in names if n not in LABEL_FREE]
+        if bad:
+            raise ValueError(f"label_independent: {bad} not among {list(LABEL_FREE)} (or 'all')")
+        k["label_independent"] = tuple(n for n in LABEL_FREE if n in names)
     if k.get("marker_ras") is not None:
         marker = tuple(float(x) for x in k["marker_ras"])
         if len(marker) != 3:
@@ -63,6 +92,35 @@ def parse_knobs(knobs: Mapping[str, Any]) -> Knobs:
                 )
         k["class_counts"] = counts
     return Knobs(**k)
+
+
+def label_free(knobs: Knobs) -> tuple[str, ...]:
+    """The variables drawn without regard to the label under these knobs."""
+    if knobs.label_independent is not None:
+        return knobs.label_independent
+    free = LABEL_FREE if knobs.separability == 0 else _DEFAULT_LABEL_FREE
+    if knobs.class_counts is not None:  # per-class lesion counts asked for: keep them
+        free = tuple(n for n in free if n != "lesions")
+    return free
+
+
+def pooled_table1(counts: dict[int, tuple[int, int]] | None = None) -> tuple:
+    """Table 1's row for both classes together, in ``TABLE1``'s layout: age mean and SD (of the
+    mixture), male and female counts, site counts, size mean and SD (of the mixture)."""
+    w = {lab: TABLE1[lab][2] + TABLE1[lab][3] for lab in (0, 1)}
+    total = sum(w.values())
+
+    def mixture(i_mean: int, i_sd: int) -> tuple[float, float]:
+        mean = sum(w[lab] * TABLE1[lab][i_mean] for lab in (0, 1)) / total
+        var = sum(w[lab] * (TABLE1[lab][i_sd] ** 2 + (TABLE1[lab][i_mean] - mean) ** 2)
+                  for lab in (0, 1)) / total
+        return mean, var ** 0.5
+
+    age_m, age_sd = mixture(0, 1)
+    size_m, size_sd = mixture(5, 6)
+    sites = tuple(a + b for a, b in zip(TABLE1[0][4], TABLE1[1][4], strict=True))
+    return (age_m, age_sd, TABLE1[0][2] + TABLE1[1][2], TABLE1[0][3] + TABLE1[1][3], sites,
+            size_m, size_sd)
 
 
 def class_counts(n_patients: int, knobs: Knobs) -> dict[int, tuple[int, int]]:
@@ -96,28 +154,52 @@ def _allocate(n: int, weights: Sequence[float], rng: np.random.Generator) -> np.
 
 def plan_cohort(n_patients: int, seed: int, knobs: Knobs) -> list[dict[str, Any]]:
     """Cohort-level draws, one dict per patient: ``patient_id, label, age, sex, site,
-    n_lesions, vendor, position, seed_seq`` (the patient's own ``SeedSequence``, from which
+    n_lesions, size_cm`` (mean, SD of the nominal lesion diameter), ``vendor, position,
+    seed_seq`` (the patient's own ``SeedSequence``, from which
     everything else about the patient is drawn, so patients do not depend on each other)."""
     root = np.random.SeedSequence(seed)
     cohort_seq, *patient_seqs = root.spawn(n_patients + 1)
     rng = np.random.default_rng(cohort_seq)
     counts = class_counts(n_patients, knobs)
     labels = rng.permutation(np.repeat([1, 0], [counts[1][0], counts[0][0]]))
-    plans: list[dict[str, Any]] = [{} for _ in range(n_patients)]
-    for label in (1, 0):
-        idx = np.flatnonzero(labels == label)
-        n, n_les = counts[label]
-        age_m, age_sd, male, female, sites, _, _ = TABLE1[label]
-        sex = _allocate(len(idx), (male, female), rng)
-        site = _allocate(len(idx), sites, rng)
-        ages = np.clip(np.round(rng.normal(age_m, age_sd, len(idx))), 17, 86)
+    free = label_free(knobs)
+    pooled = pooled_table1()
+    plans: list[dict[str, Any]] = [{"label": int(lab)} for lab in labels]
+    # every variable is drawn per class, or for all patients together from both classes'
+    # pooled distribution when it is label-independent (then the class cannot show in it)
+    groups = {name: ([np.flatnonzero(labels == lab) for lab in (1, 0)] if name not in free
+                     else [np.arange(n_patients)]) for name in LABEL_FREE}
+
+    def row(idx: np.ndarray) -> tuple:
+        labs = set(labels[idx].tolist())
+        return TABLE1[labs.pop()] if len(labs) == 1 else pooled
+
+    groups = {name: [idx for idx in group if len(idx)] for name, group in groups.items()}
+
+    for idx in groups["sex"]:
+        _, _, male, female, *_ = row(idx)
+        for i, sx in zip(idx, _allocate(len(idx), (male, female), rng), strict=True):
+            plans[i]["sex"] = "MF"[sx]
+    for idx in groups["site"]:
+        for i, st in zip(idx, _allocate(len(idx), row(idx)[4], rng), strict=True):
+            plans[i]["site"] = SITES[st]
+    for idx in groups["age"]:
+        age_m, age_sd = row(idx)[:2]
+        for i, age in zip(idx, np.clip(np.round(rng.normal(age_m, age_sd, len(idx))), 17, 86),
+                          strict=True):
+            plans[i]["age"] = int(age)
+    for idx in groups["size"]:
+        size_m, size_sd = row(idx)[5:7]
+        for i in idx:
+            plans[i]["size_cm"] = (float(size_m + SIZE_OFFSET_CM), float(size_sd))
+    for idx in groups["lesions"]:
+        n_les = sum(counts[lab][1] for lab in set(labels[idx].tolist()))
         extra = np.zeros(len(idx), int)
-        for _ in range(n_les - n):  # extra lesions, at most 3 per patient
-            free = np.flatnonzero(extra < 2)
-            extra[rng.choice(free)] += 1
-        for j, i in enumerate(idx):
-            plans[i].update(label=int(label), age=int(ages[j]), sex="MF"[sex[j]],
-                            site=SITES[site[j]], n_lesions=int(1 + extra[j]))
+        for _ in range(n_les - len(idx)):  # extra lesions, at most 3 per patient
+            open_ = np.flatnonzero(extra < 2)
+            extra[rng.choice(open_)] += 1
+        for i, e in zip(idx, extra, strict=True):
+            plans[i]["n_lesions"] = int(1 + e)
     vendor_keys = list(VENDOR_WEIGHTS)
     vendors = rng.choice(vendor_keys, size=n_patients, p=list(VENDOR_WEIGHTS.values()))
     positions = rng.choice(POSITIONS, size=n_patients, p=POSITION_WEIGHTS)

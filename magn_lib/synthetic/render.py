@@ -7,17 +7,17 @@ three views of a patient are geometrically consistent the way a real exam is.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import ndtri
 
 from magn_lib.synthetic.anatomy import Spine, Tissue, tissue
 from magn_lib.synthetic.geometry import SliceStack
-from magn_lib.synthetic.lesions import LesionSpec
+from magn_lib.synthetic.lesions import LesionSpec, Texture
 from magn_lib.synthetic.scanners import CoilSensitivity
 
-__all__ = ["Phantom", "lesion_enhancement", "lesion_occupancy", "render_series"]
+__all__ = ["Marrow", "Phantom", "lesion_enhancement", "lesion_occupancy", "render_series"]
 
 _F32 = np.float32
 
@@ -91,25 +91,55 @@ def lesion_occupancy(les: LesionSpec, near: _LesionPoints, ana: Tissue, spine: S
 
 
 def lesion_enhancement(les: LesionSpec, near: _LesionPoints, r_norm: np.ndarray) -> np.ndarray:
-    """Enhancing intensity (M,) at the points near the lesion: homogeneous, heterogeneous
-    (textured, with necrotic patches) or rim, by the lesion's pattern strength."""
+    """Enhancing intensity (M,) at the points near the lesion.
+
+    ``enhancement * (1 + heterogeneity * z)``: ``z`` is the lesion's structure field
+    (:meth:`LesionSpec.structure`: rim with a dark core and/or diffuse mottling) mapped to a
+    standard normal through the field's own distribution over the lesion (``les.reference``,
+    a probability-integral transform). Every lesion's intensities over its volume are therefore
+    normal with mean ``enhancement`` and SD ``enhancement * heterogeneity``, both drawn
+    without regard to the label: the class shows in where the bright and dark parts lie, not
+    in how many there are.
+    """
     f32 = _F32
-    tex = np.zeros(near.idx.size, f32)
-    for w, ph in zip(les.texture.waves, les.texture.phases, strict=True):
-        tex += np.cos(near.pts @ w + f32(ph))
-    tex *= f32(math.sqrt(2.0 / len(les.texture.waves)))
-    h = les.strength
-    base = f32(les.enhancement)
-    if les.kind == "rim":  # weak strength: a faint rim, labelled homogeneous
-        centre_level = 1 - 0.7 * h
-        edge = np.clip((r_norm - (1 - 0.38)) / 0.16, 0, 1)
-        profile = f32(centre_level) + f32(1 - centre_level) * edge * edge * (3 - 2 * edge)
-        inten = base * profile * (1 + f32(0.08 + 0.1 * h) * tex)
-    else:
-        amp = 0.06 + 0.5 * h
-        inten = base * (1 + f32(amp) * tex)
-        inten = np.where(tex < -0.7, inten * f32(1 - 0.55 * h), inten)
-    return inten.astype(f32)
+    raw = les.structure(near.pts, r_norm)
+    n = len(les.reference)
+    quantile = np.interp(raw, les.reference, (np.arange(n) + 0.5) / n)
+    z = ndtri(quantile).astype(f32)
+    return (f32(les.enhancement) * (1 + f32(les.heterogeneity) * z)).astype(f32)
+
+
+@dataclass(frozen=True, eq=False)
+class Marrow:
+    """Label-independent variation of one patient's healthy bone: marrow level and mottling
+    (red/yellow marrow, fatty islands), and the enhancing basivertebral venous plexus."""
+
+    level: float  # mean marrow intensity (relative units)
+    mottling: float  # relative SD of the marrow's texture
+    texture: Texture
+    vessel: float  # intensity added on the basivertebral vein (0: not seen)
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> Marrow:
+        return cls(level=float(rng.uniform(0.20, 0.32)), mottling=float(rng.uniform(0.0, 0.3)),
+                   texture=Texture.draw(rng, (6.0, 16.0)),
+                   vessel=float(rng.uniform(0.0, 0.45) if rng.random() < 0.7 else 0.0))
+
+    def apply(self, val: np.ndarray, ana: Tissue, spine: Spine, s: np.ndarray, u: np.ndarray,
+              v: np.ndarray) -> None:
+        """Paint the marrow of ``val`` (in place) at the straightened points."""
+        f32 = _F32
+        marrow = np.flatnonzero(ana.d_body <= -1.3)
+        if not marrow.size:
+            return
+        pts = np.stack([s[marrow], u[marrow], v[marrow]], axis=1)
+        inten = f32(self.level) * (1 + f32(self.mottling) * self.texture.at(pts))
+        if self.vessel > 0:
+            a_u = spine.a_u[ana.k[marrow]].astype(f32)
+            vein = ((np.abs(ana.s_v[marrow]) < 1.6) & (np.abs(v[marrow]) < 2.5)
+                    & (u[marrow] < -0.25 * a_u))
+            inten = np.where(vein, inten + f32(self.vessel), inten)
+        val[marrow] = inten
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,6 +152,8 @@ class Phantom:
     fat_residual: float
     coil: CoilSensitivity
     marker_lps: np.ndarray | None = None
+    marrow: Marrow | None = None
+    distractors: tuple[LesionSpec, ...] = ()  # rendered, never masked
 
     def render(self, x: np.ndarray, y: np.ndarray, z: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -130,14 +162,17 @@ class Phantom:
         s, u, v = self.spine.to_local(x, y, z)
         ana = tissue(self.spine, s, u, v, fat_residual=self.fat_residual)
         val = ana.val
+        if self.marrow is not None:
+            self.marrow.apply(val, ana, self.spine, s, u, v)
         occ_all = np.zeros((len(self.lesions), s.size), np.float32)
-        for n, les in enumerate(self.lesions):
+        for n, les in enumerate(self.lesions + self.distractors):
             near = _near(les, s, u, v)
             if near.idx.size:
                 occ, r_norm = lesion_occupancy(les, near, ana, self.spine)
                 inten = lesion_enhancement(les, near, r_norm)
                 idx = near.idx
-                occ_all[n, idx] = occ
+                if n < len(self.lesions):
+                    occ_all[n, idx] = occ
                 val[idx] = val[idx] * (1 - occ) + inten * occ
         if self.marker_lps is not None:
             mk = self.spine.lps_to_local(self.marker_lps)
