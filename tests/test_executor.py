@@ -60,8 +60,9 @@ def toy_grid(blocked: str | None = None):
             raise RuntimeError("released")
         return cohort.subset(lesion_ids)
 
+    # no kept weights: nothing here reads them, and each multi-view model is ~130 MB on disk
     settings = GridSettings.from_profile(load_profile("smoke", epochs=1, batch_size=8,
-                                                      device="cpu"))
+                                                      device="cpu"), keep_weights=False)
     return factory, folds, settings
 
 
