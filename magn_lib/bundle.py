@@ -63,7 +63,7 @@ from magn_lib.config import Profile, resolve_path
 from magn_lib.cv import GridConfig, build_model, config_by_name, load_folds
 from magn_lib.errors import InputError
 from magn_lib.files import save, write_csv, write_text
-from magn_lib.layout import BundlePaths, ReportPaths, WorkPaths
+from magn_lib.layout import BundlePaths, GridPaths, ReportPaths, WorkPaths
 from magn_lib.model import MAGN
 from magn_lib.repro import file_sha256, git_state
 from magn_lib.settings import NetworkSettings
@@ -246,8 +246,6 @@ def _work_dir(record: Mapping[str, Any], work_dir: str | os.PathLike[str] | None
 
 
 def _ranking(oof: pd.DataFrame, grid_root: Path, n_folds: int) -> pd.DataFrame:
-    from magn_lib.layout import GridPaths
-
     rows = []
     for name, group in oof.groupby("config", sort=False):
         config = config_by_name(name)

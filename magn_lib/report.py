@@ -274,10 +274,13 @@ def plain_summary(
         "lesion was scored by a model that had never seen that patient.",
     ]
     primary_name, comparator_name = model_name(*primary), model_name(*comparator)
+    views = primary[1].removesuffix("+attention")
+    network = ("three views" if views == "multi-view" else f"the {views} view only") + (
+        " with attention guidance" if primary[1].endswith("+attention") else "")
     result = (
-        f"Result: The proposed network (MAGN, three views with attention guidance) reached an "
+        f"Result: The proposed network (MAGN, {network}) reached an "
         f"area under the ROC curve (AUC) of {auc(primary)} and classified {acc(primary)} of "
-        f"the lesions correctly; the multi-view radiomics model reached an AUC of "
+        f"the lesions correctly; the {comparator[1]} radiomics model reached an AUC of "
         f"{auc(comparator)} ({acc(comparator)} correct)."
     )
     readers = metrics[metrics["method"] == "reader"]
