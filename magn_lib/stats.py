@@ -219,7 +219,7 @@ def table1(
       ``"mann-whitney"`` = ``scipy.stats.mannwhitneyu``, two-sided); a variable not declared
       gets Mann-Whitney U. No normality or variance pre-test decides: a test picked by testing
       the data first does not keep its nominal error rate. Summaries: mean +/- SD (ddof 1) for
-      Welch, median [Q1, Q3] for Mann-Whitney.
+      Welch, median (IQR Q1–Q3) for Mann-Whitney (the report's one bracket style).
     - categorical: expected counts of the levels x groups table under independence; if any is
       below 5, Fisher's exact test (2x2: ``scipy.stats.fisher_exact``, exact; larger tables:
       ``fisher_exact`` with a seeded ``MonteCarloMethod`` of ``n_resamples`` tables, SciPy's
@@ -334,8 +334,8 @@ def _continuous_row(
     else:
         res = sps.mannwhitneyu(a, b, alternative="two-sided")
         cells = [
-            f"{_fmt(np.median(x), decimals)} [{_fmt(np.percentile(x, 25), decimals)}, "
-            f"{_fmt(np.percentile(x, 75), decimals)}]"
+            f"{_fmt(np.median(x), decimals)} (IQR {_fmt(np.percentile(x, 25), decimals)}–"
+            f"{_fmt(np.percentile(x, 75), decimals)})"
             for x in xs
         ]
     p = float(res.pvalue)

@@ -123,7 +123,8 @@ def test_table1_test_does_not_depend_on_the_data():
     assert size["test"] == "Mann-Whitney U"
     assert size["p_value"] == pytest.approx(
         sps.mannwhitneyu(a, b, alternative="two-sided").pvalue, rel=1e-12)
-    assert size["MM"].startswith(f"{np.median(a):.2f} [")
+    assert size["MM"] == (f"{np.median(a):.2f} (IQR {np.percentile(a, 25):.2f}–"
+                          f"{np.percentile(a, 75):.2f})")
     # a caller's declaration wins and is named as such; an undeclared variable gets U
     normal["x"] = rng.normal(size=160)
     t2 = stats.table1(normal, continuous=["age", "x"], categorical=[],
