@@ -650,14 +650,20 @@ evidence). Grad-CAM shows what drove the score, not where the lesion is.</figcap
 
 
 def _write_case(out: Path, bundle: Bundle, prepared: _Prepared, result: dict[str, Any],
-                report: bool) -> None:
+                report: bool, pdf: bool = False) -> None:
     files = PredictionPaths(out)
     lesion_id = prepared.case.lesion_id
     if report:
         fold = _explained_fold(result)
         result["gradcam_fold"] = fold
-        atomic_write_text(files.case_report(lesion_id),
+        html_path = files.case_report(lesion_id)
+        atomic_write_text(html_path,
                           _case_html(result, _figure_png(bundle, prepared, result, fold), fold))
+        if pdf:
+            from magn_lib.report import print_pdf
+
+            why_not = print_pdf(html_path, html_path.with_suffix(".pdf"))
+            result["case_report_pdf"] = why_not or html_path.with_suffix(".pdf").name
     atomic_write_text(files.prediction(lesion_id),
                       json.dumps(finite_json(result), indent=2, allow_nan=False))
 
@@ -665,9 +671,11 @@ def _write_case(out: Path, bundle: Bundle, prepared: _Prepared, result: dict[str
 # --------------------------------------------------------------------------------- entry points
 
 def predict_case(bundle: Bundle, case: CaseInput, out: str | PathLike[str] | None = None, *,
-                 report: bool = True) -> dict[str, Any]:
+                 report: bool = True, pdf: bool = False) -> dict[str, Any]:
     """Score one lesion; with ``out``, write ``<out>/<lesion id>/prediction.json`` and
-    ``case_report.html`` (see the module doc). Returns the prediction (what the JSON holds).
+    ``case_report.html`` (see the module doc), and with ``pdf`` also ``case_report.pdf``
+    printed from it by Chromium (:func:`magn_lib.report.print_pdf`; when it cannot, the JSON's
+    ``case_report_pdf`` says why). Returns the prediction (what the JSON holds).
 
     Raises:
         InputError: a bad id, a missing view, an unreadable series or mask, a mask off the
@@ -676,7 +684,7 @@ def predict_case(bundle: Bundle, case: CaseInput, out: str | PathLike[str] | Non
     prepared = _prepare(bundle, case)
     result = _result(bundle, prepared, _score(bundle, [prepared])[0])
     if out is not None:
-        _write_case(Path(out), bundle, prepared, result, report)
+        _write_case(Path(out), bundle, prepared, result, report, pdf)
     return result
 
 
@@ -691,6 +699,7 @@ def predict_manifest(
     out: str | PathLike[str],
     *,
     report: bool = True,
+    pdf: bool = False,
     on_lesion: Callable[[str], None] | None = None,
     timings: dict[str, float] | None = None,
 ) -> pd.DataFrame:
@@ -759,7 +768,7 @@ def predict_manifest(
     folds = sorted(bundle.models)
     for case_data, probabilities in zip(prepared, raw, strict=True):
         result = _result(bundle, case_data, probabilities)
-        _write_case(out, bundle, case_data, result, report)
+        _write_case(out, bundle, case_data, result, report, pdf)
         rows.append({
             "lesion_id": result["lesion_id"], "patient_id": result["patient_id"],
             "status": "ok", "probability_mm": result["probability_mm"], "call": result["call"],

@@ -107,7 +107,8 @@ def test_a_new_patient_and_no_identity_in_any_output(exported, elsewhere):
     new = exported.new
     lesion_id = new.lesions["lesion_id"].iloc[0]
     bundle = exported.bundle
-    result = predict_case(bundle, _case(new, lesion_id, as_id="new-1"), elsewhere / "out")
+    result = predict_case(bundle, _case(new, lesion_id, as_id="new-1"), elsewhere / "out",
+                          pdf=bool(shutil.which("chromium")))
     assert result["in_sample"] is None
     assert not any(w.startswith("In-sample") for w in result["warnings"])
     # the same lesion named with a training patient's study id is in-sample by that id
@@ -120,8 +121,14 @@ def test_a_new_patient_and_no_identity_in_any_output(exported, elsewhere):
     files = [p for p in (elsewhere / "out").rglob("*")]
     # embedded PNGs hold pixels only (no text chunk); their base64 would match short strings
     texts = [re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", p.read_text()).lower()
-             for p in files if p.is_file()]
-    assert {p.name for p in files} == {"new-1", "prediction.json", "case_report.html"}
+             for p in files if p.is_file() and p.suffix != ".pdf"]
+    names = {"new-1", "prediction.json", "case_report.html"}
+    if shutil.which("chromium"):
+        names.add("case_report.pdf")
+        pdf = elsewhere / "out" / "new-1" / "case_report.pdf"
+        assert pdf.read_bytes().startswith(b"%PDF-")
+        assert result["case_report_pdf"] == "case_report.pdf"  # printed from the HTML checked
+    assert {p.name for p in files} == names
     for secret in secrets:
         assert not any(secret in t for t in texts), secret
         assert not any(secret in str(p.relative_to(elsewhere)).lower() for p in files), secret
