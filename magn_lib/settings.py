@@ -192,13 +192,16 @@ class GridSettings:
     @classmethod
     def from_profile(cls, profile: Profile, **options: Any) -> Self:
         """Network, training and execution settings and ``keep_weights`` of ``profile``;
-        ``options`` set ``track_test`` or replace any of them. The proposed model of the run's
-        views and its unguided twin (:func:`magn_lib.cv.proposed_configs`) always keep their
-        weights: the figures and the attention fidelity explain them."""
-        from magn_lib.cv import proposed_configs  # cv imports settings
+        ``options`` set ``track_test`` or replace any of them. ``keep_weights`` is the
+        profile's, restricted to the configurations the run's views train; when none of them
+        is trained (``views: [sagittal]`` with the default ``[multi-view,
+        multi-view+attention]``), the proposed model of those views and its unguided twin
+        (:func:`magn_lib.cv.proposed_configs`) are kept: the figures explain them."""
+        from magn_lib.cv import configs_for, proposed_configs  # cv imports settings
 
-        kept = tuple(profile.keep_weights)
-        kept += tuple(c for c in proposed_configs(profile.views)[::-1] if c not in kept)
+        trained = {c.name for c in configs_for(profile.views)}
+        kept = tuple(c for c in profile.keep_weights if c in trained)
+        kept = kept or proposed_configs(profile.views)[::-1]
         values = {"network": NetworkSettings.from_profile(profile),
                   "train": TrainSettings.from_profile(profile),
                   "executor": ExecutorSettings.from_profile(profile),
