@@ -157,8 +157,10 @@ def test_keep_weights_per_profile_and_never_in_a_fingerprint():
         is False
     # the profile key changes what is kept, never what a fold computes
     only_axial = GridSettings.from_profile(Profile(keep_weights=["axial"]))
-    # the run's proposed model and its unguided twin are kept on top (figures explain them)
-    assert only_axial.keep_weights == ("axial", *pair)
+    assert only_axial.keep_weights == ("axial",)
+    # a list naming no configuration the run's views train falls back to the proposed pair
+    sagittal_only = GridSettings.from_profile(Profile(views=["sagittal"]))
+    assert set(sagittal_only.keep_weights) == {"sagittal", "sagittal+attention"}
     assert _fingerprint(only_axial) == _fingerprint(GridSettings.from_profile(Profile()))
     assert _fingerprint(paper) == _fingerprint(replace(paper, keep_weights=("axial",)))
     with pytest.raises(ConfigError, match="keep_weights"):
