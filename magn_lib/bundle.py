@@ -62,6 +62,7 @@ from magn_lib.calibration import Calibration, fit_calibration
 from magn_lib.config import Profile, resolve_path
 from magn_lib.cv import GridConfig, build_model, config_by_name, load_folds
 from magn_lib.errors import InputError
+from magn_lib.files import default_dir_mode, save, write_csv, write_text
 from magn_lib.layout import ReportPaths, WorkPaths
 from magn_lib.model import MAGN
 from magn_lib.repro import file_sha256, git_state
@@ -365,7 +366,7 @@ def _write_checksums(folder: Path) -> None:
         relative = path.relative_to(folder).as_posix()
         if relative != _CHECKSUMS:
             lines.append(f"{file_sha256(path)}  {relative}")
-    (folder / _CHECKSUMS).write_text("\n".join(lines) + "\n")
+    write_text(folder / _CHECKSUMS, "\n".join(lines) + "\n")
 
 
 def export_bundle(
@@ -483,14 +484,16 @@ def export_bundle(
         for fold in fold_ids:
             saved = torch.load(work.grid.fold(name, fold).model, map_location="cpu",
                                weights_only=True)
-            torch.save({"state_dict": saved["state_dict"], "normalize": bool(saved["normalize"]),
-                        "init_report": dict(saved["init_report"])},
-                       staging / _MODELS / f"fold{fold}.pt")
-        oof.to_csv(staging / _OOF, index=False)
-        (staging / _JSON).write_text(json.dumps(finite_json(meta), indent=2, default=str,
-                                                 allow_nan=False))
-        (staging / _CARD).write_text(_model_card(meta))
+            state = {"state_dict": saved["state_dict"], "normalize": bool(saved["normalize"]),
+                     "init_report": dict(saved["init_report"])}
+            save(staging / _MODELS / f"fold{fold}.pt",
+                 lambda stream, state=state: torch.save(state, stream))
+        write_csv(oof, staging / _OOF)
+        write_text(staging / _JSON, json.dumps(finite_json(meta), indent=2, default=str,
+                                               allow_nan=False))
+        write_text(staging / _CARD, _model_card(meta))
         _write_checksums(staging)
+        staging.chmod(default_dir_mode())  # mkdtemp's 0700 would keep colleagues out
         if out.exists():
             shutil.rmtree(out)
         staging.replace(out)
