@@ -359,7 +359,8 @@ def write_front_page(
 def _table_html(csv_path: Path) -> str:
     import pandas as pd
 
-    frame = pd.read_csv(csv_path, keep_default_na=False)
+    # as text: the table was written for reading (a number keeps the digits it was given)
+    frame = pd.read_csv(csv_path, keep_default_na=False, dtype=str)
     return clinician_table(frame, index=False)._repr_html_()
 
 
