@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,14 +35,16 @@ from benchmarks.common import Result
 CPUS = 2
 GRID_CONFIGS = ["axial", "multi-view+attention"]
 GRID_CROP, GRID_PATIENTS, GRID_EPOCHS = 64, 16, 2
-RADIOMICS_LESIONS, RADIOMICS_CROP = 24, 96
-INGEST_PATIENTS = 6
+RADIOMICS_LESIONS, RADIOMICS_CROP = 16, 96
+INGEST_PATIENTS = 4
 # one training of the paper profile
 PAPER_BATCH, PAPER_CROP, PAPER_VIEWS = 16, 256, 3
 # the memory a CUDA context, cuDNN workspaces and the caching allocator's slack take beside
 # the tensors (a rule of thumb, not measured here: no GPU)
 GPU_OVERHEAD_GB = 2.0
 GPU_SIZES_GB = (16, 24, 40, 48, 80, 141)
+# a machine busy with other work can take minutes to start Ray
+RAY_START_TIMEOUT_S = 900.0
 
 
 def _load() -> str:
@@ -131,18 +134,18 @@ def _ingest_tasks(manifest, work: Path) -> list[tuple]:
     return [(manifest, pid, views, WorkPaths(work)) for pid in manifest.patients["patient_id"]]
 
 
-def _stage_results(name: str, unit: str, serial: float, pool: float, ray_warm: float,
-                   startup: float, n: int) -> list[Result]:
+def _stage_result(name: str, unit: str, serial: float, pool: float, ray_warm: float,
+                  startup: float, n: int) -> Result:
     ray_cold = startup + ray_warm
     keep = "keeps its joblib pool" if ray_cold > pool else "pays off on Ray"
-    return [Result(
+    return Result(
         name=f"{name}, {n} {unit}s on Ray ({CPUS} tasks of 1 CPU, start-up included)",
         value=ray_cold, reference=f"the local joblib pool ({CPUS} workers, cold)",
         reference_value=pool,
         note=(f"serial {1000 * serial / n:.0f} ms per {unit}; Ray without its start-up "
               f"{ray_warm:.2f} s; Ray's start-up alone {startup:.1f} s = "
               f"{startup / (serial / n):.0f} {unit}s of serial work: the stage {keep}"),
-    )]
+    )
 
 
 # ------------------------------------------------------------------------- a paper training
@@ -198,14 +201,35 @@ def _gpus_per_task(total_gb: float, gpu_gb: float) -> float:
     return float(np.ceil(total_gb / gpu_gb))
 
 
-def run() -> list[Result]:
+def _memory_result() -> Result:
+    memory, linear = _paper_memory()
+    state = memory["parameters"] + memory["gradients"] + memory["adam"]
+    total_gb = (state + memory["activations"]) / 1e9
+    shares = ", ".join(f"{gb} GB -> {_gpus_per_task(total_gb + GPU_OVERHEAD_GB, gb):.3g}"
+                       for gb in GPU_SIZES_GB)
+    return Result(
+        name=f"paper training memory (3 x ResNet50, {PAPER_CROP} px, batch {PAPER_BATCH}, "
+             "float32, Adam), measured on the CPU",
+        value=total_gb, unit="GB", reference="its parameters + gradients + Adam state",
+        reference_value=state / 1e9,
+        note=(f"{memory['n_params'] / 1e6:.1f} M parameters; activations kept for backward "
+              f"{memory['activations'] / 1e9:.2f} GB ({linear}, extrapolated linearly); "
+              f"no GPU here, so with ~{GPU_OVERHEAD_GB:g} GB for CUDA context and allocator "
+              f"slack, gpus_per_task by GPU memory: {shares}"),
+    )
+
+
+def run() -> Iterator[Result]:
+    """The measurements, each yielded as soon as it is taken (the Ray start can take minutes
+    on a busy machine)."""
     import ray
 
+    from magn_lib.errors import ConfigError
     from magn_lib.executor import start_local_ray
     from magn_lib.ingest import _ingest_patient
     from magn_lib.radiomics import _crop_task
 
-    results = []
+    yield _memory_result()
     torch_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="magn-bench-executor-") as tmp:
         tmp = Path(tmp)
@@ -220,11 +244,22 @@ def run() -> list[Result]:
         manifest = _cohort(tmp)
         ingest_serial = _serial(_ingest_patient, _ingest_tasks(manifest, tmp / "serial"))
         ingest_pool = _joblib(_ingest_patient, _ingest_tasks(manifest, tmp / "pool"))
+        for name, unit, serial, pool, n in (
+                ("radiomics extraction", "lesion", rad_serial, rad_pool, len(rad_tasks)),
+                ("ingest", "patient", ingest_serial, ingest_pool, INGEST_PATIENTS)):
+            yield Result(name=f"{name}, {n} {unit}s, serial", value=serial,
+                         reference=f"the local joblib pool ({CPUS} workers, cold)",
+                         reference_value=pool, higher_is_better=True,
+                         note=f"{1000 * serial / n:.0f} ms per {unit}; {_load()}")
 
         if ray.is_initialized():
             ray.shutdown()
         start = time.perf_counter()
-        start_local_ray(num_cpus=CPUS, num_gpus=0)
+        try:
+            start_local_ray(num_cpus=CPUS, num_gpus=0, timeout_s=RAY_START_TIMEOUT_S)
+        except ConfigError as exc:
+            print(f"  Ray did not start, so no Ray measurement ({_load()}): {exc}")
+            return
         ray.get(ray.remote(num_cpus=1)(lambda: None).remote())
         startup = time.perf_counter() - start
         try:
@@ -239,37 +274,21 @@ def run() -> list[Result]:
             ray.shutdown()
         load_after = _load()
     same = ray_predictions.equals(seq_predictions)
-    results.append(Result(
+    yield Result(
         name="Ray start-up (local, 2 CPUs, until a first task answered)", value=startup,
         reference="one empty task once Ray runs", reference_value=round_trip,
         note=f"{load_before} before, {load_after} after",
-    ))
-    results.append(Result(
+    )
+    yield Result(
         name=f"MAGN grid ({len(GRID_CONFIGS)} configurations x 2 folds, {GRID_CROP} px, "
              f"{GRID_EPOCHS} epochs) on Ray, {CPUS} tasks x 1 thread, start-up included",
         value=on_ray + startup, reference=f"sequential, {CPUS} torch threads",
         reference_value=sequential,
         note=f"without the start-up: {on_ray:.1f} s (ratio {on_ray / sequential:.3f}); "
-             f"predictions equal to the sequential run's: {same}",
-    ))
-    results += _stage_results("radiomics extraction", "lesion", rad_serial, rad_pool, rad_ray,
-                              startup, len(rad_tasks))
-    results += _stage_results("ingest", "patient", ingest_serial, ingest_pool, ingest_ray,
-                              startup, INGEST_PATIENTS)
-
-    memory, linear = _paper_memory()
-    state = memory["parameters"] + memory["gradients"] + memory["adam"]
-    total_gb = (state + memory["activations"]) / 1e9
-    shares = ", ".join(f"{gb} GB -> {_gpus_per_task(total_gb + GPU_OVERHEAD_GB, gb):.3g}"
-                       for gb in GPU_SIZES_GB)
-    results.append(Result(
-        name=f"paper training memory (3 x ResNet50, {PAPER_CROP} px, batch {PAPER_BATCH}, "
-             "float32, Adam), measured on the CPU",
-        value=total_gb, unit="GB", reference="its parameters + gradients + Adam state",
-        reference_value=state / 1e9,
-        note=(f"{memory['n_params'] / 1e6:.1f} M parameters; activations kept for backward "
-              f"{memory['activations'] / 1e9:.2f} GB ({linear}, extrapolated linearly); "
-              f"no GPU here, so with ~{GPU_OVERHEAD_GB:g} GB for CUDA context and allocator "
-              f"slack, gpus_per_task by GPU memory: {shares}"),
-    ))
-    return results
+             f"predictions equal to the sequential run's: {same} (they need not be: "
+             f"{CPUS} threads vs 1 thread per task sum in another order)",
+    )
+    yield _stage_result("radiomics extraction", "lesion", rad_serial, rad_pool, rad_ray,
+                        startup, len(rad_tasks))
+    yield _stage_result("ingest", "patient", ingest_serial, ingest_pool, ingest_ray, startup,
+                        INGEST_PATIENTS)

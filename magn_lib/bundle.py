@@ -63,7 +63,7 @@ from magn_lib.config import Profile, resolve_path
 from magn_lib.cv import GridConfig, build_model, config_by_name, load_folds
 from magn_lib.errors import InputError
 from magn_lib.files import default_dir_mode, save, write_csv, write_text
-from magn_lib.layout import ReportPaths, WorkPaths
+from magn_lib.layout import BundlePaths, GridPaths, ReportPaths, WorkPaths
 from magn_lib.model import MAGN
 from magn_lib.repro import file_sha256, git_state
 from magn_lib.settings import NetworkSettings
@@ -92,8 +92,10 @@ DISAGREEMENT_RANGE = 0.3
 INTENSITY_PERCENTILES = (0.5, 99.5)
 CROP_PERCENTILES = (0.5, 99.5)  # magn_lib.crops.crop_lesion's default, recorded in the bundle
 
-_JSON, _CHECKSUMS, _CARD, _OOF, _MODELS = ("bundle.json", "checksums.sha256", "model_card.md",
-                                          "oof.csv", "models")
+# the bundle's file names, relative to its folder (the layout names them)
+_NAMES = BundlePaths(Path())
+_JSON, _CHECKSUMS, _CARD, _OOF = (_NAMES.meta.name, _NAMES.checksums.name,
+                                  _NAMES.model_card.name, _NAMES.oof.name)
 
 
 def finite_json(value: Any) -> Any:
@@ -244,8 +246,6 @@ def _work_dir(record: Mapping[str, Any], work_dir: str | os.PathLike[str] | None
 
 
 def _ranking(oof: pd.DataFrame, grid_root: Path, n_folds: int) -> pd.DataFrame:
-    from magn_lib.layout import GridPaths
-
     rows = []
     for name, group in oof.groupby("config", sort=False):
         config = config_by_name(name)
@@ -480,18 +480,17 @@ def export_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        (staging / _MODELS).mkdir()
+        staged = BundlePaths(staging)
         for fold in fold_ids:
             saved = torch.load(work.grid.fold(name, fold).model, map_location="cpu",
                                weights_only=True)
             state = {"state_dict": saved["state_dict"], "normalize": bool(saved["normalize"]),
                      "init_report": dict(saved["init_report"])}
-            save(staging / _MODELS / f"fold{fold}.pt",
-                 lambda stream, state=state: torch.save(state, stream))
-        write_csv(oof, staging / _OOF)
-        write_text(staging / _JSON, json.dumps(finite_json(meta), indent=2, default=str,
-                                               allow_nan=False))
-        write_text(staging / _CARD, _model_card(meta))
+            save(staged.model(fold), lambda stream, state=state: torch.save(state, stream))
+        write_csv(oof, staged.oof)
+        write_text(staged.meta, json.dumps(finite_json(meta), indent=2, default=str,
+                                           allow_nan=False))
+        write_text(staged.model_card, _model_card(meta))
         _write_checksums(staging)
         staging.chmod(default_dir_mode())  # mkdtemp's 0700 would keep colleagues out
         if out.exists():
@@ -571,7 +570,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     network = NetworkSettings(**meta["network"])
     models = {}
     for fold in meta["folds"]:
-        file = root / _MODELS / f"fold{int(fold)}.pt"
+        file = BundlePaths(root).model(fold)
         saved = torch.load(file, map_location="cpu", weights_only=True)
         model = build_model(config, network)
         model.normalize = bool(saved["normalize"])

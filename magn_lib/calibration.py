@@ -51,6 +51,7 @@ from magn_lib.stats import binary_metrics, bootstrap_metrics
 
 __all__ = [
     "CLIP",
+    "NO_CALL",
     "Calibration",
     "choose_threshold",
     "fit_calibration",
@@ -62,6 +63,7 @@ __all__ = [
 # at exactly 0 or 1 beyond |logit| ~ 17 (whose logit would be infinite)
 CLIP = 1e-9
 RULES = ("youden", "target_sensitivity")
+NO_CALL = "no call (no signal out of fold)"
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -183,7 +185,10 @@ class Calibration:
         return float(np.mean(self.calibrate(np.asarray(fold_probabilities, dtype=np.float64))))
 
     def call(self, calibrated: float) -> str:
-        """``"multiple myeloma"`` at or above the threshold, else ``"metastasis"``."""
+        """``"multiple myeloma"`` at or above the threshold, else ``"metastasis"``; no call
+        (:data:`NO_CALL`) from a model without signal out of fold (:attr:`no_signal`)."""
+        if self.no_signal:
+            return NO_CALL
         return "multiple myeloma" if calibrated >= self.threshold else "metastasis"
 
     def to_dict(self) -> dict[str, Any]:

@@ -211,6 +211,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from magn_lib.bundle import load_bundle
+    from magn_lib.layout import PredictionPaths
     from magn_lib.predict import CaseInput, predict_case, predict_manifest
 
     bundle = load_bundle(args.model)
@@ -218,13 +219,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.manifest:
         if args.sagittal or args.mask:
             raise ConfigError("give either --manifest or the series and --mask of one lesion")
-        table = predict_manifest(bundle, args.manifest, out, report=not args.no_report)
+        table = predict_manifest(bundle, args.manifest, out, report=not args.no_report,
+                                 pdf=args.pdf)
         failed = table[table["status"] != "ok"]
         for row in failed.itertuples():
             print(f"magn predict: lesion {row.lesion_id}: input error: {row.error}",
                   file=sys.stderr)
         print(f"magn predict: {int((table['status'] == 'ok').sum())} of {len(table)} lesions "
-              f"scored; table: {_shown_path(Path(out) / 'predictions.csv')} "
+              f"scored; table: {_shown_path(PredictionPaths(Path(out)).table)} "
               "(research use only; not a medical device)")
         return EXIT_INPUT if len(failed) else EXIT_OK
     if not (args.sagittal and args.mask and args.lesion_id):
@@ -234,7 +236,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
               if getattr(args, view)}
     case = CaseInput(lesion_id=args.lesion_id, series=series, mask=args.mask,
                      mask_label=args.mask_label, patient_id=args.patient_id)
-    result = predict_case(bundle, case, out, report=not args.no_report)
+    result = predict_case(bundle, case, out, report=not args.no_report, pdf=args.pdf)
+    if args.pdf and not str(result.get("case_report_pdf", "")).endswith(".pdf"):
+        print(f"magn predict: warning: no PDF: {result.get('case_report_pdf')}",
+              file=sys.stderr)
     for row in result["fold_models"]:
         print(f"  fold {row['fold']}: {format_probability(row['probability_calibrated'])} "
               f"(raw {format_probability(row['probability_raw'])})")
@@ -389,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "patients for the in-sample warning)")
     pred.add_argument("--no-report", action="store_true",
                       help="write prediction.json only (no HTML, no Grad-CAM)")
+    pred.add_argument("--pdf", action="store_true",
+                      help="also print each case report to case_report.pdf (needs Chromium)")
     pred.set_defaults(func=_cmd_predict)
 
     config = sub.add_parser(

@@ -60,6 +60,8 @@ __all__ = [
     "load_fold_model",
     "load_folds",
     "make_folds",
+    "proposed_configs",
+    "radiomics_comparator",
     "pooled_metrics",
     "run_grid",
     "save_folds",
@@ -109,6 +111,23 @@ def config_by_name(name: str | GridConfig) -> GridConfig:
 def configs_for(views: Sequence[str]) -> list[GridConfig]:
     """The configurations of the grid that only read ``views`` (all 8 for the three views)."""
     return [c for c in CONFIGS if set(c.views) <= set(views)]
+
+
+def proposed_configs(views: Sequence[str]) -> tuple[str, str]:
+    """The proposed model's configuration and its unguided twin for a run's ``views``:
+    ``("multi-view+attention", "multi-view")`` when all three views are used (the paper's
+    MAGN), else those of the first view used, in the grid's order (``views: [sagittal]`` gives
+    ``("sagittal+attention", "sagittal")``)."""
+    if set(VIEWS) <= set(views):
+        return "multi-view+attention", "multi-view"
+    view = next(c.views[0] for c in CONFIGS if len(c.views) == 1 and c.views[0] in views)
+    return f"{view}+attention", view
+
+
+def radiomics_comparator(views: Sequence[str]) -> str:
+    """The radiomics configuration MAGN is compared with: ``"multi-view"`` when the run uses
+    more than one view, else that view's."""
+    return "multi-view" if len(set(views)) > 1 else str(views[0])
 
 
 # ---------------------------------------------------------------------------------------- folds

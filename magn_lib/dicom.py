@@ -1,6 +1,13 @@
 """Read one DICOM series into a correctly oriented volume, and strip patient identity.
 
-One folder holds one series. :func:`read_series` reads it with pydicom into a
+One folder holds one series (classic single-frame images, or an Enhanced MR multi-frame
+object whose frames are placed by their functional groups; where a folder also holds images of
+other series, the series with more than half of the images is read and the rest reported, the
+stated rule of :func:`read_series`). File names are bytes: they are sorted by their bytes and
+shown escaped when not UTF-8. Files over :data:`MAX_FILE_BYTES` are refused unread, and a file
+that does not announce itself as DICOM is judged on its first :data:`PROBE_BYTES`. A series
+flagged ``BurnedInAnnotation = YES`` is refused unless the caller allows it.
+:func:`read_series` reads it with pydicom into a
 ``nibabel.Nifti1Image`` whose affine maps voxel indices to world RAS+ millimetres, the NIfTI
 convention. DICOM stores geometry in the patient-based LPS frame (x towards the patient's
 left, y towards posterior, z towards head); RAS+ flips the first two axes. The headers become
@@ -33,6 +40,7 @@ acquisition parameters (vendor, field strength, TR/TE, spacing, orientation) wit
 
 from __future__ import annotations
 
+import io
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -51,12 +59,18 @@ from pydicom.uid import UID
 from magn_lib.errors import InputError
 from magn_lib.files import atomic_open
 from magn_lib.geometry import LPS_TO_RAS, Geometry, sort_slices
+from magn_lib.scrub import escape_name, name_sort_key
 
 __all__ = [
     "IDENTITY_KEYWORDS",
     "LPS_TO_RAS",
+    "MAX_FILE_BYTES",
+    "PROBE_BYTES",
+    "SeriesGrid",
+    "burned_in_annotation",
     "deidentify_series",
     "read_series",
+    "series_grid",
     "series_identity",
     "series_metadata",
     "voxel_to_world",
@@ -112,6 +126,11 @@ _SPACING_TOLERANCE_MM = 1e-4  # PixelSpacing difference within one series
 _DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 _IGNORED_NAMES = {"dicomdir", "thumbs.db", "desktop.ini"}
 _ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+#: Files larger than this in a series folder are refused unread (an MR slice is a few hundred
+#: kB; an Enhanced MR object of a whole series a few hundred MB).
+MAX_FILE_BYTES = 2 * 2**30
+#: A file that does not announce itself as DICOM is judged on this many leading bytes.
+PROBE_BYTES = 64 * 1024
 
 # Removed by deidentify_series in addition to dicognito's replacements: demographics and the
 # free-text attributes hospitals type names into. Any LT/ST/UT element is removed as well.
@@ -150,8 +169,31 @@ _FREE_TEXT_VRS = {"LT", "ST", "UT"}
 
 @dataclass(frozen=True)
 class _Slice:
+    """One 2D image: a classic single-frame file, or one frame of a multi-frame object.
+
+    For a frame, ``ds`` holds the object's top-level attributes with the frame's geometry and
+    rescale (from its functional groups) flattened into the classic attributes, ``frame`` its
+    index and ``source`` the whole object (whose pixel data holds every frame).
+    """
+
     path: Path
     ds: Dataset
+    frame: int | None = None
+    source: Dataset | None = None
+
+    @property
+    def name(self) -> str:
+        """The file name (escaped if undecodable), with the frame number for a frame."""
+        name = escape_name(self.path.name)
+        return name if self.frame is None else f"{name} frame {self.frame + 1}"
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """The slices of the series chosen in a folder, and what was left out."""
+
+    slices: list[_Slice]
+    notes: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,16 +216,25 @@ def _read_file(path: Path, *, patient: str | None, pixels: bool) -> Dataset | No
     """Read one file; ``None`` for something that is clearly not a DICOM image.
 
     Files that announce themselves as DICOM (the ``DICM`` marker, or a .dcm/.ima name) must
-    read cleanly; anything else is tried once and skipped when it does not parse as DICOM.
+    read cleanly; anything else is probed on its first :data:`PROBE_BYTES` only (so a large
+    file of zeros or text costs one small read) and skipped when it does not parse as DICOM.
+    Files larger than :data:`MAX_FILE_BYTES` are refused before anything is read.
     """
-    with open(path, "rb") as fh:
-        head = fh.read(132)
-    has_marker = len(head) == 132 and head[128:132] == b"DICM"
-    claims_dicom = has_marker or path.suffix.lower() in _DICOM_SUFFIXES
     hint = "re-export the series from the scanner or PACS, or remove the file from the folder"
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise InputError(
+            f"file of {size / 2**30:.1f} GiB in a series folder (limit "
+            f"{MAX_FILE_BYTES / 2**30:g} GiB): not a slice of an MR series",
+            patient=patient, file=path, hint="remove the file from the series folder",
+        )
+    with open(path, "rb") as fh:
+        head = fh.read(PROBE_BYTES)
+    has_marker = len(head) >= 132 and head[128:132] == b"DICM"
+    claims_dicom = has_marker or path.suffix.lower() in _DICOM_SUFFIXES
     if not claims_dicom:
         try:
-            probe = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+            probe = pydicom.dcmread(io.BytesIO(head), force=True, stop_before_pixels=True)
             looks_dicom = "SOPClassUID" in probe and re.fullmatch(
                 r"[0-9.]+", str(probe.SOPClassUID)
             )
@@ -192,7 +243,10 @@ def _read_file(path: Path, *, patient: str | None, pixels: bool) -> Dataset | No
         if not looks_dicom:
             return None  # a note, a thumbnail, a .DS_Store: not ours to judge
     try:
-        ds = pydicom.dcmread(path, force=not has_marker, stop_before_pixels=not pixels)
+        # the header first (cheap, and enough to refuse what is not ours), then the pixels
+        ds = pydicom.dcmread(path, force=not has_marker, stop_before_pixels=True)
+        if pixels and _is_image_object(ds):
+            ds = pydicom.dcmread(path, force=not has_marker)
     except Exception as err:
         raise InputError(
             f"unreadable DICOM file ({type(err).__name__}: {err})", patient=patient, file=path,
@@ -213,8 +267,66 @@ def _read_file(path: Path, *, patient: str | None, pixels: bool) -> Dataset | No
     return ds
 
 
-def _scan(folder: Path, *, patient: str | None, pixels: bool) -> list[_Slice]:
-    """All DICOM image objects of one series folder, checked for being one 2D MR series."""
+# Attributes a multi-frame object keeps per frame (or shared) in functional groups, with the
+# classic attribute each becomes: (group sequence, item attribute).
+_FRAME_ATTRIBUTES = (
+    ("PixelMeasuresSequence", "PixelSpacing"),
+    ("PixelMeasuresSequence", "SliceThickness"),
+    ("PlaneOrientationSequence", "ImageOrientationPatient"),
+    ("PlanePositionSequence", "ImagePositionPatient"),
+    ("PixelValueTransformationSequence", "RescaleSlope"),
+    ("PixelValueTransformationSequence", "RescaleIntercept"),
+)
+_FRAME_GROUPS = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
+
+
+def _frames(path: Path, ds: Dataset, patient: str | None) -> list[_Slice]:
+    """The frames of a multi-frame (Enhanced MR) object as slices, geometry from its shared
+    and per-frame functional groups (the per-frame value wins)."""
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None or len(per_frame) != n:
+        raise InputError(
+            f"multi-frame DICOM object with {n} frame(s) but "
+            f"{'no' if per_frame is None else len(per_frame)} per-frame functional group(s): "
+            "the frames cannot be placed in space, not supported",
+            patient=patient, file=path,
+            hint="export the series as classic single-frame MR images (one file per slice), "
+            "e.g. with the scanner's 'classic DICOM' option or dcuncat/emf2sf",
+        )
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else Dataset()
+    top = [elem for elem in ds if elem.keyword not in (*_FRAME_GROUPS, "PixelData",
+                                                         "NumberOfFrames")]
+    out = []
+    for index, item in enumerate(per_frame):
+        frame = Dataset()
+        for elem in top:
+            frame.add(elem)
+        frame.file_meta = ds.file_meta
+        for group, keyword in _FRAME_ATTRIBUTES:
+            for source in (item, shared):
+                seq = source.get(group)
+                if seq and keyword in seq[0]:
+                    setattr(frame, keyword, seq[0].get(keyword))
+                    break
+        out.append(_Slice(path, frame, frame=index, source=ds))
+    return out
+
+
+def _list_files(folder: Path) -> list[Path]:
+    """The candidate files of a series folder, sorted by the bytes of their names (a total
+    order whatever the names' encoding; undecodable names are kept, never dropped)."""
+    return sorted(
+        (p for p in folder.iterdir()
+         if p.is_file() and not p.name.startswith(".") and p.name.lower() not in _IGNORED_NAMES),
+        key=name_sort_key,
+    )
+
+
+def _scan(folder: Path, *, patient: str | None, pixels: bool) -> _Scan:
+    """All DICOM images of one series folder (frames of multi-frame objects expanded), the
+    series chosen by :func:`_choose_series`, checked for being one 2D MR series."""
     if not folder.exists():
         raise InputError("series folder does not exist", patient=patient, file=folder,
                          hint="check the series path in the manifest")
@@ -223,20 +335,19 @@ def _scan(folder: Path, *, patient: str | None, pixels: bool) -> list[_Slice]:
             "not a folder: a series is read from the folder holding all its slice files",
             patient=patient, file=folder, hint="give the folder, not one file",
         )
-    names = sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.name.lower() not in _IGNORED_NAMES
-    )
+    names = _list_files(folder)
     slices: list[_Slice] = []
     errors: list[InputError] = []
     for path in names:
         try:
             ds = _read_file(path, patient=patient, pixels=pixels)
+            if ds is not None and ("PerFrameFunctionalGroupsSequence" in ds
+                                   or int(ds.get("NumberOfFrames", 1) or 1) > 1):
+                slices.extend(_frames(path, ds, patient))
+            elif ds is not None:
+                slices.append(_Slice(path, ds))
         except InputError as err:
             errors.append(err)
-            continue
-        if ds is not None:
-            slices.append(_Slice(path, ds))
     if errors:
         raise InputError.combine(errors)
     if not slices:
@@ -245,37 +356,51 @@ def _scan(folder: Path, *, patient: str | None, pixels: bool) -> list[_Slice]:
             patient=patient, file=folder,
             hint="point the manifest at the folder that holds the series' .dcm files",
         )
-    _check_one_series(slices, folder, patient)
-    errors = [e for s in slices if (e := _check_slice_header(s, patient)) is not None]
+    scan = _choose_series(slices, folder, patient)
+    errors = [e for s in scan.slices if (e := _check_slice_header(s, patient)) is not None]
     if errors:
         raise InputError.combine(errors)
-    return slices
+    return scan
 
 
-def _check_one_series(slices: list[_Slice], folder: Path, patient: str | None) -> None:
+def _choose_series(slices: list[_Slice], folder: Path, patient: str | None) -> _Scan:
+    """The series of a folder, by the stated rule: the SeriesInstanceUID that holds more than
+    half of the folder's images; the other images (intruders) are left out and reported by
+    count, series number and file name (never their UIDs or descriptions). Without such a
+    majority the folder is refused."""
     groups: dict[str, list[_Slice]] = {}
     for s in slices:
         groups.setdefault(str(s.ds.get("SeriesInstanceUID", "<none>")), []).append(s)
-    if len(groups) > 1:
-        listing = "; ".join(
-            f"{uid} (series {g[0].ds.get('SeriesNumber', '?')}, "
-            f"'{g[0].ds.get('SeriesDescription', '')}', {len(g)} files)"
-            for uid, g in sorted(groups.items())
-        )
+    if len(groups) == 1:
+        return _Scan(slices)
+    ranked = sorted(groups.values(), key=len, reverse=True)
+    listing = "; ".join(
+        f"series number {g[0].ds.get('SeriesNumber', '?')}: {len(g)} image(s)" for g in ranked
+    )
+    if 2 * len(ranked[0]) <= len(slices):
         raise InputError(
-            f"the folder holds {len(groups)} series, expected one: {listing}",
+            f"mixed folder: it holds {len(groups)} series and none has a majority of its "
+            f"{len(slices)} images ({listing})",
             patient=patient, file=folder,
-            hint="sort the files into one folder per SeriesInstanceUID and list the one to use",
+            hint="sort the files into one folder per series (SeriesInstanceUID) and list the "
+            "one to use",
         )
+    chosen = ranked[0]
+    left = [s for g in ranked[1:] for s in g]
+    shown = ", ".join(s.name for s in left[:3]) + (" ..." if len(left) > 3 else "")
+    note = (f"mixed folder: {len(left)} image(s) of {len(groups) - 1} other series left out "
+            f"({shown}); read the majority series (series number "
+            f"{chosen[0].ds.get('SeriesNumber', '?')}, {len(chosen)} of {len(slices)} images)")
+    return _Scan(chosen, notes=(note,))
 
 
 def _check_slice_header(s: _Slice, patient: str | None) -> InputError | None:
     ds = s.ds
     sop = str(ds.get("SOPClassUID", ""))
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if sop == _ENHANCED_MR or frames > 1:
+    if sop == _ENHANCED_MR and s.frame is None:
         return InputError(
-            f"multi-frame (enhanced) DICOM object with {frames} frame(s) is not supported",
+            "Enhanced MR (multi-frame) object without functional groups: its frames cannot be "
+            "placed in space, not supported",
             patient=patient, file=s.path,
             hint="export the series as classic single-frame MR images (one file per slice), "
             "e.g. with the scanner's 'classic DICOM' option or dcuncat/emf2sf",
@@ -369,7 +494,7 @@ def _geometry(
         dup = np.flatnonzero(gaps < tolerance)
         if dup.size:
             pairs = ", ".join(
-                f"{slices[i].path.name} and {slices[i + 1].path.name}" for i in dup[:5]
+                f"{slices[i].name} and {slices[i + 1].name}" for i in dup[:5]
             )
             raise InputError(
                 f"{dup.size} duplicate slice position(s) along the normal: {pairs}",
@@ -391,8 +516,8 @@ def _geometry(
             worst = int(np.argmax(np.abs(gaps - np.median(gaps))))
             raise InputError(
                 f"slice spacing is not uniform (missing slice?): gaps found {found}; "
-                f"largest irregularity between {slices[worst].path.name} and "
-                f"{slices[worst + 1].path.name}",
+                f"largest irregularity between {slices[worst].name} and "
+                f"{slices[worst + 1].name}",
                 patient=patient, file=folder,
                 hint="re-export the complete series; slices must be evenly spaced",
             )
@@ -406,9 +531,14 @@ def _geometry(
 # pixel data
 
 
-def _pixels(s: _Slice, patient: str | None) -> np.ndarray:
-    """Stored values of one slice, rescaled (slope, intercept), as float32 ``[rows, cols]``."""
-    ds = s.ds
+def _pixels(s: _Slice, patient: str | None, decoded: dict[int, np.ndarray] | None = None
+            ) -> np.ndarray:
+    """Stored values of one slice, rescaled (slope, intercept), as float32 ``[rows, cols]``.
+
+    A frame of a multi-frame object is taken from the object's pixel data, decoded once per
+    object (``decoded`` caches it by object).
+    """
+    ds = s.ds if s.source is None else s.source
     ts = UID(str(ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian)))
     if ts.is_compressed:
         try:
@@ -424,7 +554,15 @@ def _pixels(s: _Slice, patient: str | None) -> np.ndarray:
                 "decompress the series first (e.g. 'gdcmconv --raw' or 'dcmdjpeg')",
             )
     try:
-        stored = ds.pixel_array
+        if s.source is None:
+            stored = ds.pixel_array
+        else:
+            cache = {} if decoded is None else decoded
+            if id(ds) not in cache:
+                frames = ds.pixel_array
+                cache[id(ds)] = frames[None] if frames.ndim == 2 else frames
+            stored = cache[id(ds)][s.frame]
+            ds = s.ds  # the frame's own rows, columns and rescale
     except Exception as err:
         raise InputError(
             f"pixel data cannot be decoded ({type(err).__name__}: {err})",
@@ -446,14 +584,24 @@ def _pixels(s: _Slice, patient: str | None) -> np.ndarray:
 # public API
 
 
-def read_series(path: str | PathLike[str], *, patient: str | None = None) -> nib.Nifti1Image:
+def read_series(
+    path: str | PathLike[str], *, patient: str | None = None, allow_burned_in: bool = False
+) -> nib.Nifti1Image:
     """Read one folder holding one 2D MR DICOM series into a volume.
 
     Args:
         path: the series folder. Files that are clearly not DICOM images (hidden files,
             ``DICOMDIR``, notes, structured reports) are ignored; subfolders are not read.
+            Classic single-frame images and multi-frame (Enhanced MR) objects are read; the
+            frames of a multi-frame object are placed by its per-frame functional groups. A
+            folder holding images of several series is read by one rule: the series
+            (SeriesInstanceUID) holding more than half of the images is read, the others are
+            left out (:func:`series_metadata` reports them in ``notes``).
         patient: the study's pseudonymous patient id, used only to name the patient in error
             messages.
+        allow_burned_in: read a series flagged ``BurnedInAnnotation = YES`` (text such as the
+            patient's name burned into the pixels) instead of refusing it. Only after someone
+            checked the images: the pixels reach figures that are shared.
 
     Returns:
         ``Nifti1Image`` with float32 data ``[i, j, k]`` (columns, rows, slices; see the module
@@ -465,18 +613,24 @@ def read_series(path: str | PathLike[str], *, patient: str | None = None) -> nib
     Raises:
         InputError: naming the patient, file or folder and the problem, for: a missing path
             or a file instead of a folder, an empty folder, unreadable or truncated files,
-            several series in the folder, non-MR modality, multi-frame objects, compressed
-            data without a decoder, missing geometry attributes, differing matrix or pixel
-            spacing, inconsistent orientation, duplicate positions, sheared stacks, and
-            non-uniform spacing (missing slices) beyond max(0.05 mm, 1 % of the spacing).
+            files over :data:`MAX_FILE_BYTES`, several series without a majority, non-MR
+            modality, multi-frame objects without per-frame geometry, burned-in annotation
+            (unless allowed), compressed data without a decoder, missing geometry attributes,
+            differing matrix or pixel spacing, inconsistent orientation, duplicate positions,
+            sheared stacks, and non-uniform spacing (missing slices) beyond max(0.05 mm, 1 %
+            of the spacing).
     """
     folder = Path(path)
-    slices, geometry = _geometry(_scan(folder, patient=patient, pixels=True), folder, patient)
+    scan = _scan(folder, patient=patient, pixels=True)
+    if not allow_burned_in:
+        _refuse_burned_in(scan.slices, folder, patient)
+    slices, geometry = _geometry(scan.slices, folder, patient)
     errors: list[InputError] = []
     planes = []
+    decoded: dict[int, np.ndarray] = {}
     for s in slices:
         try:
-            planes.append(_pixels(s, patient).T)  # [rows, cols] -> [i, j]
+            planes.append(_pixels(s, patient, decoded).T)  # [rows, cols] -> [i, j]
         except InputError as err:
             errors.append(err)
     if errors:
@@ -490,6 +644,67 @@ def read_series(path: str | PathLike[str], *, patient: str | None = None) -> nib
     img.header["descrip"] = b""
     img.header["aux_file"] = b""
     return img
+
+
+@dataclass(frozen=True)
+class SeriesGrid:
+    """The voxel grid :func:`read_series` gives a series, from its headers only.
+
+    Attributes:
+        shape: ``(columns, rows, slices)``, the volume's ``[i, j, k]`` shape.
+        affine: float64 4 x 4, voxel index -> world RAS+ mm.
+        plane: the nearest of "sagittal", "coronal", "axial" (from the slice normal).
+        patient_ids: the PatientID, PatientName and OtherPatientIDs of the first image.
+        notes: what was left out of a mixed folder (see :func:`read_series`).
+    """
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    plane: str
+    patient_ids: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+
+def series_grid(path: str | PathLike[str], *, patient: str | None = None) -> SeriesGrid:
+    """The grid of the series :func:`read_series` would read from ``path`` (headers only).
+
+    The series is chosen and checked as by :func:`read_series` (majority rule, multi-frame
+    objects, every geometry check), without decoding pixels.
+
+    Raises:
+        InputError: as :func:`read_series`, for every problem visible in the headers.
+    """
+    folder = Path(path)
+    scan = _scan(folder, patient=patient, pixels=False)
+    slices, geometry = _geometry(scan.slices, folder, patient)
+    first = slices[0].ds
+    ids = tuple(sorted({str(first.get(k)) for k in ("PatientID", "PatientName",
+                                                      "OtherPatientIDs") if first.get(k)}))
+    cols, rows = int(first.Columns), int(first.Rows)
+    return SeriesGrid(shape=(cols, rows, len(slices)), affine=geometry.to_ras().affine.copy(),
+                      plane=geometry.slice_plane, patient_ids=ids, notes=scan.notes)
+
+
+def burned_in_annotation(path: str | PathLike[str], *, patient: str | None = None) -> bool:
+    """Whether any image of the series is flagged ``BurnedInAnnotation = YES`` (headers only)."""
+    return any(_is_burned_in(s) for s in _scan(Path(path), patient=patient, pixels=False).slices)
+
+
+def _is_burned_in(s: _Slice) -> bool:
+    return str(s.ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES"
+
+
+def _refuse_burned_in(slices: list[_Slice], folder: Path, patient: str | None) -> None:
+    flagged = [s for s in slices if _is_burned_in(s)]
+    if flagged:
+        raise InputError(
+            f"burned-in annotation: {len(flagged)} of {len(slices)} image(s) are flagged "
+            "BurnedInAnnotation = YES (text in the pixels, such as a name, would reach the "
+            "report's figures)",
+            patient=patient, file=folder,
+            hint="check the images; if they hold no identifying text, set allow_burned_in = yes "
+            "on this series' row of series.csv",
+        )
 
 
 def voxel_to_world(img: nib.spatialimages.SpatialImage, ijk: Any) -> np.ndarray:
@@ -548,11 +763,16 @@ def series_metadata(path: str | PathLike[str], *, patient: str | None = None) ->
         ``PixelSpacing`` order), ``slice_thickness_mm``, ``slice_spacing_mm`` (measured from the
         positions), ``rows``, ``columns``, ``n_slices``, ``orientation`` (the nearest of
         "sagittal", "coronal", "axial", from the slice normal), ``obliquity_deg`` (angle of the
-        normal from that plane's axis), ``patient_position`` (e.g. HFS, HFDL). Missing
-        attributes are ``None`` (or "" for text).
+        normal from that plane's axis), ``patient_position`` (e.g. HFS, HFDL),
+        ``multi_frame`` (read from a multi-frame object), ``burned_in_annotation``
+        (an image is flagged
+        ``BurnedInAnnotation = YES``), ``notes`` (what was left out of a mixed folder, by the
+        majority rule of :func:`read_series`; "" when nothing). Missing attributes are
+        ``None`` (or "" for text).
     """
     folder = Path(path)
-    slices, geometry = _geometry(_scan(folder, patient=patient, pixels=False), folder, patient)
+    scan = _scan(folder, patient=patient, pixels=False)
+    slices, geometry = _geometry(scan.slices, folder, patient)
     ds = slices[0].ds
     spacing = [float(v) for v in ds.PixelSpacing]
     manufacturer = str(ds.get("Manufacturer", "") or "")
@@ -573,6 +793,9 @@ def series_metadata(path: str | PathLike[str], *, patient: str | None = None) ->
         "orientation": geometry.slice_plane,
         "obliquity_deg": geometry.obliquity_deg,
         "patient_position": str(ds.get("PatientPosition", "") or ""),
+        "multi_frame": any(s.frame is not None for s in slices),
+        "burned_in_annotation": any(_is_burned_in(s) for s in slices),
+        "notes": "; ".join(scan.notes),
     }
 
 
@@ -585,8 +808,8 @@ def series_identity(path: str | PathLike[str], *, patient: str | None = None) ->
     ``reports/``.
     """
     folder = Path(path)
-    slices = _scan(folder, patient=patient, pixels=False)
-    ds = slices[0].ds
+    slices = _scan(folder, patient=patient, pixels=False).slices
+    ds = slices[0].ds if slices[0].source is None else slices[0].source
     found: dict[str, str] = {}
     for keyword in IDENTITY_KEYWORDS:
         value = ds.get(keyword)
@@ -647,7 +870,11 @@ def deidentify_series(
     if dst.resolve() == src.resolve():
         raise InputError("de-identification would overwrite the source series",
                          patient=patient, file=src, hint="give a different output folder")
-    slices, _ = _geometry(_scan(src, patient=patient, pixels=True), src, patient)
+    slices, _ = _geometry(_scan(src, patient=patient, pixels=True).slices, src, patient)
+    if any(s.frame is not None for s in slices):
+        raise InputError("de-identified copies of multi-frame objects are not written",
+                         patient=patient, file=src,
+                         hint="export the series as classic single-frame MR images")
     anonymizer = dicognito.anonymizer.Anonymizer(seed=str(seed))
     dst.mkdir(parents=True, exist_ok=True)
     for index, s in enumerate(slices, start=1):

@@ -49,7 +49,11 @@ class InputError(ValueError):
         message = f"{', '.join(where)}: {self.problem}" if where else self.problem
         if self.hint:
             message += f"; {self.hint}"
-        return message
+        # file names are bytes: show undecodable ones escaped, so the message can be written
+        try:
+            return message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
     @classmethod
     def combine(cls, errors: Iterable[InputError]) -> InputError:

@@ -11,8 +11,11 @@ names: :class:`magn_lib.layout.WorkPaths`):
   manifest's ``patients`` and ``lesions`` restricted to the patients read.
 
 Only geometry and pixel values leave the DICOM files: NIfTI headers carry no text, file names
-carry only the study's pseudonymous ids, and error reasons written to the exclusions table are
-scrubbed of every identifying value found in the patient's headers and of the manifest folder.
+carry only the study's pseudonymous ids, and every text written from the user's files (error
+reasons in the exclusions table, the series table's ``notes``, pydicom's warnings) passes the
+manifest's scrubber (:class:`magn_lib.scrub.Scrubber`): series folders and mask files shown by
+study id, the patient's identifying header values redacted, UIDs replaced. Stamps keep file
+names as digests only.
 A patient whose series cannot be read is excluded with the reason; the others proceed. A
 patient whose sources (file names, sizes, modification times, mask label) are unchanged since
 the last ingest is skipped.
@@ -20,8 +23,10 @@ the last ingest is skipped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +42,7 @@ from magn_lib.errors import InputError
 from magn_lib.files import atomic_path, write_csv, write_json
 from magn_lib.layout import INGEST_TABLES, WorkPaths
 from magn_lib.manifest import Manifest
+from magn_lib.scrub import captured_warnings
 
 __all__ = [
     "EXCLUSION_COLUMNS",
@@ -59,7 +65,8 @@ class IngestResult:
     """What the ingest stage produced.
 
     Attributes:
-        patients, lesions: the manifest's tables restricted to the patients that were read.
+        patients, lesions: the manifest's tables restricted to the patients that were read;
+            ``lesions["mask"]`` is the converted sagittal mask, relative to ``work_dir``.
         series: one row per ingested series: ``patient_id``, ``view``, ``nifti`` (path
             relative to ``work_dir``), shape, voxel size (mm) and acquisition metadata.
         exclusions: ``EXCLUSION_COLUMNS``; one row per lesion of each excluded patient.
@@ -109,59 +116,80 @@ def save_nifti(img: nib.Nifti1Image, path: str | Path) -> None:
 
 
 def _signature(paths: Sequence[Path], extra: Any) -> dict[str, Any]:
-    """Cheap fingerprint of source files: names, sizes and modification times."""
+    """Cheap fingerprint of source files: names, sizes and modification times.
+
+    The names are kept as digests: the stamp lies in the work folder, and the user's folder
+    and file names may hold the patient's name (PACS exports name folders so).
+    """
     files = []
     for root in paths:
-        candidates = sorted(root.rglob("*")) if root.is_dir() else [root]
+        candidates = sorted(root.rglob("*"), key=os.fsencode) if root.is_dir() else [root]
         for f in candidates:
             if f.is_file():
                 st = f.stat()
-                files.append([str(f), st.st_size, st.st_mtime_ns])
+                name = hashlib.sha256(os.fsencode(f)).hexdigest()[:20]
+                files.append([name, st.st_size, st.st_mtime_ns])
     return {"reader": __version__, "files": files, "extra": extra}
 
 
-def _scrub(text: str, secrets: Sequence[str], root: Path) -> str:
-    text = text.replace(f"{root}{os.sep}", "").replace(str(root), ".")
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 3:
-            text = text.replace(secret, "[redacted]")
-    return text
-
-
-def _identity_values(folders: Sequence[Path]) -> list[str]:
-    values: set[str] = set()
+def _identity_values(folders: Sequence[Path]) -> dict[str, list[str]]:
+    """The identifying values of a patient's series, for the scrubber: ``names`` (person
+    names, redacted word by word) and ``secrets`` (every other value, redacted whole)."""
+    secrets: set[str] = set()
+    names: set[str] = set()
     for folder in folders:
         try:
             found = series_identity(folder)
         except Exception:  # an unreadable folder has already been reported by read_series
             continue
-        for value in found.values():
-            values.add(value)
-            values.update(part for part in value.replace("^", " ").split() if len(part) >= 4)
-    return sorted(values)
+        for keyword, value in found.items():
+            if keyword in _PERSON_NAMES or keyword.startswith("Patient"):
+                names.add(value)
+            else:
+                secrets.add(value)
+    return {"secrets": sorted(secrets), "names": sorted(names)}
+
+
+# person-name attributes (VR PN) besides the Patient* ones: redacted word by word
+_PERSON_NAMES = frozenset({"ReferringPhysicianName", "PerformingPhysicianName",
+                           "NameOfPhysiciansReadingStudy", "OperatorsName",
+                           "RequestingPhysician", "OtherPatientNames"})
 
 
 def _ingest_patient(
     manifest: Manifest, patient_id: str, views: Sequence[str], paths: WorkPaths
 ) -> dict[str, Any]:
-    """Read one patient; return its series rows, or the reason it is excluded."""
+    """Read one patient; return its series rows, or the reason it is excluded.
+
+    Every warning raised while its files are read (pydicom's carry raw header values) is
+    captured and re-issued scrubbed (:func:`magn_lib.scrub.captured_warnings`).
+    """
+    with captured_warnings(manifest.scrubber()):
+        return _read_patient(manifest, patient_id, views, paths)
+
+
+def _read_patient(
+    manifest: Manifest, patient_id: str, views: Sequence[str], paths: WorkPaths
+) -> dict[str, Any]:
     folders = {view: manifest.series_folder(patient_id, view) for view in views}
     lesions = manifest.lesions[manifest.lesions["patient_id"] == patient_id]
     mask_files = sorted({manifest.path(m) for m in lesions["mask"]})
     stamp = paths.ingest_stamp(patient_id)
     signature = _signature(
         [*folders.values(), *mask_files],
-        {"views": list(views), "lesions": lesions[["lesion_id", "mask", "mask_label"]]
-         .astype(str).values.tolist()},
+        {"views": list(views), "lesions": lesions[["lesion_id", "mask_label"]]
+         .astype(str).values.tolist()},  # mask paths: in the file digests
     )
     if stamp.is_file():
         previous = json.loads(stamp.read_text())
         if previous.get("signature") == signature:
             return {"patient_id": patient_id, "series": previous["series"], "skipped": True}
+    scrub = manifest.scrubber()
     try:
         rows = []
         for view, folder in folders.items():
-            img = read_series(folder, patient=patient_id)
+            img = read_series(folder, patient=patient_id,
+                              allow_burned_in=manifest.allows_burned_in(patient_id, view))
             meta = series_metadata(folder, patient=patient_id)
             out = paths.volume(patient_id, view)
             save_nifti(img, out)
@@ -171,14 +199,22 @@ def _ingest_patient(
                 "shape": "x".join(map(str, img.shape)),
                 "voxel_mm": "x".join(f"{z:.3f}" for z in img.header.get_zooms()[:3]),
                 **{k: _plain(meta.get(k)) for k in _METADATA_KEYS},
+                "notes": meta["notes"],
             })
             if view == "sagittal":
                 sagittal = img
         for lesion in lesions.itertuples():
             _save_lesion_mask(manifest, lesion, sagittal, paths)
     except InputError as exc:
-        reason = _scrub(str(exc), _identity_values(list(folders.values())), manifest.root)
-        return {"patient_id": patient_id, "error": reason}
+        secrets = scrub.with_secrets(**_identity_values(list(folders.values())))
+        return {"patient_id": patient_id, "error": str(secrets.error(exc))}
+    if any(row["notes"] for row in rows):
+        secrets = scrub.with_secrets(**_identity_values(list(folders.values())))
+        for row in rows:
+            row["notes"] = secrets(row["notes"])
+            if row["notes"]:
+                warnings.warn(f"patient {patient_id}, {row['view']} series: {row['notes']}",
+                              UserWarning, stacklevel=2)
     write_json(stamp, {"signature": signature, "series": rows}, indent=None)
     return {"patient_id": patient_id, "series": rows, "skipped": False}
 
@@ -194,7 +230,8 @@ def _save_lesion_mask(manifest: Manifest, lesion: Any, sagittal: nib.Nifti1Image
     path = manifest.path(lesion.mask)
     mask = nib.load(path)
     data = np.asanyarray(mask.dataobj)
-    binary = (np.rint(data) == int(lesion.mask_label)).astype(np.uint8)
+    # integer labels only: the manifest refuses soft masks (manifest.mask_values_problem)
+    binary = (data == int(lesion.mask_label)).astype(np.uint8)
     if binary.shape != sagittal.shape[:3] or not np.allclose(
         mask.affine, sagittal.affine, atol=0.05
     ):
@@ -264,6 +301,10 @@ def ingest_cohort(
     keep = ~manifest.patients["patient_id"].isin(failed)
     patients = manifest.patients[keep].reset_index(drop=True)
     lesions = lesions[~lesions["patient_id"].isin(failed)].reset_index(drop=True)
+    # the converted mask in the work folder, not the user's file (its name may be a patient's)
+    lesions["mask"] = pd.array(
+        [paths.mask(lid, "sagittal").relative_to(paths.work_dir).as_posix()
+         for lid in lesions["lesion_id"]], dtype="string")
     paths.ingest_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in (("series", series), ("exclusions", exclusions),
                         ("patients", patients), ("lesions", lesions)):

@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import ClassVar
 
 __all__ = [
+    "BundlePaths",
+    "PredictionPaths",
     "FoldPaths",
     "GridPaths",
     "INGEST_TABLES",
@@ -388,3 +390,65 @@ def default_run_parents() -> tuple[Path, Path]:
     from magn_lib.config import project_root
 
     return project_root() / _REPORTS, project_root() / _WORK
+
+
+@dataclass(frozen=True)
+class BundlePaths:
+    """Files of an exported model bundle (a folder written by ``magn export``)::
+
+        <bundle>/bundle.json        meta           what the model is, how it was trained
+                 checksums.sha256   checksums      SHA-256 of every other file
+                 model_card.md      model_card
+                 oof.csv            oof            the training run's out-of-fold predictions
+                 models/fold<k>.pt  model(k)       one state dict per fold model
+    """
+
+    root: Path
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "bundle.json"
+
+    @property
+    def checksums(self) -> Path:
+        return self.root / "checksums.sha256"
+
+    @property
+    def model_card(self) -> Path:
+        return self.root / "model_card.md"
+
+    @property
+    def oof(self) -> Path:
+        return self.root / "oof.csv"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    def model(self, fold: int) -> Path:
+        return self.models_dir / f"fold{int(fold)}.pt"
+
+
+@dataclass(frozen=True)
+class PredictionPaths:
+    """Files ``magn predict`` writes under its ``--out`` folder::
+
+        <out>/predictions.csv                       table       one row per lesion (batch)
+              <lesion_id>/prediction.json           prediction(lesion_id)
+              <lesion_id>/case_report.html          case_report(lesion_id)
+    """
+
+    root: Path
+
+    @property
+    def table(self) -> Path:
+        return self.root / "predictions.csv"
+
+    def case_dir(self, lesion_id: str) -> Path:
+        return self.root / str(lesion_id)
+
+    def prediction(self, lesion_id: str) -> Path:
+        return self.case_dir(lesion_id) / "prediction.json"
+
+    def case_report(self, lesion_id: str) -> Path:
+        return self.case_dir(lesion_id) / "case_report.html"

@@ -20,6 +20,8 @@ naming the patient, the file (and the CSV line) and what is wrong.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import re
 from collections.abc import Sequence
@@ -33,16 +35,20 @@ import numpy as np
 import pandas as pd
 
 from magn_lib.config import VIEWS
+from magn_lib.dicom import SeriesGrid, series_grid
 from magn_lib.errors import InputError
-from magn_lib.geometry import Geometry, nearest_plane, slice_normal, sort_slices
+from magn_lib.scrub import Scrubber, captured_warnings
 
 __all__ = [
     "GRID_TOLERANCE_MM",
     "LABELS",
+    "MANIFEST_TABLES",
     "SEXES",
     "SITES",
     "Manifest",
+    "listed_inputs",
     "load_manifest",
+    "mask_values_problem",
     "sagittal_grid",
 ]
 
@@ -58,7 +64,11 @@ _COLUMNS = {
     "series.csv": ("patient_id", "view", "folder"),
     "readers.csv": ("lesion_id", "reader", "call", "confidence"),
 }
+#: The manifest folder's tables (readers.csv optional).
+MANIFEST_TABLES: tuple[str, ...] = tuple(_COLUMNS)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_YES_NO = {"": False, "no": False, "n": False, "false": False, "0": False,
+           "yes": True, "y": True, "true": True, "1": True}
 _SEX_ALIASES = {"m": "M", "male": "M", "f": "F", "female": "F"}
 
 
@@ -99,6 +109,20 @@ class Manifest:
             raise KeyError(f"no {view} series for patient {patient_id}")
         return self.path(rows["folder"].iloc[0])
 
+    def allows_burned_in(self, patient_id: str, view: str) -> bool:
+        """Whether series.csv opts this series in despite ``BurnedInAnnotation = YES``
+        (column ``allow_burned_in``: yes/no, default no)."""
+        rows = self.series[(self.series["patient_id"] == patient_id)
+                           & (self.series["view"] == view)]
+        return bool(not rows.empty and "allow_burned_in" in rows
+                    and bool(rows["allow_burned_in"].iloc[0]))
+
+    def scrubber(self) -> Scrubber:
+        """The scrubber for texts about this cohort: each series folder shown as
+        ``"P001 sagittal series"``, each mask file as ``"P001 mask"``, the manifest folder as
+        ``"manifest"`` (:class:`magn_lib.scrub.Scrubber`)."""
+        return _scrubber(self.root, self.series, self.lesions)
+
     def mask_path(self, lesion_id: str) -> Path:
         """The sagittal mask file of a lesion (select ``mask_label`` inside it)."""
         rows = self.lesions[self.lesions["lesion_id"] == lesion_id]
@@ -107,90 +131,43 @@ class Manifest:
         return self.path(rows["mask"].iloc[0])
 
 
-@dataclass(frozen=True)
-class _Grid:
-    shape: tuple[int, int, int]
-    affine: np.ndarray  # voxel (i = column, j = row, k = slice) -> RAS+ mm
-    patient_ids: tuple[str, ...]  # DICOM PatientID / PatientName / OtherPatientIDs seen
+def _scrubber(root: Path, series: pd.DataFrame | None, lesions: pd.DataFrame | None
+              ) -> Scrubber:
+    labels: dict[Path, str] = {root: "manifest"}
+    if series is not None:
+        for pid, view, folder in zip(series["patient_id"], series["view"], series["folder"],
+                                     strict=True):
+            if str(folder):
+                labels[root / str(folder)] = f"{pid} {view} series"
+    if lesions is not None:
+        for pid, mask in zip(lesions["patient_id"], lesions["mask"], strict=True):
+            if str(mask):
+                labels[root / str(mask)] = f"{pid} mask"
+    return Scrubber.build(labels=labels)
 
 
 def sagittal_grid(folder: str | PathLike[str]) -> tuple[tuple[int, int, int], np.ndarray]:
     """Shape ``(columns, rows, slices)`` and RAS+ affine of a DICOM series, from headers only.
 
-    The convention and arithmetic of ``magn_lib.dicom.read_series``
-    (:meth:`magn_lib.geometry.Geometry.from_dicom`): ``i`` = column index, ``j`` = row index,
-    ``k`` = slices sorted by position along ``row cosines x column cosines``, slice step
-    measured from the first and last positions; not checked for evenly spaced slices (the
-    ingest stage does that).
+    The grid :func:`magn_lib.dicom.read_series` gives the series (the same choice of series
+    in a mixed folder, the same checks: :func:`magn_lib.dicom.series_grid`): ``i`` = column
+    index, ``j`` = row index, ``k`` = slices sorted by position along ``row cosines x column
+    cosines``.
 
     Raises:
         InputError: no readable DICOM image, or headers that do not form one grid.
     """
-    grid = _read_grid(Path(folder), patient=None)
+    grid = series_grid(Path(folder))
     return grid.shape, grid.affine
 
 
-def _read_grid(folder: Path, *, patient: str | None) -> _Grid:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    tags = ["ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
-            "SeriesInstanceUID", "PatientID", "PatientName", "OtherPatientIDs"]
-    headers = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
-        except (InvalidDicomError, OSError, EOFError, ValueError):
-            continue
-        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
-            headers.append(ds)
-    if not headers:
-        raise InputError("no DICOM image with position and orientation in this folder",
-                         patient=patient, file=folder,
-                         hint="point the series row at the folder holding the series' files")
-    uids = {str(ds.get("SeriesInstanceUID", "")) for ds in headers}
-    if len(uids) > 1:
-        raise InputError(f"{len(uids)} series in one folder", patient=patient, file=folder,
-                         hint="give each series its own folder")
+def _series_grid(folder: Path, patient: str) -> SeriesGrid | None:
+    """The series' grid, or ``None`` when its DICOM cannot be read: that patient is then
+    excluded by the ingest stage with the reason, and the others proceed."""
     try:
-        iop = np.array([float(x) for x in headers[0].ImageOrientationPatient])
-        spacing = [float(x) for x in headers[0].PixelSpacing]
-        rows, cols = int(headers[0].Rows), int(headers[0].Columns)
-        for ds in headers[1:]:
-            if not np.allclose([float(x) for x in ds.ImageOrientationPatient], iop, atol=1e-4):
-                raise ValueError("orientation differs between slices")
-            if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-                raise ValueError("image size differs between slices")
-        pos = np.array([[float(x) for x in ds.ImagePositionPatient] for ds in headers])
-        stack = sort_slices(iop, pos)
-        step = stack.step if len(pos) > 1 else 1.0
-        geometry = Geometry.from_dicom(iop, pos[stack.order[0]], spacing, step)
-    except (AttributeError, TypeError, ValueError, IndexError) as err:
-        raise InputError(f"series headers do not form one grid ({err})", patient=patient,
-                         file=folder) from err
-    ids = set()
-    for ds in headers[:1]:
-        for key in ("PatientID", "PatientName", "OtherPatientIDs"):
-            value = ds.get(key)
-            if value:
-                ids.add(str(value))
-    return _Grid(shape=(cols, rows, len(headers)), affine=geometry.to_ras().affine.copy(),
-                 patient_ids=tuple(sorted(ids)))
-
-
-def _orientation(folder: Path) -> str | None:
-    """The nearest plane name of the first readable slice's normal, or None."""
-    import pydicom
-
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True,
-                                 specific_tags=["ImageOrientationPatient"])
-            normal = slice_normal([float(x) for x in ds.ImageOrientationPatient])
-        except Exception:  # noqa: BLE001 - any unreadable file: try the next one
-            continue
-        return nearest_plane(normal)
-    return None
+        return series_grid(folder, patient=patient)
+    except InputError:
+        return None
 
 
 def _corners(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
@@ -200,7 +177,7 @@ def _corners(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
 
 
 def _same_voxels_reordered(mask_shape: Sequence[int], mask_affine: np.ndarray,
-                           grid: _Grid) -> bool:
+                           grid: SeriesGrid) -> bool:
     """True when the mask covers the series' voxel centres in another axis order or sense."""
     a = np.sort(_corners(mask_shape, mask_affine), axis=0)
     b = np.sort(_corners(grid.shape, grid.affine), axis=0)
@@ -218,26 +195,93 @@ class _Collector:
         self.errors.append(InputError(problem, patient=patient or None, file=file, hint=hint))
 
 
+_DELIMITERS = (",", ";", "\t")
+_DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
+
+
+def _split(line: str, delimiter: str) -> list[str]:
+    return [c.strip() for c in next(csv.reader([line], delimiter=delimiter,
+                                               skipinitialspace=True), [])]
+
+
 def _read_csv(root: Path, name: str, errors: _Collector, *, optional: bool = False
               ) -> pd.DataFrame | None:
+    """One manifest table as text cells, tolerant of what spreadsheets write.
+
+    Accepted: a UTF-8 byte-order mark, CRLF or CR line ends, blank lines and rows whose cells
+    are all empty (Excel's trailing ``,,,``), empty trailing columns, and a ``;`` or tab
+    delimiter (detected from the header: the delimiter that yields the required columns; with
+    ``;`` a decimal comma such as ``3,87`` is read as ``3.87``). Anything else (another
+    encoding, a row with more non-empty cells than the header) is refused with the fix.
+    The ``_line`` column keeps each row's line number in the file (the header is line 1).
+    """
     path = root / name
     if not path.is_file():
         if not optional:
             errors.add(f"{name} is missing from the manifest folder", file=path,
                        hint="see data_manifest/README.md and the templates beside it")
         return None
+    raw = path.read_bytes()
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        errors.add(f"cannot be read as CSV ({err})", file=path)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        errors.add(f"not UTF-8 text (byte {raw[err.start:err.start + 1]!r} at offset "
+                   f"{err.start})", file=path,
+                   hint="save the table as 'CSV UTF-8' (Excel: Save As > CSV UTF-8; "
+                   "LibreOffice: Text CSV, character set Unicode (UTF-8))")
         return None
-    table.columns = [c.strip() for c in table.columns]
-    table = table.apply(lambda col: col.str.strip())
-    missing = [c for c in _COLUMNS[name] if c not in table.columns]
+    lines = text.splitlines()
+    header_at = next((n for n, line in enumerate(lines) if line.strip(" ,;\t")), None)
+    if header_at is None:
+        errors.add("the file is empty (no header line)", file=path,
+                   hint=f"the first line names the columns: {', '.join(_COLUMNS[name])}")
+        return None
+    required = _COLUMNS[name]
+    delimiter = next((d for d in _DELIMITERS
+                      if set(required) <= set(_split(lines[header_at], d))), ",")
+    header = _split(lines[header_at], delimiter)
+    while header and not header[-1]:
+        header.pop()  # empty trailing columns
+    missing = [c for c in required if c not in header]
     if missing:
-        errors.add(f"required column(s) {missing} missing; has {list(table.columns)}", file=path)
+        hint = None
+        for other in _DELIMITERS[1:]:
+            if other in lines[header_at] and "," not in lines[header_at]:
+                hint = (f"the header is split by {other!r}, not ','; it must name the columns "
+                        f"{', '.join(required)}")
+        errors.add(f"required column(s) {missing} missing; has {header}", file=path, hint=hint)
         return None
-    table["_line"] = np.arange(len(table)) + 2  # header is line 1
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    if duplicated or "" in header:
+        what = f"duplicate column(s) {duplicated}" if duplicated else "an empty column name"
+        errors.add(f"line {header_at + 1}: header has {what}", file=path,
+                   hint="give every column one unique name")
+        return None
+    reader = csv.reader(io.StringIO("\n".join(lines[header_at + 1:])), delimiter=delimiter,
+                        skipinitialspace=True)
+    rows, numbers = [], []
+    for record in reader:
+        cells = [c.strip() for c in record]
+        line = header_at + 1 + reader.line_num
+        if not any(cells):
+            continue  # a blank line or a row of empty cells
+        if len(cells) > len(header):
+            if any(cells[len(header):]):
+                errors.add(f"line {line}: {len(cells)} cells, the header names {len(header)} "
+                           "columns", file=path,
+                           hint="remove the extra cells, or quote cells that contain the "
+                           f"delimiter {delimiter!r}")
+                continue
+            cells = cells[:len(header)]
+        cells += [""] * (len(header) - len(cells))
+        if delimiter == ";":
+            cells = [c.replace(",", ".") if _DECIMAL_COMMA.match(c) else c for c in cells]
+        rows.append(cells)
+        numbers.append(line)
+    table = pd.DataFrame(rows, columns=header, dtype=str)
+    if table.empty:
+        table = pd.DataFrame({c: pd.Series(dtype=str) for c in header})
+    table["_line"] = np.asarray(numbers, dtype=np.int64)
     return table
 
 
@@ -346,6 +390,7 @@ def _check_lesions(table: pd.DataFrame, patients: set[str], errors: _Collector, 
         out[col] = out[col].astype("string")
     out["label"] = np.asarray(labels, dtype=np.int64)
     out["mask_label"] = np.asarray(mask_labels, dtype=np.int64)
+    out["_mask_label_given"] = [bool(row.get("mask_label", "")) for _, row in table.iterrows()]
     out["size_cm"] = pd.array(sizes, dtype="Float64")
     if "vertebra" not in out:
         out["vertebra"] = ""
@@ -390,12 +435,10 @@ def _check_series(table: pd.DataFrame, patients: set[str], views: tuple[str, ...
                        file=folder, hint="paths are relative to the manifest folder")
         elif not any(p.is_file() for p in folder.iterdir()):
             errors.add(f"{where}: {view} series folder is empty", patient=pid, file=folder)
-        elif view != "sagittal":  # the sagittal grid is read in full below
-            found = _orientation(folder)
-            if found is None:
-                errors.add(f"{where}: no readable DICOM image in the {view} series folder",
-                           patient=pid, file=folder)
-            elif found != view:
+        elif view != "sagittal":  # the sagittal grid is read below, with the masks
+            grid = _series_grid(folder, pid)
+            found = None if grid is None else grid.plane
+            if found is not None and found != view:
                 errors.add(f"{where}: the series in the {view} row is {found}", patient=pid,
                            file=folder, hint="check which folder holds which view")
     for pid in sorted(patients):
@@ -407,13 +450,23 @@ def _check_series(table: pd.DataFrame, patients: set[str], views: tuple[str, ...
     out["patient_id"] = out["patient_id"].astype("string")
     out["view"] = pd.Categorical(out["view"], categories=list(VIEWS))
     out["folder"] = out["folder"].astype("string")
+    allowed = []
+    for _, row in table.iterrows():
+        cell = str(row.get("allow_burned_in", "") or "").lower()
+        if cell not in _YES_NO:
+            errors.add(f"{_where('series.csv', row)}: allow_burned_in {cell!r} is not yes or no",
+                       patient=row["patient_id"], file=file,
+                       hint="yes only after checking that the images hold no burned-in text "
+                       "that identifies the patient")
+        allowed.append(_YES_NO.get(cell, False))
+    out["allow_burned_in"] = np.asarray(allowed, dtype=bool)
     return out
 
 
 def _check_masks(lesions: pd.DataFrame, series: pd.DataFrame, errors: _Collector, root: Path
                  ) -> None:
     """Each mask: exists, readable, on its patient's sagittal grid, holds its label."""
-    grids: dict[str, _Grid | None] = {}
+    grids: dict[str, SeriesGrid | None] = {}
     masks: dict[Path, tuple[Any, np.ndarray | None]] = {}
     sag = series[series["view"] == "sagittal"]
     folder_of = dict(zip(sag["patient_id"], sag["folder"], strict=True))
@@ -445,16 +498,17 @@ def _check_masks(lesions: pd.DataFrame, series: pd.DataFrame, errors: _Collector
             errors.add(f"{where}: mask has {data.ndim} dimensions, expected 3", patient=pid,
                        file=path)
             continue
+        problem = mask_values_problem(data, label_given=bool(row["_mask_label_given"]))
+        if problem is not None:
+            errors.add(f"{where}: {problem[0]}", patient=pid, file=path, hint=problem[1])
+            continue
         # grid of the sagittal series, read once per patient from the DICOM headers
         if pid not in grids:
             grids[pid] = None
             folder = folder_of.get(pid)
             if folder and (root / folder).is_dir():
-                try:
-                    grids[pid] = _read_grid(root / folder, patient=pid)
-                except InputError as err:
-                    errors.errors.extend(err.errors)
-                else:
+                grids[pid] = _series_grid(root / folder, pid)
+                if grids[pid] is not None:
                     tokens = {t for value in grids[pid].patient_ids
                               for t in re.split(r"[\^\s\\,'\[\]]+", value) if t}
                     if pid in grids[pid].patient_ids or pid in tokens:
@@ -487,6 +541,38 @@ def _check_masks(lesions: pd.DataFrame, series: pd.DataFrame, errors: _Collector
             errors.add(f"{where}: mask is empty for label {label} (labels present: "
                        f"{present or 'none'})", patient=pid, file=path,
                        hint="check mask_label, or draw the lesion")
+
+
+def mask_values_problem(data: np.ndarray, *, label_given: bool = True
+                        ) -> tuple[str, str] | None:
+    """What is wrong with a mask's values, as ``(problem, fix)``, or ``None``.
+
+    The rule: a mask holds integer labels only (0 = background); values between (a soft or
+    probabilistic mask, e.g. 0.3 and 0.9) are refused, never thresholded silently; a mask with
+    labels other than 1 needs the lesion's ``mask_label`` in lesions.csv (with
+    ``label_given=False`` it is refused, never read as label 1 by default).
+    """
+    values = np.unique(np.asarray(data))
+    if not np.isfinite(values).all():
+        return ("mask holds NaN or infinite values",
+                "save the mask with integer labels (0 = background, 1 = lesion)")
+    fractional = values[values != np.rint(values)]
+    if fractional.size:
+        shown = ", ".join(f"{v:g}" for v in fractional[:4]) + (" ..." if fractional.size > 4
+                                                               else "")
+        return (f"mask holds {fractional.size} non-integer value(s) ({shown}): a soft or "
+                "probabilistic mask, which is not thresholded silently",
+                "threshold it at the level you choose and save it with integer labels "
+                "(0 = background, 1 = lesion)")
+    labels = values[values != 0].astype(np.int64)
+    if (labels < 0).any():
+        return (f"mask holds negative labels ({labels[labels < 0][:4].tolist()})",
+                "labels are 0 = background, 1, 2, ... = lesions")
+    if not label_given and set(labels.tolist()) - {1}:
+        return (f"mask holds the labels {labels[:10].tolist()} and lesions.csv gives no "
+                "mask_label for this lesion",
+                "add a mask_label column with the value of this lesion in the mask")
+    return None
 
 
 def _check_readers(table: pd.DataFrame, lesions: pd.DataFrame, errors: _Collector, root: Path
@@ -545,6 +631,34 @@ def _check_readers(table: pd.DataFrame, lesions: pd.DataFrame, errors: _Collecto
     return out
 
 
+def listed_inputs(path: str | PathLike[str]) -> dict[str, Path]:
+    """The series folders and mask files a manifest folder lists, keyed by study ids:
+    ``"series/<patient_id>/<view>"`` and ``"mask/<patient_id>"`` (``"mask/<patient_id>/2"``
+    for a patient's second mask file...). Read leniently (no validation): rows that cannot be
+    read are left out."""
+    root = Path(path)
+    errors = _Collector()
+    out: dict[str, Path] = {}
+    series = _read_csv(root, "series.csv", errors, optional=True)
+    if series is not None:
+        for _, row in series.iterrows():
+            if row["patient_id"] and row["view"] and row["folder"]:
+                out.setdefault(f"series/{row['patient_id']}/{row['view']}", root / row["folder"])
+    lesions = _read_csv(root, "lesions.csv", errors, optional=True)
+    if lesions is not None:
+        seen: dict[str, list[Path]] = {}
+        for _, row in lesions.iterrows():
+            if not (row["patient_id"] and row["mask"]):
+                continue
+            masks = seen.setdefault(row["patient_id"], [])
+            mask = root / row["mask"]
+            if mask not in masks:
+                masks.append(mask)
+                n = len(masks)
+                out[f"mask/{row['patient_id']}" + (f"/{n}" if n > 1 else "")] = mask
+    return out
+
+
 def load_manifest(path: str | PathLike[str], *, views: Sequence[str] = VIEWS) -> Manifest:
     """Read and validate a manifest folder.
 
@@ -589,10 +703,12 @@ def load_manifest(path: str | PathLike[str], *, views: Sequence[str] = VIEWS) ->
                     errors.add(f"{_where('patients.csv', row)}: patient without lesion in "
                                "lesions.csv", patient=row["patient_id"], file=root / "lesions.csv",
                                hint="remove the patient or add the lesion(s)")
-    if series_t is not None:
-        series = _check_series(series_t, ids, checked_views, errors, root)
-    if lesions is not None and series is not None:
-        _check_masks(lesions, series, errors, root)
+    # pydicom's warnings carry raw header values (UIDs): captured and re-issued scrubbed
+    with captured_warnings(_scrubber(root, series_t, lesions_t)):
+        if series_t is not None:
+            series = _check_series(series_t, ids, checked_views, errors, root)
+        if lesions is not None and series is not None:
+            _check_masks(lesions, series, errors, root)
     if readers_t is not None and lesions is not None:
         readers = _check_readers(readers_t, lesions, errors, root)
     if errors.errors:
@@ -604,7 +720,7 @@ def load_manifest(path: str | PathLike[str], *, views: Sequence[str] = VIEWS) ->
                                 "reader": pd.Series(dtype="string"),
                                 "call": pd.Series(dtype=np.int64),
                                 "confidence": pd.Series(dtype=np.int64)})
-    drop = {"columns": "_line", "errors": "ignore"}
+    drop = {"columns": ["_line", "_mask_label_given"], "errors": "ignore"}
     return Manifest(root=root, patients=patients.drop(**drop).reset_index(drop=True),
                     lesions=lesions.drop(**drop).reset_index(drop=True),
                     series=series.drop(**drop).reset_index(drop=True),

@@ -387,22 +387,44 @@ def tree_sha256(folder: str | Path, *, suffixes: tuple[str, ...] | None = None) 
 
 
 def input_checksums(manifest_dir: str | Path) -> dict[str, str]:
-    """SHA-256 of every file of a manifest folder: each top-level file (the CSV tables) by
-    name, and each sub-folder holding files (a DICOM series, a mask folder) as one checksum
-    over its files' names and checksums, keyed ``"folder/"``."""
+    """SHA-256 of every input of a manifest folder, keyed by study ids, never by the names of
+    the user's folders and files (PACS exports name them after the patient).
+
+    Keys: each top-level table by its name (``"patients.csv"``); each series folder listed in
+    series.csv, wherever it lies, as ``"series/<patient_id>/<view>"`` (one checksum over its
+    files' names and checksums); each mask file listed in lesions.csv as
+    ``"mask/<patient_id>"`` (``"mask/<patient_id>/2"`` ... for a patient's further mask files);
+    every other file under the folder in one ``"other files (N)"`` checksum.
+    """
+    from magn_lib.manifest import MANIFEST_TABLES, listed_inputs
+
     folder = Path(manifest_dir)
-    per_file = tree_sha256(folder)
+    listed = listed_inputs(folder)
     out: dict[str, str] = {}
-    groups: dict[str, list[str]] = {}
-    for rel, sha in per_file.items():
-        parent, _, name = rel.rpartition("/")
-        if parent:
-            groups.setdefault(parent + "/", []).append(f"{name}:{sha}")
+    claimed: set[Path] = set()
+    for key, path in listed.items():
+        path = Path(path)
+        if path.is_dir():
+            items = [f"{rel}:{sha}" for rel, sha in tree_sha256(path).items()]
+            out[key] = hashlib.sha256("\n".join(items).encode("utf-8", "surrogateescape")
+                                      ).hexdigest()
+            claimed.update(p.resolve() for p in path.rglob("*"))
+        elif path.is_file():
+            out[key] = file_sha256(path)
+            claimed.add(path.resolve())
+    others = []
+    for rel, sha in tree_sha256(folder).items():
+        path = folder / rel
+        if path.resolve() in claimed:
+            continue
+        if rel in MANIFEST_TABLES:
+            out[rel] = sha  # the tables: named by the schema, not by the user
         else:
-            out[rel] = sha
-    for parent, items in sorted(groups.items()):
-        out[parent] = hashlib.sha256("\n".join(items).encode()).hexdigest()
-    return out
+            others.append(f"{rel}:{sha}")
+    if others:
+        out[f"other files ({len(others)})"] = hashlib.sha256(
+            "\n".join(others).encode("utf-8", "surrogateescape")).hexdigest()
+    return dict(sorted(out.items()))
 
 
 def code_sha256() -> str:

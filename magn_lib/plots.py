@@ -94,13 +94,14 @@ CAPTIONS: Mapping[str, str] = {
     "learning_curves": "Mean over folds, band: range over folds; solid lines: with attention "
     "guidance. Look for a training loss that falls: a flat or rising loss means the network "
     "did not learn with these settings.",
-    "fig4_roc": "Thin lines: each fold; thick black line: all folds pooled; dashed: the "
-    "radiomics model; points: the radiologists' calls. Curves nearer the top-left corner "
-    "separate the classes better; the spread of the fold curves shows how much the result "
-    "depends on the split.",
-    "roc_all_models": "The pooled ROC curve of every model; colour and line style together "
-    "identify a model (legend). Look for curves that stay above the others over the whole "
-    "range, not at one point only.",
+    "fig4_roc": "Thin lines: each fold; thick black line: all folds pooled after ranking within "
+    "each fold; dashed: the radiomics model, pooled the same way; points: the readers' calls "
+    "(on the embedded cohort simulated readers, not radiologists). Curves nearer the top-left "
+    "corner separate the classes better; the spread of the fold curves shows how much the "
+    "result depends on the split.",
+    "roc_all_models": "The ROC curve of every model, pooled after ranking within folds; colour "
+    "and line style together identify a model (legend). Look for curves that stay above the "
+    "others over the whole range, not at one point only.",
     "fig5_gradcam": "Where the network looks (Grad-CAM), without and with attention "
     "guidance; green: the lesion outline. Look whether the bright area falls on the lesion: "
     "guidance should move it there.",
@@ -113,6 +114,7 @@ CAPTIONS: Mapping[str, str] = {
 }
 _SECTIONS = {"magn": "Attention guided network", "radiomics": "Radiomics model",
              "reader": "Radiologist assessment"}
+_SIMULATED_READERS_SECTION = "Simulated readers (not radiologists)"
 _VIEW_ALIASES = {"multi-view": "multi-view", "multiview": "multi-view", "multi_view": "multi-view",
                  "all": "multi-view", "sagittal": "sagittal", "axial": "axial",
                  "coronal": "coronal"}
@@ -238,12 +240,15 @@ def _operating_point(sub: pd.DataFrame, threshold: float = 0.5) -> tuple[float, 
     return 1.0 - m["specificity"], m["sensitivity"]
 
 
-def _reader_points(ax: Axes, readers: pd.DataFrame) -> None:
+def _reader_points(ax: Axes, readers: pd.DataFrame, *, simulated: bool) -> None:
+    from magn_lib.readers import reader_label
+
     markers = ["o", "s", "^", "D", "v", "P"]
     for i, (name, sub) in enumerate(readers.groupby("config", sort=True)):
         x, y = _operating_point(sub)
         ax.scatter([x], [y], marker=markers[i % len(markers)], s=60, zorder=5,
-                   edgecolor="black", label=f"{name} (call)", gid=f"reader:{name}")
+                   edgecolor="black", label=f"{reader_label(name, simulated=simulated)} (call)",
+                   gid=f"reader:{name}")
 
 
 def plot_roc_folds(
@@ -253,6 +258,8 @@ def plot_roc_folds(
     config: str = "multi-view+attention",
     compare: Sequence[tuple[str, str]] = (("radiomics", "multi-view"),),
     readers: pd.DataFrame | None = None,
+    simulated_readers: bool = False,
+    ranked: bool = True,
     ax: Axes | None = None,
 ) -> Figure:
     """ROC of one configuration per fold and pooled, other models' pooled curves, readers as
@@ -270,12 +277,19 @@ def plot_roc_folds(
         method, config: the model drawn per fold.
         compare: (method, config) of models drawn pooled only.
         readers: reader predictions in the same format (``readers.reader_predictions``).
+        simulated_readers: the readers are simulated (the embedded cohort): their legend
+            entries say so (``readers.reader_label``).
+        ranked: pool the folds after ranking within each fold (``stats.rank_within_folds``;
+            the fold models' probabilities are not on one scale), labelled so; ``False`` pools
+            the raw probabilities. Per-fold curves are the same either way.
         ax: draw into these axes instead of a new Figure.
 
     Returns:
         The Figure.
     """
     data = stats.check_oof(oof)
+    pooled_data = stats.rank_within_folds(data) if ranked else data
+    pooled_name = "pooled, ranked within folds" if ranked else "pooled"
     sub = data[(data["method"] == method) & (data["config"] == config)]
     if sub.empty:
         raise ValueError(f"no predictions for {stats.model_name(method, config)}")
@@ -288,11 +302,12 @@ def plot_roc_folds(
         fpr, tpr, auc = _roc_curve(part)
         ax.plot(fpr, tpr, linewidth=1, alpha=0.8, color=style["color"],
                 linestyle="-", label=f"fold {fold} (AUC {auc:.2f})")
-    fpr, tpr, auc = _roc_curve(sub)
-    ax.plot(fpr, tpr, color="black", linewidth=2.5, label=f"pooled (AUC {auc:.2f})")
+    pooled = pooled_data[(pooled_data["method"] == method) & (pooled_data["config"] == config)]
+    fpr, tpr, auc = _roc_curve(pooled)
+    ax.plot(fpr, tpr, color="black", linewidth=2.5, label=f"{pooled_name} (AUC {auc:.2f})")
     others = curve_styles(len(folds) + len(compare))[len(folds):]
     for (cm, cc), style in zip(compare, others, strict=True):
-        other = data[(data["method"] == cm) & (data["config"] == cc)]
+        other = pooled_data[(pooled_data["method"] == cm) & (pooled_data["config"] == cc)]
         if other.empty:
             continue
         fpr, tpr, auc = _roc_curve(other)
@@ -300,7 +315,7 @@ def plot_roc_folds(
                 label=f"{stats.model_name(cm, cc)} (AUC {auc:.2f})")
     rd = data[data["method"] == "reader"] if readers is None else stats.check_oof(readers)
     if len(rd):
-        _reader_points(ax, rd)
+        _reader_points(ax, rd, simulated=simulated_readers)
     ax.set_title(f"ROC: {stats.model_name(method, config)}")
     ax.legend(loc="lower right", fontsize="small")
     return fig
@@ -310,6 +325,8 @@ def plot_roc_comparison(
     oof: pd.DataFrame,
     *,
     models: Sequence[tuple[str, str]] | None = None,
+    simulated_readers: bool = False,
+    ranked: bool = True,
     ax: Axes | None = None,
 ) -> Figure:
     """Pooled out-of-fold ROC curve per model; readers (method ``"reader"``) as points.
@@ -317,11 +334,16 @@ def plot_roc_comparison(
     Args:
         oof: out-of-fold predictions of any number of models.
         models: (method, config) pairs to draw; default all, in table order.
+        simulated_readers: label the reader points as simulated readers.
+        ranked: pool after ranking within each fold (``stats.rank_within_folds``), as the
+            title says; ``False`` pools the raw probabilities.
 
     Returns:
         The Figure (one line per non-reader model plus the chance diagonal).
     """
     data = stats.check_oof(oof)
+    # curves from the (ranked) scores; reader points from their calls, never ranked
+    scores = stats.rank_within_folds(data) if ranked else data
     if models is None:
         models = list(dict.fromkeys(zip(data["method"], data["config"], strict=True)))
     fig, ax = _new_axes(ax)
@@ -330,16 +352,17 @@ def plot_roc_comparison(
     curves = [m for m in models if m[0] != "reader"]
     styles = dict(zip(curves, curve_styles(len(curves)), strict=True))
     for method, config in models:
-        sub = data[(data["method"] == method) & (data["config"] == config)]
         if method == "reader":
-            reader_rows.append(sub)
+            reader_rows.append(data[(data["method"] == method) & (data["config"] == config)])
             continue
+        sub = scores[(scores["method"] == method) & (scores["config"] == config)]
         fpr, tpr, auc = _roc_curve(sub)
         ax.plot(fpr, tpr, linewidth=1.8, **styles[(method, config)],
                 label=f"{stats.model_name(method, config)} (AUC {auc:.2f})")
     if reader_rows:
-        _reader_points(ax, pd.concat(reader_rows))
-    ax.set_title("ROC, pooled out-of-fold predictions")
+        _reader_points(ax, pd.concat(reader_rows), simulated=simulated_readers)
+    ax.set_title("ROC, pooled out-of-fold predictions"
+                 + (", ranked within folds" if ranked else ""))
     ax.legend(loc="lower right", fontsize="x-small")
     return fig
 
@@ -414,15 +437,19 @@ def table2(
     """The paper's Table 2 from our predictions, with the paper's values beside ours.
 
     Every model in ``oof`` (MAGN configs, radiomics configs, readers), ordered as in the paper.
-    ACC and F1 pooled over folds with patient-bootstrap CIs; AUC as mean ± SD over folds (how
-    the paper reports it) and pooled with a DeLong CI. All numbers are those of
-    ``stats.metrics_table`` (pass its output as ``metrics`` to avoid computing it twice).
+    AUC as mean ± SD over folds (how the paper reports it; the primary number), pooled after
+    ranking within each fold with a patient-bootstrap CI (``auc_ranked*``), and the raw pooled
+    AUC with the patient-bootstrap (``auc_low/high``) and the lesion-level DeLong CI
+    (``auc_delong_low/high``, secondary); ACC and F1 pooled over folds with patient-bootstrap
+    CIs. All numbers are those of ``stats.metrics_table`` (pass its output as ``metrics`` to
+    avoid computing it twice).
 
     Returns:
         DataFrame with columns ``section, method, config, view, attention, n_lesions,
-        accuracy, accuracy_low, accuracy_high, auc_fold_mean, auc_fold_sd, auc, auc_low,
-        auc_high, f1, f1_low, f1_high, paper_accuracy, paper_auc, paper_auc_sd, paper_f1``
-        (paper columns NaN where the paper has no such row).
+        accuracy, accuracy_low, accuracy_high, auc_fold_mean, auc_fold_sd, auc_ranked,
+        auc_ranked_low, auc_ranked_high, auc, auc_low, auc_high, auc_delong_low,
+        auc_delong_high, f1, f1_low, f1_high, paper_accuracy, paper_auc, paper_auc_sd,
+        paper_f1`` (paper columns NaN where the paper has no such row).
     """
     if metrics is None:
         if oof is None:
@@ -448,7 +475,10 @@ def table2(
             "accuracy": r.accuracy, "accuracy_low": r.accuracy_low,
             "accuracy_high": r.accuracy_high,
             "auc_fold_mean": r.auc_fold_mean, "auc_fold_sd": r.auc_fold_sd,
+            "auc_ranked": r.auc_ranked, "auc_ranked_low": r.auc_ranked_low,
+            "auc_ranked_high": r.auc_ranked_high,
             "auc": r.auc, "auc_low": r.auc_low, "auc_high": r.auc_high,
+            "auc_delong_low": r.auc_delong_low, "auc_delong_high": r.auc_delong_high,
             "f1": r.f1, "f1_low": r.f1_low, "f1_high": r.f1_high,
             "paper_accuracy": np.nan if ref is None else ref["accuracy"],
             "paper_auc": np.nan if ref is None else ref["auc"],
@@ -459,9 +489,19 @@ def table2(
     return out.reset_index(drop=True)
 
 
-def format_table2(t2: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
-    """Display version of ``table2``: "0.83 (95 % CI 0.74–0.91)" (the report's one interval
-    style, :func:`magn_lib.display.format_interval`) and "mean ± SD", the paper beside."""
+def format_table2(t2: pd.DataFrame, *, decimals: int = 2,
+                  simulated_readers: bool = False) -> pd.DataFrame:
+    """Display version of ``table2``: the per-fold AUC first, as the paper reports it.
+
+    Columns: ``Section, Configuration, Attention``, ``AUC folds (mean ± SD)``, ``AUC pooled,
+    ranked within folds`` (patient bootstrap), ``ACC``, ``F1`` (patient bootstrap), ``AUC
+    pooled, lesion-level DeLong`` (secondary: it treats the lesions of a patient as
+    independent), then the paper's ACC, AUC, F1. Intervals as "0.83 (95 % CI 0.74–0.91)" (the
+    report's one interval style, :func:`magn_lib.display.format_interval`). With
+    ``simulated_readers`` the readers' section and names say "simulated"
+    (``readers.reader_label``).
+    """
+    from magn_lib.readers import reader_label
 
     def f(x: float) -> str:
         return "–" if not np.isfinite(x) else f"{x:.{decimals}f}"
@@ -472,20 +512,27 @@ def format_table2(t2: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
     def pm(m: float, s: float) -> str:
         return f"{f(m)} ± {f(s)}" if np.isfinite(m) and np.isfinite(s) else f(m)
 
+    section = t2["section"].where(
+        ~((t2["method"] == "reader") & simulated_readers), _SIMULATED_READERS_SECTION)
     acc, auc, f1 = (stats.METRIC_LABELS[m] for m in ("accuracy", "auc", "f1"))
     return pd.DataFrame({
-        "Section": t2["section"],
-        "Configuration": [v.capitalize() if m != "reader" else c.replace("reader", "Radiologist ")
+        "Section": section,
+        "Configuration": [v.capitalize() if m != "reader"
+                          else reader_label(c, simulated=simulated_readers)
                           for m, v, c in zip(t2["method"], t2["view"], t2["config"], strict=True)],
         "Attention": np.where(t2["attention"], "✓", "–"),
-        acc: [ci(*v) for v in zip(t2["accuracy"], t2["accuracy_low"],
-                                                 t2["accuracy_high"], strict=True)],
         f"{auc} folds (mean ± SD)": [pm(*v) for v in zip(t2["auc_fold_mean"], t2["auc_fold_sd"],
                                                          strict=True)],
-        f"{auc} pooled (DeLong)": [ci(*v) for v in zip(t2["auc"], t2["auc_low"],
-                                                              t2["auc_high"], strict=True)],
+        f"{auc} pooled, ranked within folds": [
+            ci(*v) for v in zip(t2["auc_ranked"], t2["auc_ranked_low"], t2["auc_ranked_high"],
+                                strict=True)],
+        acc: [ci(*v) for v in zip(t2["accuracy"], t2["accuracy_low"], t2["accuracy_high"],
+                                  strict=True)],
         f1: [ci(*v) for v in zip(t2["f1"], t2["f1_low"], t2["f1_high"],
                                                strict=True)],
+        f"{auc} pooled, lesion-level DeLong": [
+            ci(*v) for v in zip(t2["auc"], t2["auc_delong_low"], t2["auc_delong_high"],
+                                strict=True)],
         f"Paper {acc}": [f(v) for v in t2["paper_accuracy"]],
         f"Paper {auc}": [pm(*v) for v in zip(t2["paper_auc"], t2["paper_auc_sd"], strict=True)],
         f"Paper {f1}": [f(v) for v in t2["paper_f1"]],

@@ -41,6 +41,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -62,6 +63,7 @@ from magn_lib.crops import Crop, CropCache, LesionCrops, crop_lesion
 from magn_lib.data import CropDataset
 from magn_lib.dicom import read_series, series_identity
 from magn_lib.errors import InputError
+from magn_lib.layout import PredictionPaths
 from magn_lib.manifest import GRID_TOLERANCE_MM
 from magn_lib.report import atomic_write_text
 
@@ -188,7 +190,9 @@ def _on_grid(mask: nib.Nifti1Image, sagittal: nib.Nifti1Image, *, label: int, fi
     to_grid = np.linalg.inv(sagittal.affine) @ mask.affine
     axes_match = np.allclose(to_grid[:3, :3], np.eye(3), atol=1e-3)
     offset = to_grid[:3, 3]
-    integral = np.allclose(offset, np.rint(offset), atol=1e-3)
+    zooms = np.linalg.norm(sagittal.affine[:3, :3], axis=0)
+    # the manifest's tolerance: voxel centres at most GRID_TOLERANCE_MM from the series' own
+    integral = bool(np.all(np.abs(offset - np.rint(offset)) * zooms <= GRID_TOLERANCE_MM))
     corner_mm = float(np.linalg.norm(mask.affine[:3, 3] - sagittal.affine[:3, 3]))
     if not (axes_match and integral):
         raise InputError(
@@ -646,24 +650,32 @@ evidence). Grad-CAM shows what drove the score, not where the lesion is.</figcap
 
 
 def _write_case(out: Path, bundle: Bundle, prepared: _Prepared, result: dict[str, Any],
-                report: bool) -> None:
-    folder = out / prepared.case.lesion_id
-    folder.mkdir(parents=True, exist_ok=True)
+                report: bool, pdf: bool = False) -> None:
+    files = PredictionPaths(out)
+    lesion_id = prepared.case.lesion_id
     if report:
         fold = _explained_fold(result)
         result["gradcam_fold"] = fold
-        atomic_write_text(folder / "case_report.html",
+        html_path = files.case_report(lesion_id)
+        atomic_write_text(html_path,
                           _case_html(result, _figure_png(bundle, prepared, result, fold), fold))
-    atomic_write_text(folder / "prediction.json",
+        if pdf:
+            from magn_lib.report import print_pdf
+
+            why_not = print_pdf(html_path, html_path.with_suffix(".pdf"))
+            result["case_report_pdf"] = why_not or html_path.with_suffix(".pdf").name
+    atomic_write_text(files.prediction(lesion_id),
                       json.dumps(finite_json(result), indent=2, allow_nan=False))
 
 
 # --------------------------------------------------------------------------------- entry points
 
 def predict_case(bundle: Bundle, case: CaseInput, out: str | PathLike[str] | None = None, *,
-                 report: bool = True) -> dict[str, Any]:
+                 report: bool = True, pdf: bool = False) -> dict[str, Any]:
     """Score one lesion; with ``out``, write ``<out>/<lesion id>/prediction.json`` and
-    ``case_report.html`` (see the module doc). Returns the prediction (what the JSON holds).
+    ``case_report.html`` (see the module doc), and with ``pdf`` also ``case_report.pdf``
+    printed from it by Chromium (:func:`magn_lib.report.print_pdf`; when it cannot, the JSON's
+    ``case_report_pdf`` says why). Returns the prediction (what the JSON holds).
 
     Raises:
         InputError: a bad id, a missing view, an unreadable series or mask, a mask off the
@@ -672,7 +684,7 @@ def predict_case(bundle: Bundle, case: CaseInput, out: str | PathLike[str] | Non
     prepared = _prepare(bundle, case)
     result = _result(bundle, prepared, _score(bundle, [prepared])[0])
     if out is not None:
-        _write_case(Path(out), bundle, prepared, result, report)
+        _write_case(Path(out), bundle, prepared, result, report, pdf)
     return result
 
 
@@ -687,6 +699,7 @@ def predict_manifest(
     out: str | PathLike[str],
     *,
     report: bool = True,
+    pdf: bool = False,
     on_lesion: Callable[[str], None] | None = None,
     timings: dict[str, float] | None = None,
 ) -> pd.DataFrame:
@@ -707,34 +720,55 @@ def predict_manifest(
     views = bundle.meta["preprocessing"]["views_read"]
     manifest = load_manifest(manifest_dir, views=views)
     clock = {"prepare": 0.0, "score": 0.0, "report": 0.0}
-    prepared, failed = [], []
+    cases = [CaseInput(lesion_id=str(lesion.lesion_id), patient_id=str(lesion.patient_id),
+                       series={v: manifest.series_folder(lesion.patient_id, v) for v in views},
+                       mask=manifest.mask_path(lesion.lesion_id),
+                       mask_label=int(getattr(lesion, "mask_label", 1) or 1))
+             for lesion in manifest.lesions.itertuples()]
     series_cache: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    last_patient = None
-    for lesion in manifest.lesions.itertuples():
-        case = CaseInput(
-            lesion_id=str(lesion.lesion_id), patient_id=str(lesion.patient_id),
-            series={v: manifest.series_folder(lesion.patient_id, v) for v in views},
-            mask=manifest.mask_path(lesion.lesion_id),
-            mask_label=int(getattr(lesion, "mask_label", 1) or 1))
-        if lesion.patient_id != last_patient:  # keep one patient's series at a time
+    current = {"patient": None}
+
+    def prepare(case: CaseInput) -> _Prepared:
+        if case.patient_id != current["patient"]:  # keep one patient's series at a time
             series_cache.clear()
-            last_patient = lesion.patient_id
+            current["patient"] = case.patient_id
+        t0 = time.perf_counter()
         try:
-            prepared.append(_prepare(bundle, case, series_cache))
-        except InputError as exc:
-            failed.append({"lesion_id": case.lesion_id, "patient_id": case.patient_id,
-                           "status": "error", "error": exc.problem})
-    clock["prepare"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    raw = _score(bundle, prepared) if prepared else np.zeros((0, len(bundle.models)))
-    clock["score"] = time.perf_counter() - t0
+            return _prepare(bundle, case, series_cache)
+        finally:
+            clock["prepare"] += time.perf_counter() - t0
+
+    # reading the next lesions (Python, DICOM) overlaps with scoring the last batch (torch,
+    # which releases the interpreter lock): one reader thread, lesions in manifest order
+    prepared, failed, parts, batch = [], [], [], []
+
+    def score(batch: list[_Prepared]) -> None:
+        t0 = time.perf_counter()
+        parts.append(_score(bundle, batch))
+        clock["score"] += time.perf_counter() - t0
+
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        for case, future in [(c, reader.submit(prepare, c)) for c in cases]:
+            try:
+                batch.append(future.result())
+            except InputError as exc:
+                failed.append({"lesion_id": case.lesion_id, "patient_id": case.patient_id,
+                               "status": "error", "error": exc.problem})
+                continue
+            if len(batch) == bundle.batch_size:
+                prepared += batch
+                score(batch)
+                batch = []
+    if batch:
+        prepared += batch
+        score(batch)
+    raw = np.concatenate(parts) if parts else np.zeros((0, len(bundle.models)))
     t0 = time.perf_counter()
     rows = []
     folds = sorted(bundle.models)
     for case_data, probabilities in zip(prepared, raw, strict=True):
         result = _result(bundle, case_data, probabilities)
-        _write_case(out, bundle, case_data, result, report)
+        _write_case(out, bundle, case_data, result, report, pdf)
         rows.append({
             "lesion_id": result["lesion_id"], "patient_id": result["patient_id"],
             "status": "ok", "probability_mm": result["probability_mm"], "call": result["call"],
@@ -754,7 +788,7 @@ def predict_manifest(
             table[column] = pd.NA
     table = table[[*CSV_COLUMNS, *(c for c in table.columns if c not in CSV_COLUMNS)]]
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "predictions.csv", table.to_csv(index=False, float_format="%.10g"))
+    atomic_write_text(PredictionPaths(out).table, table.to_csv(index=False, float_format="%.10g"))
     if timings is not None:
         timings.update(clock)
     return table

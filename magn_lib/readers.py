@@ -26,14 +26,16 @@ import numpy as np
 import pandas as pd
 
 from magn_lib import stats
-from magn_lib.display import format_interval
+from magn_lib.display import format_interval, format_p
 from magn_lib.errors import InputError
 
 __all__ = [
     "READ_COLUMNS",
     "format_reader_metrics",
+    "format_readers_vs_models",
     "ordinal_score",
     "reader_agreement",
+    "reader_label",
     "reader_metrics",
     "reader_predictions",
     "reader_scores",
@@ -66,6 +68,17 @@ def ordinal_score(
     c = c.astype(np.int64)
     k = k.astype(np.int64)
     return np.where(c == 1, 5 + k, 6 - k).astype(np.int64)
+
+
+def reader_label(name: str, *, simulated: bool) -> str:
+    """How a page names a reader: ``"reader2"`` -> ``"Simulated reader 2"`` for the embedded
+    cohort's simulated readers, ``"Radiologist 2"`` for a cohort's real reads (names that do
+    not end in a number are kept, with "Simulated reader" before them when simulated)."""
+    name = str(name)
+    stem = name.removeprefix("reader").strip(" _-")
+    if simulated:
+        return f"Simulated reader {stem}" if stem.isdigit() else f"Simulated reader {name}"
+    return f"Radiologist {stem}" if stem.isdigit() and stem != name else name
 
 
 def _check_reads(reads: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
@@ -158,9 +171,9 @@ def reader_metrics(
     """Per-reader ACC, F1, sensitivity, specificity (from the call) and two AUCs.
 
     ``auc_call`` is the AUC of the binary call (= (sensitivity + specificity) / 2),
-    ``auc_ordinal`` the AUC of the 10-point call + confidence score; both with DeLong CIs
-    (``stats.delong_ci``). The threshold metrics carry patient-bootstrap percentile CIs
-    (``stats.bootstrap_metrics``, seeded).
+    ``auc_ordinal`` the AUC of the 10-point call + confidence score. Every interval is a
+    patient-bootstrap percentile CI (``stats.bootstrap_metrics``, seeded; lesions of one
+    patient drawn together), the AUCs' included.
 
     Returns:
         DataFrame, one row per reader, columns ``reader, n_lesions, n_patients``, then
@@ -181,9 +194,14 @@ def reader_metrics(
             row[m] = float(boot.loc[m, "estimate"])
             row[f"{m}_low"] = float(boot.loc[m, "ci_low"])
             row[f"{m}_high"] = float(boot.loc[m, "ci_high"])
-        for name, s in (("auc_call", call), ("auc_ordinal", sub["score"].to_numpy())):
-            auc, lo, hi = stats.delong_ci(y, s.astype(np.float64), level)
-            row[name], row[f"{name}_low"], row[f"{name}_high"] = auc, lo, hi
+        ordinal = (sub["score"].to_numpy(np.float64) - 1.0) / 9.0
+        ordinal_boot = stats.bootstrap_metrics(y, ordinal, sub["patient_id"], threshold=0.5,
+                                               n_resamples=n_resamples, level=level,
+                                               seed=seed).set_index("metric")
+        for name, b in (("auc_call", boot), ("auc_ordinal", ordinal_boot)):
+            row[name] = float(b.loc["auc", "estimate"])
+            row[f"{name}_low"] = float(b.loc["auc", "ci_low"])
+            row[f"{name}_high"] = float(b.loc["auc", "ci_high"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -233,25 +251,39 @@ def readers_vs_models(
     *,
     models: Sequence[tuple[str, str]] | None = None,
     threshold: float = 0.5,
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Each reader against each model on the lesions both scored.
+    """Each reader against each model on the lesions both scored, corrected for multiplicity.
 
     AUC: DeLong's test of the reader's 10-point ordinal score against the model's probability
-    (``stats.delong_test``). Calls: McNemar's test of the reader's calls against the model's
-    calls at ``threshold`` (``stats.mcnemar_test``; exact when < 25 discordant lesions).
+    (``stats.delong_test``, lesion level) and the paired patient-bootstrap interval of the
+    difference ``auc_model - auc_reader`` (``stats.bootstrap_auc_difference``: resamples
+    patients, so it respects lesions clustering in patients). Calls: McNemar's test of the
+    reader's calls against the model's calls at ``threshold`` (``stats.mcnemar_test``; exact
+    when < 25 discordant lesions). Holm's step-down correction
+    (``statsmodels.stats.multitest.multipletests``) runs over the whole family of the table's
+    tests, every DeLong and every McNemar p-value together (2 x readers x models tests): read
+    ``delong_p_holm`` and ``mcnemar_p_holm``, not the unadjusted columns, when the table is
+    read as a whole.
 
     Args:
         reads, lesions: as in ``reader_predictions``.
         oof: out-of-fold predictions of the models (method, config, ..., probability).
         models: (method, config) pairs to compare with; default every model in ``oof`` other
             than readers.
+        threshold: the models' call threshold.
+        n_resamples, level, seed: the patient bootstrap of the AUC difference.
 
     Returns:
-        DataFrame with columns ``reader, method, config, n_lesions, auc_reader, auc_model,
-        delong_z, delong_p, accuracy_reader, accuracy_model, reader_only_correct,
-        model_only_correct,
-        mcnemar_statistic, mcnemar_p, mcnemar_method``.
+        DataFrame with columns ``reader, method, config, n_lesions, n_patients, auc_reader,
+        auc_model, auc_difference, auc_difference_low, auc_difference_high, delong_z,
+        delong_p, delong_p_holm, accuracy_reader, accuracy_model, reader_only_correct,
+        model_only_correct, mcnemar_statistic, mcnemar_p, mcnemar_p_holm, mcnemar_method``.
     """
+    from statsmodels.stats.multitest import multipletests
+
     r = _check_reads(reads, lesions)
     data = stats.check_oof(oof)
     data = data[data["method"] != "reader"]
@@ -273,19 +305,36 @@ def readers_vs_models(
             score_r = rsub.loc[common, "score"].to_numpy(np.float64)
             prob_m = msub.loc[common, "probability"].to_numpy(np.float64)
             auc_r, auc_m, z, p = stats.delong_test(y, score_r, prob_m)
+            patients = rsub.loc[common, "patient_id"].to_numpy()
+            diff = stats.bootstrap_auc_difference(y, prob_m, score_r, patients,
+                                                  n_resamples=n_resamples, level=level,
+                                                  seed=seed)
             call_r = rsub.loc[common, "call"].to_numpy()
             call_m = (prob_m >= threshold).astype(np.int64)
             mc = stats.mcnemar_test(y, call_r, call_m)
             rows.append({
                 "reader": reader, "method": method, "config": config, "n_lesions": len(common),
-                "auc_reader": auc_r, "auc_model": auc_m, "delong_z": z, "delong_p": p,
+                "n_patients": diff["n_patients"], "auc_reader": auc_r, "auc_model": auc_m,
+                "auc_difference": diff["difference"], "auc_difference_low": diff["ci_low"],
+                "auc_difference_high": diff["ci_high"], "delong_z": z, "delong_p": p,
                 "accuracy_reader": float(np.mean(call_r == y)),
                 "accuracy_model": float(np.mean(call_m == y)),
                 "reader_only_correct": mc.a_only, "model_only_correct": mc.b_only,
                 "mcnemar_statistic": mc.statistic, "mcnemar_p": mc.p_value,
                 "mcnemar_method": mc.method,
             })
-    return pd.DataFrame(rows)
+    columns = ["reader", "method", "config", "n_lesions", "n_patients", "auc_reader",
+               "auc_model", "auc_difference", "auc_difference_low", "auc_difference_high",
+               "delong_z", "delong_p", "delong_p_holm", "accuracy_reader", "accuracy_model",
+               "reader_only_correct", "model_only_correct", "mcnemar_statistic", "mcnemar_p",
+               "mcnemar_p_holm", "mcnemar_method"]
+    out = pd.DataFrame(rows, columns=[c for c in columns if not c.endswith("_holm")])
+    # one family: every DeLong and every McNemar test of the table
+    family = np.r_[out["delong_p"].to_numpy(np.float64), out["mcnemar_p"].to_numpy(np.float64)]
+    adjusted = multipletests(family, method="holm")[1] if family.size else family
+    out["delong_p_holm"] = adjusted[: len(out)]
+    out["mcnemar_p_holm"] = adjusted[len(out):]
+    return out[columns]
 
 
 def reader_scores(reads: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
@@ -300,9 +349,11 @@ def reader_scores(reads: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([calls, ordinal], ignore_index=True)
 
 
-def format_reader_metrics(table: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
+def format_reader_metrics(table: pd.DataFrame, *, decimals: int = 2,
+                          simulated: bool = False) -> pd.DataFrame:
     """A readable version of :func:`reader_metrics`: one row per reader, "0.70 (95 % CI
-    0.60–0.80)" (:func:`magn_lib.display.format_interval`)."""
+    0.60–0.80)" (:func:`magn_lib.display.format_interval`); readers named by
+    :func:`reader_label` (``simulated`` for the embedded cohort's)."""
 
     def ci(row: pd.Series, m: str) -> str:
         return format_interval(row[m], row[f"{m}_low"], row[f"{m}_high"], decimals=decimals)
@@ -310,7 +361,43 @@ def format_reader_metrics(table: pd.DataFrame, *, decimals: int = 2) -> pd.DataF
     label, auc = stats.METRIC_LABELS, stats.METRIC_LABELS["auc"]
     columns = {**{m: label[m] for m in ("accuracy", "f1", "sensitivity", "specificity")},
                "auc_call": f"{auc} (call)", "auc_ordinal": f"{auc} (call + confidence)"}
-    out = pd.DataFrame({"reader": table["reader"], "lesions": table["n_lesions"].astype(int)})
+    out = pd.DataFrame({"reader": [reader_label(r, simulated=simulated) for r in table["reader"]],
+                        "lesions": table["n_lesions"].astype(int)})
     for m, name in columns.items():
         out[name] = [ci(r, m) for _, r in table.iterrows()]
     return out
+
+
+def format_readers_vs_models(table: pd.DataFrame, *, decimals: int = 2,
+                             simulated: bool = False) -> pd.DataFrame:
+    """A readable version of :func:`readers_vs_models`: one row per reader and model.
+
+    The p-values shown are Holm-adjusted over the table's whole family of tests; the AUC
+    difference (model minus reader) carries its paired patient-bootstrap 95 % CI.
+    """
+
+    p = format_p
+
+    def f(x: float) -> str:
+        return f"{x:.{decimals}f}"
+
+    auc = stats.METRIC_LABELS["auc"]
+    acc = stats.METRIC_LABELS["accuracy"]
+    return pd.DataFrame({
+        "reader": [reader_label(r, simulated=simulated) for r in table["reader"]],
+        "model": [stats.model_name(m, c) for m, c in zip(table["method"], table["config"],
+                                                         strict=True)],
+        "lesions": table["n_lesions"].astype(int),
+        f"{auc} reader (call + confidence)": [f(x) for x in table["auc_reader"]],
+        f"{auc} model": [f(x) for x in table["auc_model"]],
+        f"{auc} difference, model − reader (patient bootstrap)": [
+            f"{d:+.{decimals}f} (95 % CI {lo:+.{decimals}f} to {hi:+.{decimals}f})"
+            for d, lo, hi in zip(table["auc_difference"], table["auc_difference_low"],
+                                 table["auc_difference_high"], strict=True)],
+        "DeLong p (Holm)": [p(x) for x in table["delong_p_holm"]],
+        f"{acc} reader": [f(x) for x in table["accuracy_reader"]],
+        f"{acc} model": [f(x) for x in table["accuracy_model"]],
+        "only the reader right": table["reader_only_correct"].astype(int),
+        "only the model right": table["model_only_correct"].astype(int),
+        "McNemar p (Holm)": [p(x) for x in table["mcnemar_p_holm"]],
+    })

@@ -13,7 +13,7 @@ import copy
 import html
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,7 +166,21 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     ("F1 score", "Harmonic mean of precision and sensitivity for the myeloma class; it rewards "
      "finding myeloma without many false alarms."),
     ("95 % CI", "Confidence interval: the range of values compatible with the data. Here from "
-     "DeLong's method (AUC) or from resampling patients (bootstrap)."),
+     "resampling patients (patient bootstrap: all lesions of a patient are drawn together, "
+     "because lesions of one patient look alike); where a column says lesion-level DeLong, "
+     "from DeLong's method, which treats every lesion as independent and is too narrow."),
+    ("AUC folds (mean ± SD)", "The AUC of each cross-validation fold, averaged over the folds, "
+     "with the spread between folds: the number the original paper reports."),
+    ("Pooled AUC, ranked within folds", "One AUC over all lesions after each lesion's score is "
+     "replaced by its rank within its own fold: the fold models are trained separately and "
+     "their probabilities are not on one scale, so raw probabilities are not pooled."),
+    ("Holm correction", "When several tests are read together, some small p-values arise by "
+     "chance; Holm's method raises the p-values so that the chance of any false finding in "
+     "the family stays at 5 %."),
+    ("Simulated readers", "On the embedded synthetic cohort the 'radiologists' are simulated: "
+     "their calls are drawn from the true diagnosis with a fixed sensitivity and specificity "
+     "(those the paper's radiologists' accuracy and AUC imply); they never look at images. "
+     "Comparisons with them are demonstrations, not findings."),
     ("DeLong test", "A test of whether two AUCs measured on the same lesions differ, taking "
      "into account that they share the lesions."),
     ("McNemar test", "A test of whether two sets of yes/no calls on the same lesions differ in "
@@ -199,23 +213,35 @@ def plain_summary(
     n_folds: int = 5,
     primary: tuple[str, str] = ("magn", "multi-view+attention"),
     comparator: tuple[str, str] = ("radiomics", "multi-view"),
+    difference: Mapping[str, Any] | None = None,
+    simulated_readers: bool | None = None,
 ) -> list[str]:
     """The report's plain-language summary: question, what was done, the result.
 
+    A model's AUC is given as the paper gives it, the mean ± SD over the folds, then pooled over
+    all lesions after ranking within each fold with its patient-bootstrap 95 % CI.
+
     Args:
         metrics: :func:`magn_lib.stats.metrics_table` of every model (readers included).
-        pairwise: :func:`magn_lib.stats.pairwise_delong` of the same models.
+        pairwise: :func:`magn_lib.stats.pairwise_delong` of the same models (used only when
+            ``difference`` is not given: a lesion-level DeLong p-value, said so).
         n_patients, n_lesions, n_mm: the analysed cohort (``n_mm`` myeloma lesions).
         embedded: the cohort is the embedded synthetic one.
         n_folds: folds of the cross-validation.
         primary, comparator: ``(method, config)`` of the proposed model and the radiomics
             model it is compared with.
+        difference: :func:`magn_lib.stats.compare_models` of ``primary`` against
+            ``comparator``: the AUC difference with its patient-bootstrap interval.
+        simulated_readers: the readers are simulated (default: ``embedded``); the summary says
+            so wherever it names them.
 
     Returns:
         Paragraphs of plain text (no HTML).
     """
     from magn_lib.stats import model_name
 
+    if simulated_readers is None:
+        simulated_readers = embedded
     rows = {model_name(m, c): r for m, c, (_, r) in
             zip(metrics["method"], metrics["config"], metrics.iterrows(), strict=True)}
 
@@ -223,7 +249,13 @@ def plain_summary(
         r = rows.get(model_name(*key))
         if r is None or not np.isfinite(r["auc"]):
             return "not available"
-        return format_interval(r["auc"], r["auc_low"], r["auc_high"])
+        pooled = (f"pooled over all lesions after ranking within each fold, "
+                  f"{format_interval(r['auc_ranked'], r['auc_ranked_low'], r['auc_ranked_high'])}"
+                  " from resampling patients")
+        if not np.isfinite(r["auc_fold_mean"]):
+            return pooled
+        sd = f" ± {r['auc_fold_sd']:.2f}" if np.isfinite(r["auc_fold_sd"]) else ""
+        return f"{r['auc_fold_mean']:.2f}{sd} (mean ± SD over the folds); {pooled}"
 
     def acc(key: tuple[str, str]) -> str:
         r = rows.get(model_name(*key))
@@ -232,8 +264,9 @@ def plain_summary(
     paragraphs = [
         "Question: can a computer model tell spinal multiple myeloma from spinal metastasis of "
         "lung cancer on contrast-enhanced T1 MRI, and does it do better than a conventional "
-        "radiomics model and than radiologists? This repeats the study of Chen et al. (Front. "
-        "Oncol. 2022) step by step.",
+        "radiomics model and than radiologists"
+        f"{' (on this cohort: simulated readers)' if simulated_readers else ''}? This repeats "
+        "the study of Chen et al. (Front. Oncol. 2022) step by step.",
         f"What was done: {n_lesions} lesions of {n_patients} patients ({n_mm} myeloma, "
         f"{n_lesions - n_mm} metastasis lesions) were analysed. Each lesion was outlined once "
         "on the sagittal images and the outline was carried over to the coronal and axial "
@@ -241,26 +274,41 @@ def plain_summary(
         "lesion was scored by a model that had never seen that patient.",
     ]
     primary_name, comparator_name = model_name(*primary), model_name(*comparator)
+    views = primary[1].removesuffix("+attention")
+    network = ("three views" if views == "multi-view" else f"the {views} view only") + (
+        " with attention guidance" if primary[1].endswith("+attention") else "")
     result = (
-        f"Result: The proposed network (MAGN, three views with attention guidance) reached an "
+        f"Result: The proposed network (MAGN, {network}) reached an "
         f"area under the ROC curve (AUC) of {auc(primary)} and classified {acc(primary)} of "
-        f"the lesions correctly; the multi-view radiomics model reached an AUC of "
+        f"the lesions correctly; the {comparator[1]} radiomics model reached an AUC of "
         f"{auc(comparator)} ({acc(comparator)} correct)."
     )
     readers = metrics[metrics["method"] == "reader"]
     if len(readers):
-        result += " The radiologists classified " + " and ".join(
+        who = ("The simulated readers (not radiologists: their calls are drawn from the true "
+               "diagnosis with the sensitivity and specificity the paper's radiologists' "
+               "accuracy and AUC imply)" if simulated_readers else "The radiologists")
+        result += f" {who} classified " + " and ".join(
             f"{r['accuracy']:.0%}" for _, r in readers.iterrows()) + " of the lesions correctly."
-    test = pairwise[((pairwise["model_a"] == primary_name) & (pairwise["model_b"]
-                                                             == comparator_name))
-                    | ((pairwise["model_a"] == comparator_name) & (pairwise["model_b"]
-                                                                  == primary_name))]
-    if len(test):
-        p = float(test["p_value"].iloc[0])
-        verdict = "a difference" if p < 0.05 else "no clear difference"
-        p_text = format_p(p)
-        result += (f" On the same lesions the two AUCs show {verdict} (DeLong test, p "
-                   f"{p_text if p_text.startswith('<') else '= ' + p_text}).")
+    if difference is not None:
+        lo, hi = float(difference["ci_low"]), float(difference["ci_high"])
+        verdict = ("a difference" if lo > 0 or hi < 0 else "no clear difference")
+        what = "pooled after ranking within folds" if difference.get("ranked") else "pooled"
+        result += (f" On the same lesions the two AUCs ({what}) differ by "
+                   f"{float(difference['difference']):+.2f} (95 % CI {lo:+.2f} to {hi:+.2f}, "
+                   f"resampling patients): {verdict}.")
+    else:
+        test = pairwise[((pairwise["model_a"] == primary_name)
+                         & (pairwise["model_b"] == comparator_name))
+                        | ((pairwise["model_a"] == comparator_name)
+                           & (pairwise["model_b"] == primary_name))]
+        if len(test):
+            p = float(test["p_value"].iloc[0])
+            verdict = "a difference" if p < 0.05 else "no clear difference"
+            p_text = format_p(p)
+            result += (f" On the same lesions the two AUCs show {verdict} (lesion-level DeLong "
+                       "test, which ignores that lesions of a patient are alike, p "
+                       f"{p_text if p_text.startswith('<') else '= ' + p_text}).")
     paragraphs.append(result)
     if embedded:
         paragraphs.append(
@@ -278,6 +326,12 @@ def _limitations(embedded: bool) -> list[str]:
             "The cohort is a generated phantom with known truth, built so that the task is "
             "learnable; its numbers must not be compared with clinical performance."
         )
+        items.append(
+            "<b>Simulated readers.</b> The two readers are simulated, not radiologists: their "
+            "calls are drawn from the true diagnosis with the sensitivity and specificity that "
+            "the paper's radiologists' accuracy and AUC imply, and they never see the images. "
+            "Readers-versus-model comparisons on this cohort demonstrate the analysis only."
+        )
     items += [
         "Lesions are classified from contrast-enhanced T1 images alone, as in the original "
         "study; no clinical, laboratory or other sequence information is used.",
@@ -286,9 +340,9 @@ def _limitations(embedded: bool) -> list[str]:
         "and populations.",
         "Coronal and axial masks are transferred from the sagittal mask through the scanner's "
         "coordinates, not drawn; thick sagittal slices make their borders coarse.",
-        "With a few dozen lesions per fold, fold-to-fold spread is large; confidence intervals "
-        "treat the pooled out-of-fold predictions as one sample and ignore that the folds come "
-        "from different trained models.",
+        "With a few dozen lesions per fold, fold-to-fold spread is large. Confidence intervals "
+        "resample patients but treat the trained fold models as fixed: they do not include "
+        "the variation from re-training the networks.",
     ]
     return items
 

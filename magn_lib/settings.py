@@ -192,11 +192,17 @@ class GridSettings:
     @classmethod
     def from_profile(cls, profile: Profile, **options: Any) -> Self:
         """Network, training and execution settings and ``keep_weights`` of ``profile``;
-        ``options`` set ``track_test`` or replace any of them."""
+        ``options`` set ``track_test`` or replace any of them. The proposed model of the run's
+        views and its unguided twin (:func:`magn_lib.cv.proposed_configs`) always keep their
+        weights: the figures and the attention fidelity explain them."""
+        from magn_lib.cv import proposed_configs  # cv imports settings
+
+        kept = tuple(profile.keep_weights)
+        kept += tuple(c for c in proposed_configs(profile.views)[::-1] if c not in kept)
         values = {"network": NetworkSettings.from_profile(profile),
                   "train": TrainSettings.from_profile(profile),
                   "executor": ExecutorSettings.from_profile(profile),
-                  "keep_weights": tuple(profile.keep_weights)}
+                  "keep_weights": kept}
         return cls(**{**values, **options})
 
     def keeps_weights(self, config_name: str) -> bool:

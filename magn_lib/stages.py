@@ -51,6 +51,7 @@ from magn_lib.transfer import (
 )
 
 __all__ = [
+    "QC_COLUMNS",
     "TransferResult",
     "exclusions",
     "inclusion_flow",
@@ -68,6 +69,9 @@ __all__ = [
 PLAUSIBLE_VOLUME_RATIO = (0.25, 4.0)
 # ... and so is one whose centroid moved by more than this (mm).
 PLAUSIBLE_CENTROID_SHIFT_MM = 10.0
+#: Columns of the transfer QC table (one row per lesion and target view).
+QC_COLUMNS = ("lesion_id", "patient_id", "label", "view", "vendor", "sagittal_volume_mm3",
+              "volume_mm3", "volume_ratio", "centroid_shift_mm", "n_voxels", "flagged", "reason")
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class TransferResult:
                                   na_values=[""])
                 for name in TRANSFER_TABLES}
         read["qc"]["reason"] = read["qc"]["reason"].fillna("")
+        read["qc"]["flagged"] = read["qc"]["flagged"].astype(bool)  # typed when empty too
         return cls(**read, work_dir=paths.work_dir)
 
 
@@ -173,8 +178,8 @@ def transfer_cohort(
             })
         # the lesion's volumes stay cached per patient; free them once the patient is done
         grids = {k: v for k, v in grids.items() if k[0] == lesion.patient_id}
-    qc = pd.DataFrame(rows)
-    flagged = qc[qc["flagged"]] if not qc.empty else qc
+    qc = pd.DataFrame(rows, columns=list(QC_COLUMNS))  # no rows when only sagittal is used
+    flagged = qc[qc["flagged"].astype(bool)]
     exclusions = pd.DataFrame(
         [
             {"patient_id": pid, "lesion_id": lid, "label": int(group["label"].iloc[0]),

@@ -8,18 +8,25 @@ of one patient are not independent.
 
 Choices the paper leaves open, stated once here and in each docstring:
 
-- Table 1, continuous variables: Shapiro-Wilk per group (alpha 0.05). Both groups normal ->
-  Levene (median-centred, i.e. Brown-Forsythe) decides Student's t (equal variances) or Welch's
-  t; otherwise Mann-Whitney U. Categorical variables: Pearson chi-squared *without* continuity
+- Table 1, continuous variables: the test is declared per variable before any data are seen
+  (``TABLE1_TESTS``: Welch's t-test for age, Mann-Whitney U for tumour size, Mann-Whitney U for
+  any variable not declared), never chosen by a normality or variance pre-test (a two-stage
+  rule distorts the error rates). Categorical variables: Pearson chi-squared *without* continuity
   correction (also for 2x2 tables, since small tables go to Fisher anyway) unless an expected
   count is below 5, then Fisher's exact test (2x2: exact hypergeometric; larger tables:
   SciPy's Fisher-Freeman-Halton test by seeded Monte-Carlo, the only r x c method SciPy offers).
-- AUC confidence interval: DeLong variance (DeLong et al. 1988, fast midrank algorithm of Sun &
-  Xu 2014), Wald interval on the AUC scale clipped to [0, 1] (as pROC does).
-- Other intervals: percentile bootstrap over patients, stratified by the patient's class
-  (``scipy.stats.bootstrap`` with one sample per class), so that every resample holds both
-  classes and sensitivity/specificity are always defined.
+- Intervals, the AUC's included: percentile bootstrap over *patients* (a cluster bootstrap),
+  stratified by the patient's class (``scipy.stats.bootstrap`` with one sample per class), so
+  that every resample holds both classes and sensitivity/specificity are always defined. The
+  lesion-level DeLong interval (DeLong et al. 1988, fast midrank algorithm of Sun & Xu 2014;
+  Wald, clipped to [0, 1] as pROC does) is kept as a secondary column: it treats the lesions of
+  one patient as independent and is too narrow when they are alike.
+- Pooled out-of-fold AUC mixes fold models whose probabilities are not on one scale; it is
+  reported after ranking within each fold (``rank_within_folds``), labelled so, beside the
+  per-fold mean +/- SD that the paper reports.
 - Fold SD: sample SD (ddof = 1) of the per-fold values, as "mean +/- SD" in the paper's Table 2.
+- Many tests read together (readers against models, pairs of models): Holm's step-down
+  correction (``statsmodels.stats.multitest.multipletests``) over the family.
 """
 
 from __future__ import annotations
@@ -37,16 +44,19 @@ from magn_lib.errors import InputError
 
 __all__ = [
     "DEFAULT_GROUP_NAMES",
+    "TABLE1_TESTS",
     "METRICS",
     "METRIC_LABELS",
     "OOF_COLUMNS",
     "KappaResult",
     "McNemarResult",
     "binary_metrics",
+    "bootstrap_auc_difference",
     "bootstrap_metrics",
     "calibration_table",
     "check_oof",
     "cohen_kappa",
+    "compare_models",
     "decision_curve",
     "delong_ci",
     "delong_matrix",
@@ -56,7 +66,9 @@ __all__ = [
     "mcnemar_test",
     "metrics_table",
     "model_name",
+    "obuchowski_ci",
     "pairwise_delong",
+    "rank_within_folds",
     "table1",
 ]
 
@@ -72,6 +84,19 @@ METRIC_LABELS: Mapping[str, str] = MappingProxyType({
 })
 _THRESHOLD_METRICS: tuple[str, ...] = ("accuracy", "f1", "sensitivity", "specificity")
 DEFAULT_GROUP_NAMES: dict[int, str] = {1: "MM", 0: "Metastasis"}
+# Table 1's test for each continuous variable, declared before the data are seen, with the reason
+# shown in the table. Undeclared variables get Mann-Whitney U (no distributional assumption).
+TABLE1_TESTS: Mapping[str, str] = MappingProxyType({
+    "age": "welch",
+    "tumour_size_cm": "mann-whitney",
+})
+_TABLE1_REASONS: Mapping[str, str] = MappingProxyType({
+    "age": "age is roughly symmetric in adult cohorts; Welch needs no equal variances",
+    "tumour_size_cm": "lesion sizes are positive and right-skewed",
+})
+_TABLE1_TEST_NAMES: Mapping[str, str] = MappingProxyType({
+    "welch": "Welch t-test", "mann-whitney": "Mann-Whitney U",
+})
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,7 +204,7 @@ def table1(
     continuous: Sequence[str] = ("age", "tumour_size_cm"),
     categorical: Sequence[str] = ("sex", "site"),
     group_names: Mapping[object, str] | None = None,
-    alpha: float = 0.05,
+    tests: Mapping[str, str] | None = None,
     percent: str = "column",
     decimals: int = 2,
     n_resamples: int = 9999,
@@ -187,14 +212,14 @@ def table1(
 ) -> pd.DataFrame:
     """Baseline characteristics by class with the test chosen per row (the paper's Table 1).
 
-    Test choice (stated in the ``rule`` column of every row):
+    Test choice (stated in the ``rule`` column of every row), fixed before the data are seen:
 
-    - continuous: Shapiro-Wilk in each group (``scipy.stats.shapiro``, needs >= 3 values); if
-      both groups have p >= ``alpha`` the variable is treated as normal and Levene's test
-      (``scipy.stats.levene``, median-centred = Brown-Forsythe) picks Student's t-test
-      (p >= ``alpha``) or Welch's t-test (p < ``alpha``); otherwise Mann-Whitney U
-      (``scipy.stats.mannwhitneyu``, two-sided). Summaries: mean +/- SD (ddof 1) for t-tests,
-      median [Q1, Q3] for Mann-Whitney.
+    - continuous: the test declared for the variable in ``tests`` (default ``TABLE1_TESTS``;
+      ``"welch"`` = Welch's t-test, ``scipy.stats.ttest_ind(equal_var=False)``;
+      ``"mann-whitney"`` = ``scipy.stats.mannwhitneyu``, two-sided); a variable not declared
+      gets Mann-Whitney U. No normality or variance pre-test decides: a test picked by testing
+      the data first does not keep its nominal error rate. Summaries: mean +/- SD (ddof 1) for
+      Welch, median [Q1, Q3] for Mann-Whitney.
     - categorical: expected counts of the levels x groups table under independence; if any is
       below 5, Fisher's exact test (2x2: ``scipy.stats.fisher_exact``, exact; larger tables:
       ``fisher_exact`` with a seeded ``MonteCarloMethod`` of ``n_resamples`` tables, SciPy's
@@ -212,7 +237,8 @@ def table1(
         continuous, categorical: variable columns.
         group_names: value -> column title; default ``{1: "MM", 0: "Metastasis"}`` when
             ``group == "label"``, else the values as strings, sorted.
-        alpha: significance level of the normality and variance checks.
+        tests: continuous variable -> ``"welch"`` or ``"mann-whitney"``, merged over
+            ``TABLE1_TESTS`` (a caller's declaration wins).
         percent: ``"column"`` or ``"total"``.
         decimals: decimals of the summaries.
         n_resamples, seed: Monte-Carlo Fisher test for tables larger than 2x2.
@@ -225,7 +251,14 @@ def table1(
     Raises:
         InputError: a missing column, a group column without exactly two values, a
             non-numeric continuous variable.
+        ValueError: a declared test other than ``"welch"`` or ``"mann-whitney"``.
     """
+    by_caller = dict(tests or {})
+    declared = {**TABLE1_TESTS, **by_caller}
+    for var, test in declared.items():
+        if test not in _TABLE1_TEST_NAMES:
+            raise ValueError(f"Table 1 test for {var!r} must be 'welch' or 'mann-whitney', "
+                             f"not {test!r}")
     missing_cols = [c for c in (group, *continuous, *categorical) if c not in df.columns]
     if missing_cols:
         raise InputError(f"clinical table lacks column(s) {', '.join(missing_cols)}")
@@ -268,7 +301,8 @@ def table1(
             raise InputError(f"column {var!r} holds {non_numeric} non-numeric values")
         n_missing = sum(int(n.isna().sum()) for n in num)
         xs = [n.dropna().to_numpy(np.float64) for n in num]
-        rows.append(_continuous_row(var, names, xs, alpha, decimals, n_missing))
+        rows.append(_continuous_row(var, names, xs, declared.get(var, "mann-whitney"),
+                                    var in by_caller, decimals, n_missing))
 
     for var in categorical:
         rows.extend(_categorical_rows(var, names, parts, percent, decimals, n_resamples, seed))
@@ -277,7 +311,8 @@ def table1(
 
 
 def _continuous_row(
-    var: str, names: list[str], xs: list[np.ndarray], alpha: float, decimals: int, n_missing: int
+    var: str, names: list[str], xs: list[np.ndarray], test: str, by_caller: bool,
+    decimals: int, n_missing: int,
 ) -> dict:
     a, b = xs
     if min(a.size, b.size) < 2:
@@ -286,27 +321,18 @@ def _continuous_row(
                 "p_value": np.nan, "p_text": "n/a", "test": "not tested",
                 "statistic": np.nan, "missing": n_missing,
                 "rule": "fewer than 2 values in a group"}
-    shapiro_p = []
-    for x in xs:
-        # Shapiro-Wilk needs 3 values and is undefined for constant data: treat as not normal.
-        if x.size < 3 or np.ptp(x) == 0:
-            shapiro_p.append(np.nan)
-        else:
-            shapiro_p.append(float(sps.shapiro(x).pvalue))
-    normal = all(np.isfinite(p) and p >= alpha for p in shapiro_p)
-    sw = ", ".join("n/a" if not np.isfinite(p) else f"{p:.3g}" for p in shapiro_p)
-    if normal:
-        lev_p = float(sps.levene(a, b, center="median").pvalue)
-        equal = bool(np.isfinite(lev_p) and lev_p >= alpha)
-        res = sps.ttest_ind(a, b, equal_var=equal)
-        test = "Student t-test" if equal else "Welch t-test"
-        rule = (f"Shapiro-Wilk p = {sw} (both >= {alpha}) -> normal; Levene p = {lev_p:.3g} "
-                f"({'>=' if equal else '<'} {alpha}) -> {test}")
+    name = _TABLE1_TEST_NAMES[test]
+    if by_caller:
+        rule = f"declared in advance by the caller: {name}"
+    elif var in TABLE1_TESTS:
+        rule = f"declared in advance: {name} ({_TABLE1_REASONS[var]})"
+    else:
+        rule = f"not declared -> {name} (no distributional assumption)"
+    if test == "welch":
+        res = sps.ttest_ind(a, b, equal_var=False)
         cells = [f"{_fmt(x.mean(), decimals)} ± {_fmt(x.std(ddof=1), decimals)}" for x in xs]
     else:
         res = sps.mannwhitneyu(a, b, alternative="two-sided")
-        test = "Mann-Whitney U"
-        rule = f"Shapiro-Wilk p = {sw} (not both >= {alpha}) -> not normal -> {test}"
         cells = [
             f"{_fmt(np.median(x), decimals)} [{_fmt(np.percentile(x, 25), decimals)}, "
             f"{_fmt(np.percentile(x, 75), decimals)}]"
@@ -314,7 +340,7 @@ def _continuous_row(
         ]
     p = float(res.pvalue)
     return {"variable": var, "level": "", **dict(zip(names, cells, strict=True)),
-            "p_value": p, "p_text": _fmt_p(p), "test": test,
+            "p_value": p, "p_text": _fmt_p(p), "test": name,
             "statistic": float(res.statistic), "missing": n_missing, "rule": rule}
 
 
@@ -486,6 +512,70 @@ def delong_test(
     return float(auc[0]), float(auc[1]), float(z), p
 
 
+def obuchowski_ci(
+    y_true: Sequence[int] | np.ndarray,
+    score: Sequence[float] | np.ndarray,
+    patient_id: Sequence[str] | np.ndarray,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """AUC with Obuchowski's clustered-DeLong confidence interval (lesions clustered in patients).
+
+    Obuchowski (1997, Biometrics 53:567), the nonparametric AUC variance for clustered data:
+    with placements ``V10`` of every positive and ``V01`` of every negative lesion (as in
+    DeLong), summed per patient (``V10_i``, ``V01_i``), ``m_i`` / ``n_i`` the patient's positive /
+    negative lesions, ``M`` / ``N`` their totals and ``I_10`` / ``I_01`` / ``I`` the numbers of
+    patients with positives / negatives / any::
+
+        S10 = I_10 / ((I_10 - 1) M) * sum_i (V10_i - m_i AUC)^2
+        S01 = I_01 / ((I_01 - 1) N) * sum_i (V01_i - n_i AUC)^2
+        S11 = I / (I - 1) * sum_i (V10_i - m_i AUC)(V01_i - n_i AUC)
+        var = S10 / M + S01 / N + 2 S11 / (M N)
+
+    With one lesion per patient it is DeLong's variance exactly. Wald interval clipped to
+    [0, 1], as ``delong_ci``.
+
+    Args:
+        y_true: (N,) 0/1 lesion labels, 1 = MM.
+        score: (N,) scores, higher = more MM-like.
+        patient_id: (N,) the patient of each lesion.
+        level: two-sided confidence level.
+
+    Returns:
+        ``(auc, low, high)``.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    y, arr = _delong_inputs(y_true, score)
+    pid = np.asarray(patient_id).astype(str)
+    if pid.shape != y.shape:
+        raise InputError(f"patient_id has shape {pid.shape}, expected {y.shape}")
+    s = arr[0]
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    big_m, big_n = pos.size, neg.size
+    # the same midrank placements as _delong_components (ties count half)
+    tz = sps.rankdata(s)
+    v10 = (tz[pos] - sps.rankdata(s[pos])) / big_n
+    v01 = 1.0 - (tz[neg] - sps.rankdata(s[neg])) / big_m
+    auc = float(v10.mean())
+    code, patients = pd.factorize(pid)
+    n_pat = len(patients)
+    v10_i = np.bincount(code[pos], weights=v10, minlength=n_pat)
+    v01_i = np.bincount(code[neg], weights=v01, minlength=n_pat)
+    m_i = np.bincount(code[pos], minlength=n_pat)
+    n_i = np.bincount(code[neg], minlength=n_pat)
+    i10, i01 = int((m_i > 0).sum()), int((n_i > 0).sum())
+    if min(i10, i01) < 2:
+        raise InputError("Obuchowski's interval needs patients with lesions of each class: got "
+                         f"{i10} patient(s) with MM and {i01} with metastasis")
+    d10, d01 = v10_i - m_i * auc, v01_i - n_i * auc
+    s10 = i10 / ((i10 - 1) * big_m) * float(np.sum(d10 ** 2))
+    s01 = i01 / ((i01 - 1) * big_n) * float(np.sum(d01 ** 2))
+    s11 = n_pat / (n_pat - 1) * float(np.sum(d10 * d01))
+    var = s10 / big_m + s01 / big_n + 2.0 * s11 / (big_m * big_n)
+    half = float(sps.norm.ppf(0.5 + level / 2.0)) * math.sqrt(max(var, 0.0))
+    return auc, max(0.0, auc - half), min(1.0, auc + half)
+
+
 # --------------------------------------------------------------------------------------------
 # threshold metrics and the patient bootstrap
 
@@ -594,6 +684,21 @@ class _ClusterStatistic:
         return np.stack(out).reshape(len(out), *lead)
 
 
+def _class_strata(y: np.ndarray, code: np.ndarray, n_patients: int) -> list[np.ndarray]:
+    """Patient indices with any MM lesion and without: the bootstrap's strata (>= 2 each)."""
+    patient_has_mm = np.zeros(n_patients, dtype=bool)
+    np.logical_or.at(patient_has_mm, code, y == 1)
+    strata = [np.flatnonzero(patient_has_mm), np.flatnonzero(~patient_has_mm)]
+    strata = [s for s in strata if s.size]
+    for s in strata:
+        if s.size < 2:
+            raise InputError(
+                "the patient bootstrap needs at least 2 patients per class; got "
+                f"{patient_has_mm.sum()} with MM and {(~patient_has_mm).sum()} without"
+            )
+    return strata
+
+
 def bootstrap_metrics(
     y_true: Sequence[int] | np.ndarray,
     probability: Sequence[float] | np.ndarray,
@@ -632,16 +737,7 @@ def bootstrap_metrics(
         raise ValueError(f"method must be 'percentile', 'BCa' or 'basic', not {method!r}")
     code, patients = pd.factorize(pid)
     n_pat = len(patients)
-    patient_has_mm = np.zeros(n_pat, dtype=bool)
-    np.logical_or.at(patient_has_mm, code, y == 1)
-    strata = [np.flatnonzero(patient_has_mm), np.flatnonzero(~patient_has_mm)]
-    strata = [s for s in strata if s.size]
-    for s in strata:
-        if s.size < 2:
-            raise InputError(
-                "the patient bootstrap needs at least 2 patients per class; got "
-                f"{patient_has_mm.sum()} with MM and {(~patient_has_mm).sum()} without"
-            )
+    strata = _class_strata(y, code, n_pat)
     with_auc = 0 < y.sum() < y.size
     stat = _ClusterStatistic(y, p, code, n_pat, threshold, with_auc)
     point = binary_metrics(y, p, threshold=threshold)
@@ -663,6 +759,86 @@ def bootstrap_metrics(
     return pd.DataFrame(rows)
 
 
+class _PairedAUCStatistic:
+    """AUC of two scores on the same patient resample and their difference, vectorised.
+
+    The weights are those of ``_ClusterStatistic`` (how often each lesion's patient was drawn);
+    each AUC is ``w_pos K w_neg / (sum w_pos * sum w_neg)`` with its own pair kernel.
+    Returns (3, B): AUC a, AUC b, AUC a - AUC b.
+    """
+
+    def __init__(self, y: np.ndarray, a: np.ndarray, b: np.ndarray, patient_code: np.ndarray,
+                 n_patients: int) -> None:
+        self._weights = _ClusterStatistic(y, a, patient_code, n_patients, 0.5, False).weights
+        self.pos = np.flatnonzero(y == 1)
+        self.neg = np.flatnonzero(y == 0)
+        self.kernels = []
+        for s in (a, b):
+            sp, sn = s[self.pos][:, None], s[self.neg][None, :]
+            self.kernels.append((sp > sn) + 0.5 * (sp == sn))
+
+    def __call__(self, *samples: np.ndarray, axis: int = -1) -> np.ndarray:
+        w, lead = self._weights(*samples)
+        wp, wn = w[:, self.pos], w[:, self.neg]
+        den = wp.sum(axis=1) * wn.sum(axis=1)
+        aucs = []
+        for kernel in self.kernels:
+            num = np.sum((wp @ kernel) * wn, axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                aucs.append(np.where(den > 0, num / np.where(den > 0, den, 1), np.nan))
+        out = np.stack([aucs[0], aucs[1], aucs[0] - aucs[1]])
+        return out.reshape(3, *lead)
+
+
+def bootstrap_auc_difference(
+    y_true: Sequence[int] | np.ndarray,
+    score_a: Sequence[float] | np.ndarray,
+    score_b: Sequence[float] | np.ndarray,
+    patient_id: Sequence[str] | np.ndarray,
+    *,
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Difference of two AUCs on the same lesions with a paired patient-bootstrap interval.
+
+    Patients are drawn with replacement within their class (as in ``bootstrap_metrics``) and
+    both scores are evaluated on the same resample, so the interval accounts for the pairing
+    and for the clustering of lesions in patients (unlike the lesion-level DeLong test).
+    Percentile interval, seeded.
+
+    Args:
+        y_true: (N,) 0/1 lesion labels, 1 = MM.
+        score_a, score_b: (N,) scores of two methods on the same lesions, higher = more MM.
+        patient_id: (N,) the patient of each lesion.
+
+    Returns:
+        dict with ``auc_a, auc_b, difference`` (a - b), ``ci_low, ci_high`` (of the
+        difference), ``n_lesions, n_patients``.
+    """
+    y = _binary(y_true)
+    a = _scores(score_a, y.size, "score_a")
+    b = _scores(score_b, y.size, "score_b")
+    pid = np.asarray(patient_id).astype(str)
+    if pid.shape != y.shape:
+        raise InputError(f"patient_id has shape {pid.shape}, expected {y.shape}")
+    if not 0 < y.sum() < y.size:
+        raise InputError("an AUC difference needs lesions of both classes")
+    code, patients = pd.factorize(pid)
+    strata = _class_strata(y, code, len(patients))
+    stat = _PairedAUCStatistic(y, a, b, code, len(patients))
+    res = sps.bootstrap(
+        tuple(strata), stat, n_resamples=n_resamples, vectorized=True, paired=False,
+        confidence_level=level, method="percentile", rng=np.random.default_rng(seed),
+        batch=500,
+    )
+    auc_a, auc_b = _auc(y, a), _auc(y, b)
+    return {"auc_a": auc_a, "auc_b": auc_b, "difference": auc_a - auc_b,
+            "ci_low": float(np.atleast_1d(res.confidence_interval.low)[2]),
+            "ci_high": float(np.atleast_1d(res.confidence_interval.high)[2]),
+            "n_lesions": int(y.size), "n_patients": int(len(patients))}
+
+
 def fold_metrics(
     oof: pd.DataFrame, *, by: Sequence[str] = ("method", "config"), threshold: float = 0.5
 ) -> pd.DataFrame:
@@ -682,6 +858,31 @@ def fold_metrics(
     return pd.DataFrame(rows)
 
 
+def rank_within_folds(
+    oof: pd.DataFrame, *, by: Sequence[str] = ("method", "config")
+) -> pd.DataFrame:
+    """Replace each probability by its percentile rank within its model's fold.
+
+    Fold models are trained separately and their probabilities are not on one scale (one fold's
+    model may give every lesion 0.05, the next 0.4), so pooling raw out-of-fold probabilities
+    mixes calibrations into the AUC. Within a fold the rank keeps everything the fold's AUC
+    uses; pooled ranks compare lesions of different folds by their standing in their own fold.
+    The rank is ``(midrank - 0.5) / n_fold`` (ties share the mean rank), in (0, 1).
+
+    Args:
+        oof: out-of-fold predictions (``check_oof`` columns).
+        by: the columns that name one model.
+
+    Returns:
+        A copy of the validated table with ``probability`` replaced by the within-fold rank.
+    """
+    data = check_oof(oof, by=by)
+    groups = data.groupby([*by, "fold"], sort=False)["probability"]
+    ranks = groups.rank(method="average")
+    sizes = groups.transform("size")
+    return data.assign(probability=((ranks - 0.5) / sizes).astype(np.float64))
+
+
 def metrics_table(
     oof: pd.DataFrame,
     *,
@@ -693,25 +894,33 @@ def metrics_table(
 ) -> pd.DataFrame:
     """Per-model metrics: per-fold mean +/- SD (as the paper reports) and pooled with CIs.
 
-    Pooled = all out-of-fold predictions of the model together. AUC CI: DeLong
-    (``delong_ci``, lesion level) and, in ``auc_boot_low/high``, the patient bootstrap; the other
-    metrics: patient bootstrap (``bootstrap_metrics``, percentile, seeded). Fold statistics are
-    NaN for a model with one fold only (the readers, ``fold = -1``); a fold where a metric is
-    undefined (AUC in a fold with one class) is left out of that metric's mean and SD
+    Pooled = all out-of-fold predictions of the model together. Every interval is a
+    patient-level (cluster) bootstrap (``bootstrap_metrics``: patients resampled within their
+    class, all lesions of a drawn patient together; percentile, seeded), the pooled AUC's
+    included (``auc_low/high``). The lesion-level DeLong interval (``delong_ci``), which treats
+    lesions of one patient as independent, is kept as a secondary column
+    (``auc_delong_low/high``), and Obuchowski's clustered DeLong interval (``obuchowski_ci``) as
+    an analytic cross-check of the bootstrap (``auc_obuchowski_low/high``). ``auc_ranked`` is
+    the pooled AUC after ranking within each fold (``rank_within_folds``), with its own
+    patient-bootstrap interval: it does not mix the fold models' calibrations. Fold statistics
+    are NaN for a model with one fold only (the readers, ``fold = -1``); a fold where a metric
+    is undefined (AUC in a fold with one class) is left out of that metric's mean and SD
     (``fold_metrics`` lists every fold).
 
     Returns:
         DataFrame, one row per model, columns ``*by, n_lesions, n_patients, n_mm, n_folds``,
         then for each metric M of ``accuracy, auc, f1, sensitivity, specificity``:
         ``M`` (pooled), ``M_low``, ``M_high``, ``M_fold_mean``, ``M_fold_sd``; then
-        ``auc_boot_low, auc_boot_high, brier, auc_ci_method, ci_method``.
+        ``auc_ranked, auc_ranked_low, auc_ranked_high, auc_delong_low, auc_delong_high,
+        auc_obuchowski_low, auc_obuchowski_high, brier, auc_ci_method, ci_method``.
     """
     from sklearn.metrics import brier_score_loss
 
     data = check_oof(oof, by=by)
+    ranked = rank_within_folds(data, by=by)
     folds = fold_metrics(data, by=by, threshold=threshold)
     rows = []
-    for key, sub in _groups(data, by):
+    for (key, sub), (_, rsub) in zip(_groups(data, by), _groups(ranked, by), strict=True):
         y = sub["label"].to_numpy()
         p = sub["probability"].to_numpy()
         row: dict[str, object] = dict(zip(by, key, strict=True))
@@ -726,14 +935,8 @@ def metrics_table(
         fm = folds[sel]
         for metric in METRICS:
             row[metric] = float(boot.loc[metric, "estimate"])
-            if metric == "auc":
-                if 0 < y.sum() < y.size and min(y.sum(), y.size - y.sum()) >= 2:
-                    _, lo, hi = delong_ci(y, p, level)
-                else:
-                    lo = hi = float("nan")
-            else:
-                lo, hi = float(boot.loc[metric, "ci_low"]), float(boot.loc[metric, "ci_high"])
-            row[f"{metric}_low"], row[f"{metric}_high"] = lo, hi
+            row[f"{metric}_low"] = float(boot.loc[metric, "ci_low"])
+            row[f"{metric}_high"] = float(boot.loc[metric, "ci_high"])
             vals = fm[metric].to_numpy(np.float64)
             finite = vals[np.isfinite(vals)]
             many = row["n_folds"] > 1
@@ -741,11 +944,26 @@ def metrics_table(
             row[f"{metric}_fold_sd"] = (
                 float(finite.std(ddof=1)) if many and finite.size > 1 else np.nan
             )
-        row["auc_boot_low"] = float(boot.loc["auc", "ci_low"])
-        row["auc_boot_high"] = float(boot.loc["auc", "ci_high"])
+        rboot = bootstrap_metrics(y, rsub["probability"].to_numpy(), rsub["patient_id"],
+                                  threshold=threshold, n_resamples=n_resamples, level=level,
+                                  seed=seed).set_index("metric")
+        row["auc_ranked"] = float(rboot.loc["auc", "estimate"])
+        row["auc_ranked_low"] = float(rboot.loc["auc", "ci_low"])
+        row["auc_ranked_high"] = float(rboot.loc["auc", "ci_high"])
+        lo = hi = olo = ohi = float("nan")
+        if 0 < y.sum() < y.size and min(y.sum(), y.size - y.sum()) >= 2:
+            _, lo, hi = delong_ci(y, p, level)
+            try:
+                _, olo, ohi = obuchowski_ci(y, p, sub["patient_id"], level)
+            except InputError:  # fewer than 2 patients of a class: no clustered variance
+                pass
+        row["auc_delong_low"], row["auc_delong_high"] = lo, hi
+        row["auc_obuchowski_low"], row["auc_obuchowski_high"] = olo, ohi
         row["brier"] = float(brier_score_loss(y, p)) if len(y) else float("nan")
-        row["auc_ci_method"] = "DeLong (Wald, clipped to [0, 1])"
-        row["ci_method"] = f"patient bootstrap (percentile, {n_resamples} resamples, seed {seed})"
+        method = (f"patient bootstrap (percentile, stratified by class, {n_resamples} "
+                  f"resamples, seed {seed})")
+        row["auc_ci_method"] = method
+        row["ci_method"] = method
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -984,6 +1202,52 @@ def pairwise_delong(
     return out
 
 
+def compare_models(
+    oof: pd.DataFrame,
+    model_a: tuple[str, str],
+    model_b: tuple[str, str],
+    *,
+    ranked: bool = True,
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, object]:
+    """Two models' pooled AUCs on the lesions both scored, and the patient-bootstrap interval
+    of their difference (``bootstrap_auc_difference``), plus the lesion-level DeLong test.
+
+    Args:
+        oof: out-of-fold predictions holding both models.
+        model_a, model_b: ``(method, config)``; the difference is ``a - b``.
+        ranked: compare the within-fold ranks (``rank_within_folds``; the pooled AUC that does
+            not mix fold models' calibrations) rather than the raw probabilities.
+        n_resamples, level, seed: the patient bootstrap.
+
+    Returns:
+        dict with ``model_a, model_b`` (display names), ``ranked``, ``auc_a, auc_b,
+        difference, ci_low, ci_high, n_lesions, n_patients`` and ``delong_p`` (lesion level,
+        on the same scores).
+    """
+    data = check_oof(oof)
+    if ranked:
+        data = rank_within_folds(data)
+    parts = []
+    for method, config in (model_a, model_b):
+        sub = data[(data["method"] == method) & (data["config"] == config)]
+        if sub.empty:
+            raise InputError(f"no predictions for model {model_name(method, config)}")
+        parts.append(sub.set_index("lesion_id"))
+    common = parts[0].index.intersection(parts[1].index)
+    y = parts[0].loc[common, "label"].to_numpy()
+    a = parts[0].loc[common, "probability"].to_numpy()
+    b = parts[1].loc[common, "probability"].to_numpy()
+    out: dict[str, object] = {"model_a": model_name(*model_a), "model_b": model_name(*model_b),
+                              "ranked": ranked}
+    out.update(bootstrap_auc_difference(y, a, b, parts[0].loc[common, "patient_id"],
+                                        n_resamples=n_resamples, level=level, seed=seed))
+    out["delong_p"] = delong_test(y, a, b)[3]
+    return out
+
+
 def delong_matrix(pairwise: pd.DataFrame, *, value: str = "p_adjusted") -> pd.DataFrame:
     """Square model x model matrix of one column of ``pairwise_delong`` (diagonal NaN)."""
     models = list(dict.fromkeys([*pairwise["model_a"], *pairwise["model_b"]]))
@@ -997,27 +1261,33 @@ def delong_matrix(pairwise: pd.DataFrame, *, value: str = "p_adjusted") -> pd.Da
 def format_metrics(table: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
     """A readable version of :func:`metrics_table`: one row per model, text cells.
 
-    Columns: ``model``, ``lesions``, ``AUC`` (pooled, DeLong 95 % CI), ``AUC folds (mean ±
-    SD)`` (over folds, as the paper reports), ``ACC``, ``F1``, ``sensitivity``,
-    ``specificity`` (pooled at threshold 0.5, patient-bootstrap 95 % CI). Intervals are
-    written by :func:`magn_lib.display.format_interval`: ``0.83 (95 % CI 0.74–0.91)``.
+    Columns: ``model``, ``lesions``, ``AUC folds (mean ± SD)`` (as the paper reports; first),
+    ``AUC pooled, ranked within folds``, ``AUC pooled``, ``AUC pooled, lesion-level DeLong``,
+    ``ACC``, ``F1``, ``sensitivity``, ``specificity`` (pooled at threshold 0.5). Every interval
+    not labelled DeLong is the patient bootstrap. Intervals are written by
+    :func:`magn_lib.display.format_interval`: ``0.83 (95 % CI 0.74–0.91)``.
     """
     from magn_lib.display import format_interval
 
-    def ci(row: pd.Series, m: str) -> str:
-        return format_interval(row[m], row[f"{m}_low"], row[f"{m}_high"], decimals=decimals)
+    def ci(value: float, lo: float, hi: float) -> str:
+        return format_interval(value, lo, hi, decimals=decimals)
 
     def folds(row: pd.Series) -> str:
         mean, sd = row["auc_fold_mean"], row["auc_fold_sd"]
         return f"{mean:.{decimals}f} ± {sd:.{decimals}f}" if np.isfinite(mean) else "–"
 
     auc = METRIC_LABELS["auc"]
+    rows = list(table.iterrows())
     out = pd.DataFrame({
         "model": [model_name(m, c) for m, c in zip(table["method"], table["config"], strict=True)],
         "lesions": table["n_lesions"].astype(int),
-        auc: [ci(r, "auc") for _, r in table.iterrows()],
-        f"{auc} folds (mean ± SD)": [folds(r) for _, r in table.iterrows()],
+        f"{auc} folds (mean ± SD)": [folds(r) for _, r in rows],
+        f"{auc} pooled, ranked within folds": [
+            ci(r["auc_ranked"], r["auc_ranked_low"], r["auc_ranked_high"]) for _, r in rows],
+        f"{auc} pooled": [ci(r["auc"], r["auc_low"], r["auc_high"]) for _, r in rows],
+        f"{auc} pooled, lesion-level DeLong": [
+            ci(r["auc"], r["auc_delong_low"], r["auc_delong_high"]) for _, r in rows],
     })
     for m in _THRESHOLD_METRICS:
-        out[METRIC_LABELS[m]] = [ci(r, m) for _, r in table.iterrows()]
+        out[METRIC_LABELS[m]] = [ci(r[m], r[f"{m}_low"], r[f"{m}_high"]) for _, r in rows]
     return out

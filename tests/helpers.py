@@ -25,10 +25,12 @@ __all__ = [
     "CohortSpec",
     "ToyCrops",
     "assert_matches_itk",
+    "edit_dicom",
     "make_small_cohort",
     "make_trained_run",
     "reference_data_root",
     "sitk_read",
+    "to_enhanced_mr",
 ]
 
 
@@ -167,7 +169,7 @@ def assert_matches_itk(img: nib.Nifti1Image, folder: Path) -> None:
 def make_trained_run(root: Path, *, class_counts: dict[int, tuple[int, int]] | None = None,
                      seed: int = 11, crop_size: int = 32, n_folds: int = 2,
                      configs: Sequence[str] = ("multi-view",), backbone: str = "resnet18",
-                     epochs: int = 1, batch_size: int = 4):
+                     shared_backbone: bool = False, epochs: int = 1, batch_size: int = 4):
     """A finished study run, made with the library's stages instead of the notebooks (seconds):
     a simulated cohort under ``root/cohort`` (``class_counts``: ``{label: (patients,
     lesions)}``, default 2 MM patients with 2 lesions and 2 metastasis patients with 3), its
@@ -198,7 +200,8 @@ def make_trained_run(root: Path, *, class_counts: dict[int, tuple[int, int]] | N
     n_patients = sum(n for n, _ in class_counts.values())
     profile = load_profile("smoke", n_patients=n_patients, seed=seed, crop_size=crop_size,
                            n_folds=n_folds, epochs=epochs, batch_size=batch_size,
-                           backbone=backbone, n_bootstrap=200, device="cpu", augment=False,
+                           backbone=backbone, shared_backbone=shared_backbone,
+                           n_bootstrap=200, device="cpu", augment=False,
                            keep_weights=list(configs))
     manifest_dir = make_cohort(root / "cohort", n_patients=n_patients, seed=seed, n_jobs=1,
                                progress=False, class_counts=class_counts)
@@ -222,3 +225,79 @@ def make_trained_run(root: Path, *, class_counts: dict[int, tuple[int, int]] | N
     return SimpleNamespace(manifest=manifest_dir, report=paths.report_dir,
                            work=paths.work_dir, paths=paths, profile=profile,
                            oof=grid.predictions)
+
+
+def edit_dicom(path: Path, **changes: object) -> None:
+    """Rewrite one DICOM file with attributes changed (a value of ``None`` deletes one)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    for key, value in changes.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)
+
+
+# Attributes that belong to one slice in a classic series and to a frame's functional groups
+# in an Enhanced MR object.
+_PER_SLICE = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+              "SliceThickness", "RescaleSlope", "RescaleIntercept", "RescaleType",
+              "InstanceNumber", "SOPInstanceUID", "SliceLocation", "PixelData",
+              "WindowCenter", "WindowWidth", "SpacingBetweenSlices")
+
+
+def to_enhanced_mr(folder: Path, out_file: Path, *, functional_groups: bool = True) -> Path:
+    """Convert a classic single-frame MR series folder into one Enhanced MR (multi-frame) file.
+
+    Frames keep the files' order by name (not the spatial order); each frame's position goes
+    to its ``PlanePositionSequence`` and its rescale to ``PixelValueTransformationSequence``
+    in ``PerFrameFunctionalGroupsSequence``; pixel spacing, slice thickness and orientation to
+    ``SharedFunctionalGroupsSequence`` (DICOM PS3.3 C.7.6.16). With ``functional_groups=False``
+    the object has frames but no functional groups (what a broken converter writes).
+    """
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    slices = [pydicom.dcmread(p) for p in sorted(folder.iterdir()) if p.is_file()]
+    first = slices[0]
+    ds = Dataset()
+    for elem in first:
+        if elem.keyword not in _PER_SLICE:
+            ds.add(elem)
+    sop_uid = generate_uid(entropy_srcs=[str(first.SeriesInstanceUID), "enhanced"])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.SOPClassUID = EnhancedMRImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.InstanceNumber = 1
+    ds.NumberOfFrames = len(slices)
+    if functional_groups:
+        shared, measures, orientation = Dataset(), Dataset(), Dataset()
+        measures.PixelSpacing = first.PixelSpacing
+        measures.SliceThickness = first.SliceThickness
+        orientation.ImageOrientationPatient = first.ImageOrientationPatient
+        shared.PixelMeasuresSequence = DicomSequence([measures])
+        shared.PlaneOrientationSequence = DicomSequence([orientation])
+        ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+        frames = []
+        for s in slices:
+            frame, position, rescale = Dataset(), Dataset(), Dataset()
+            position.ImagePositionPatient = s.ImagePositionPatient
+            rescale.RescaleSlope = s.get("RescaleSlope", 1)
+            rescale.RescaleIntercept = s.get("RescaleIntercept", 0)
+            rescale.RescaleType = "US"
+            frame.PlanePositionSequence = DicomSequence([position])
+            frame.PixelValueTransformationSequence = DicomSequence([rescale])
+            frames.append(frame)
+        ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
+    ds.PixelData = b"".join(s.PixelData for s in slices)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(out_file, enforce_file_format=True)
+    return out_file

@@ -5,6 +5,7 @@ from another working folder."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -32,7 +33,9 @@ def exported(tmp_path_factory):
     """A trained run exported, the bundle moved elsewhere and the run's work folder deleted;
     plus a patient the models never saw (a second simulated cohort)."""
     root = tmp_path_factory.mktemp("bundle")
-    run = make_trained_run(root / "study", crop_size=48)
+    # one lesion per patient and one backbone shared by the views: small and quick
+    run = make_trained_run(root / "study", crop_size=48, class_counts={1: (2, 2), 0: (2, 2)},
+                           shared_backbone=True)
     written = export_bundle(run.report, root / "study" / "model.magn")
     bundle_path = root / "elsewhere" / "moved.magn"
     bundle_path.parent.mkdir()
@@ -43,7 +46,7 @@ def exported(tmp_path_factory):
     new = make_cohort(root / "new", n_patients=1, seed=99, n_jobs=1, progress=False)
     manifest = load_manifest(run.manifest)
     return SimpleNamespace(root=root, run=run, bundle_path=bundle_path, manifest=manifest,
-                           new=load_manifest(new), oof=run.oof)
+                           new=load_manifest(new), oof=run.oof, bundle=load_bundle(bundle_path))
 
 
 @pytest.fixture
@@ -103,8 +106,9 @@ def test_held_out_prediction_from_a_moved_bundle_without_the_run(exported, elsew
 def test_a_new_patient_and_no_identity_in_any_output(exported, elsewhere):
     new = exported.new
     lesion_id = new.lesions["lesion_id"].iloc[0]
-    bundle = load_bundle(exported.bundle_path)
-    result = predict_case(bundle, _case(new, lesion_id, as_id="new-1"), elsewhere / "out")
+    bundle = exported.bundle
+    result = predict_case(bundle, _case(new, lesion_id, as_id="new-1"), elsewhere / "out",
+                          pdf=bool(shutil.which("chromium")))
     assert result["in_sample"] is None
     assert not any(w.startswith("In-sample") for w in result["warnings"])
     # the same lesion named with a training patient's study id is in-sample by that id
@@ -117,8 +121,14 @@ def test_a_new_patient_and_no_identity_in_any_output(exported, elsewhere):
     files = [p for p in (elsewhere / "out").rglob("*")]
     # embedded PNGs hold pixels only (no text chunk); their base64 would match short strings
     texts = [re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", p.read_text()).lower()
-             for p in files if p.is_file()]
-    assert {p.name for p in files} == {"new-1", "prediction.json", "case_report.html"}
+             for p in files if p.is_file() and p.suffix != ".pdf"]
+    names = {"new-1", "prediction.json", "case_report.html"}
+    if shutil.which("chromium"):
+        names.add("case_report.pdf")
+        pdf = elsewhere / "out" / "new-1" / "case_report.pdf"
+        assert pdf.read_bytes().startswith(b"%PDF-")
+        assert result["case_report_pdf"] == "case_report.pdf"  # printed from the HTML checked
+    assert {p.name for p in files} == names
     for secret in secrets:
         assert not any(secret in t for t in texts), secret
         assert not any(secret in str(p.relative_to(elsewhere)).lower() for p in files), secret
@@ -141,7 +151,7 @@ def _decimated_axial(folder: Path, out: Path) -> Path:
 
 
 def test_input_checks_fire_on_8mm_slices_and_a_mask_off_the_grid(exported, tmp_path):
-    bundle = load_bundle(exported.bundle_path)
+    bundle = exported.bundle
     new = exported.new
     lesion_id = new.lesions["lesion_id"].iloc[0]
     case = _case(new, lesion_id, as_id="thick")
@@ -174,7 +184,7 @@ def test_input_checks_fire_on_8mm_slices_and_a_mask_off_the_grid(exported, tmp_p
 def test_nrrd_mask_and_a_mask_cropped_to_its_box(exported, tmp_path):
     import SimpleITK as sitk
 
-    bundle = load_bundle(exported.bundle_path)
+    bundle = exported.bundle
     new = exported.new
     case = _case(new, new.lesions["lesion_id"].iloc[0], as_id="nrrd")
     reference = predict_case(bundle, case)["fold_models"]
@@ -199,7 +209,7 @@ def test_nrrd_mask_and_a_mask_cropped_to_its_box(exported, tmp_path):
 
 
 def test_batch_mode_one_row_and_one_report_per_lesion(exported, elsewhere, open_page):
-    bundle = load_bundle(exported.bundle_path)
+    bundle = exported.bundle
     out = elsewhere / "batch"
     table = predict_manifest(bundle, exported.run.manifest, out)
     lesions = exported.manifest.lesions["lesion_id"].tolist()
@@ -227,7 +237,7 @@ def test_batch_mode_one_row_and_one_report_per_lesion(exported, elsewhere, open_
 
 
 def test_bundle_contents_checks_and_refusals(exported, tmp_path):
-    bundle = load_bundle(exported.bundle_path)
+    bundle = exported.bundle
     meta = bundle.meta
     assert meta["format"] == BUNDLE_FORMAT and meta["config"]["name"] == "multi-view"
     assert "best pooled out-of-fold AUC" in meta["selection"]["reason"]
@@ -242,19 +252,23 @@ def test_bundle_contents_checks_and_refusals(exported, tmp_path):
     assert "Research use only" in (exported.bundle_path / "model_card.md").read_text()
 
     def copy() -> Path:
+        """A copy of the bundle of hard links (quick); replace a file before changing it."""
         target = tmp_path / f"copy{len(list(tmp_path.iterdir()))}.magn"
-        shutil.copytree(exported.bundle_path, target)
+        shutil.copytree(exported.bundle_path, target, copy_function=os.link)
         return target
 
     damaged = copy()
-    with open(damaged / "models" / "fold1.pt", "r+b") as f:
-        f.seek(200)
-        f.write(b"\x00\x01\x02")
+    weights = damaged / "models" / "fold1.pt"
+    data = bytearray(weights.read_bytes())
+    data[200:203] = b"\x00\x01\x02"
+    weights.unlink()
+    weights.write_bytes(bytes(data))
     with pytest.raises(InputError, match="does not match its checksum"):
         load_bundle(damaged)
     future = copy()
     record = json.loads((future / "bundle.json").read_text())
     record["format"] = "magn-bundle/2"
+    (future / "bundle.json").unlink()
     (future / "bundle.json").write_text(json.dumps(record))
     with pytest.raises(InputError, match="'magn-bundle/2'.*not the format this magn"):
         load_bundle(future)
@@ -316,3 +330,32 @@ def test_input_checks_against_ranges_and_strict_json():
     }
     assert finite_json({"a": [float("nan"), 1.0], "b": float("inf")}) == {"a": [None, 1.0],
                                                                           "b": None}
+
+
+def test_mask_grid_rule_tolerance_box_and_refusal(tmp_path):
+    from magn_lib.predict import _on_grid
+
+    affine = np.diag([0.7, 0.7, 4.0, 1.0])
+    affine[:3, 3] = [-50.0, 20.0, 3.0]
+    series = nib.Nifti1Image(np.zeros((20, 16, 6), np.float32), affine)
+    data = np.zeros((20, 16, 6), np.uint8)
+    data[5:8, 4:6, 2] = 2
+    name = tmp_path / "m.nii.gz"
+    close = affine.copy()
+    close[:3, 3] += 0.03  # within the manifest's 0.05 mm
+    on = _on_grid(nib.Nifti1Image(data, close), series, label=2, file=name, patient="L1")
+    np.testing.assert_array_equal(np.asanyarray(on.dataobj), data == 2)
+    np.testing.assert_array_equal(on.affine, series.affine)
+    # saved on its bounding box (3D Slicer): padded back onto the series grid
+    box = affine.copy()
+    box[:3, 3] = affine[:3, :3] @ [5, 4, 2] + affine[:3, 3]
+    padded = _on_grid(nib.Nifti1Image(data[5:8, 4:6, 2:3], box), series, label=2, file=name,
+                      patient="L1")
+    np.testing.assert_array_equal(np.asanyarray(padded.dataobj), data == 2)
+    half = affine.copy()
+    half[:3, 3] += [0.35, 0, 0]  # half a pixel off
+    with pytest.raises(InputError, match="not on the sagittal series' grid") as caught:
+        _on_grid(nib.Nifti1Image(data, half), series, label=2, file=name, patient="L1")
+    assert str(name) in str(caught.value)
+    with pytest.raises(InputError, match="no voxel of label 1"):
+        _on_grid(nib.Nifti1Image(data, affine), series, label=1, file=name, patient="L1")

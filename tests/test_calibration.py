@@ -10,6 +10,7 @@ from scipy.optimize import minimize
 from scipy.special import expit, logit
 
 from magn_lib.calibration import (
+    NO_CALL,
     Calibration,
     choose_threshold,
     fit_calibration,
@@ -56,6 +57,10 @@ def test_platt_is_finite_on_separable_scores_and_recovers_a_known_map():
     # scores ranking the classes the wrong way round are not inverted: no signal, prevalence
     slope, intercept = fit_platt(y, 1 - p)
     assert slope == 0 and expit(intercept) == pytest.approx(np.mean(platt_targets(y)))
+    inverted = fit_calibration(pd.DataFrame({"label": y, "probability": 1 - p, "fold": 0,
+                                             "patient_id": [f"P{i}" for i in range(y.size)]}),
+                               n_resamples=50)
+    assert inverted.no_signal and inverted.call(0.99) == NO_CALL
     with pytest.raises(InputError, match="2 lesions of each class"):
         fit_platt([0, 0, 0, 1], [0.1, 0.2, 0.3, 0.9])
 

@@ -286,15 +286,34 @@ def _raises(folder: Path) -> pytest.ExceptionInfo:
     return err
 
 
-def test_error_several_series(tmp_path):
+def test_error_several_series_without_a_majority(tmp_path):
     folder = tmp_path / "s"
-    write_series(folder, series_uid="2.25.111", identity={"SeriesDescription": "t1_sag"})
-    write_series(folder, series_uid="2.25.222", n=3, seed=1,
-                 identity={"SeriesDescription": "t2_sag"})
+    write_series(folder, n=4, series_uid="2.25.111", identity={"SeriesDescription": "t1_sag"})
+    write_series(folder, series_uid="2.25.222", n=4, seed=1,
+                 identity={"SeriesDescription": "DOE JANE t2"})
     err = _raises(folder)
-    assert_names(err, file=folder,
-                 problem=r"2 series.*2\.25\.111.*t1_sag.*5 files.*2\.25\.222.*t2_sag.*3 files")
-    assert "one folder per SeriesInstanceUID" in str(err.value)
+    assert_names(err, file=folder, problem=r"2 series and none has a majority of its 8 images")
+    assert "one folder per series" in str(err.value)
+    # the reason is published: no UIDs, no descriptions
+    assert "2.25." not in str(err.value) and "DOE" not in str(err.value)
+
+
+def test_several_series_majority_is_read_and_intruders_reported(tmp_path):
+    folder = tmp_path / "s"
+    write_series(folder / "only", series_uid="2.25.111", identity={})
+    expected = read_series(folder / "only")
+    for p in (folder / "only").iterdir():
+        p.rename(folder / p.name)
+    # the intruders sort first by name, as a PACS export may put them
+    write_series(folder, series_uid="2.25.222", n=3, seed=1, names=["A1", "A2", "A3"],
+                 identity={"SeriesDescription": "DOE JANE t2"})
+    (folder / "only").rmdir()
+    img = read_series(folder, patient=PATIENT)
+    np.testing.assert_array_equal(img.get_fdata(), expected.get_fdata())
+    np.testing.assert_allclose(img.affine, expected.affine)
+    notes = series_metadata(folder, patient=PATIENT)["notes"]
+    assert re.search(r"3 image\(s\) of 1 other series left out \(A1, A2, A3\).*5 of 8", notes)
+    assert "2.25." not in notes and "DOE" not in notes
 
 
 def test_error_inconsistent_orientation(tmp_path):
@@ -561,3 +580,28 @@ def test_real_decubitus_series_match_simpleitk(series, reference_data):
     assert meta["orientation"] == "sagittal"
     assert meta["patient_position"] == series.split("/")[0]
     assert meta["slice_spacing_mm"] == pytest.approx(4.8, abs=1e-3)
+
+
+def test_enhanced_mr_equals_the_classic_series(tmp_path):
+    from tests.helpers import to_enhanced_mr
+
+    folder = tmp_path / "classic"
+    write_series(folder, orientation=OBLIQUE, slope=[1.0, 2.0, 0.5, 1.5, 3.0], intercept=-7.0)
+    enhanced = to_enhanced_mr(folder, tmp_path / "enhanced" / "EMR0001")
+    classic, multi = read_series(folder), read_series(enhanced.parent, patient=PATIENT)
+    np.testing.assert_array_equal(multi.get_fdata(), classic.get_fdata())
+    np.testing.assert_allclose(multi.affine, classic.affine, atol=1e-9)
+    assert series_identity(enhanced.parent)["PatientName"] == IDENTITY["PatientName"]
+    meta = series_metadata(enhanced.parent)
+    assert meta["multi_frame"] and meta["n_slices"] == 5
+
+
+def test_burned_in_annotation_refused_unless_allowed(tmp_path):
+    folder = tmp_path / "s"
+    paths = write_series(folder)
+    edit(paths[3], BurnedInAnnotation="YES")
+    err = _raises(folder)
+    assert_names(err, file=folder, problem=r"burned-in annotation: 1 of 5 image\(s\)")
+    img = read_series(folder, allow_burned_in=True)
+    assert img.shape == (9, 6, 5)
+    assert series_metadata(folder)["burned_in_annotation"] is True

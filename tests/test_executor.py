@@ -30,8 +30,10 @@ from magn_lib.settings import ExecutorSettings, GridSettings, settings_record
 from tests.helpers import ToyCrops
 
 CONFIGS = ["axial", "multi-view+attention"]
-# generous: Ray's start-up takes tens of seconds on a loaded 2-core machine
-RAY_TEST_TIMEOUT_S = 900
+# generous: Ray's start-up takes tens of seconds on a 2-core machine, minutes when other work
+# loads it; the first Ray test also starts the module's Ray (up to RAY_START_S)
+RAY_START_S = 600.0
+RAY_TEST_TIMEOUT_S = 1500
 
 
 def toy_grid(blocked: str | None = None):
@@ -95,8 +97,8 @@ def local_ray():
 
     if ray.is_initialized():
         ray.shutdown()
-    try:  # retried for up to RAY_START_TIMEOUT_S: the start can be slow on a loaded machine
-        start_local_ray(num_cpus=2, num_gpus=0)
+    try:  # retried for up to RAY_START_S: the start can be slow on a loaded machine
+        start_local_ray(num_cpus=2, num_gpus=0, timeout_s=RAY_START_S)
     except ConfigError as exc:
         pytest.fail(str(exc))
     yield ray

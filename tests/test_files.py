@@ -132,7 +132,7 @@ _WRITER_FUNCTIONS = {
 EXEMPT = {
     ("progress.py", "open"): "the progress channel is an append-only log read while written",
     ("pipeline.py", "open"): "the run lock is an empty file held with flock, never published",
-    ("executor.py", "open"): "a worker's log and the progress channel are append-only logs",
+    ("executor.py", "open"): "a task's log and the relayed progress are append-only logs",
 }
 _HELPER_CONTEXTS = {"atomic_open", "atomic_path"}
 

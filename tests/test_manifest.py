@@ -300,3 +300,17 @@ def test_copied_manifest_with_relative_paths(source, tmp_path):
     shutil.copytree(source, moved)
     m = load_manifest(moved)
     assert m.series_folder("P001", "sagittal").is_relative_to(moved)
+
+
+def test_line_numbers_survive_blank_rows_and_semicolons(edit):
+    root = edit()
+    text = (root / "patients.csv").read_text().splitlines()
+    header, rows = text[0], text[1:]
+    rows[1] = rows[1].split(",")[0] + ",sixty," + ",".join(rows[1].split(",")[2:])
+    lines = [header.replace(",", ";"), "", ";;;", *[r.replace(",", ";") for r in rows]]
+    (root / "patients.csv").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8-sig")
+    with pytest.raises(InputError) as err:
+        load_manifest(root)
+    e = _one(err)
+    # the header is line 1, then a blank line and an empty row: the second patient is line 5
+    assert "patients.csv line 5: age 'sixty' is not a number" in e.problem

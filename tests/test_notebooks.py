@@ -197,6 +197,7 @@ STUDY_TABLES = {
     "oof_magn.csv",
     "oof_radiomics.csv",
     "oof_readers.csv",
+    "primary_comparison.csv",
     "radiomics_refused.csv",
     "radiomics_selected.csv",
     "reader_agreement.csv",
@@ -242,6 +243,24 @@ def test_artifacts_of_the_study(smoke_run):
     assert "Table 2" in index and "Fig. 4" in index and "Model card" in index
     assert index.count("data:image/png;base64,") == len(front["figures"])
     assert "3-fold cross-validation" in index and "5-fold" not in index
+
+
+@study
+def test_simulated_readers_are_called_simulated_on_every_page_that_shows_them(smoke_run):
+    """The embedded cohort's readers are simulated: the front page, notebooks 05 and 06 (and
+    the tables they show) say so, and no page names them radiologists."""
+    pages = {"index": smoke_run.reports / "index.html",
+             **{p.stem: p for p in (smoke_run.reports / "html").glob("0[56]_*.html")}}
+    assert len(pages) == 3
+    for name, page in pages.items():
+        text = page.read_text()
+        assert "simulated reader" in text.lower(), name
+        assert "Radiologist 1" not in text and "Radiologist 2" not in text, name
+    table2 = _read_csv(smoke_run, "table2.csv")
+    readers = [r for r in table2 if "reader" in r["Configuration"].lower()]
+    assert [r["Configuration"] for r in readers] == ["Simulated reader 1", "Simulated reader 2"]
+    versus = _read_csv(smoke_run, "readers_vs_models.csv")
+    assert len(versus) >= 4 and all(r["delong_p_holm"] and r["mcnemar_p_holm"] for r in versus)
 
 
 @study

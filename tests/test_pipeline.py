@@ -334,3 +334,27 @@ def test_require_upstream_names_the_first_missing_notebook(tmp_path):
     assert study_command(resolve_parameters("smoke", {"epochs": 2, "views": ["axial"]}),
                          only=["03_magn_training"]) == \
         "magn study --profile smoke --set epochs=2 --set 'views=[axial]' --only 03"
+
+
+def test_input_checksums_keyed_by_study_ids_not_folder_names(tmp_path):
+    from magn_lib.pipeline import input_checksums
+
+    manifest = tmp_path / "manifest"
+    series = manifest / "dicom" / "WANG^XIUYING 0012345678" / "T1 SAG"
+    series.mkdir(parents=True)
+    (series / "IM1.dcm").write_bytes(b"one")
+    (manifest / "masks").mkdir()
+    (manifest / "masks" / "WANG_mask.nii.gz").write_bytes(b"mask")
+    (manifest / "notes of WANG.txt").write_text("kept, not named")
+    (manifest / "series.csv").write_text(
+        "patient_id,view,folder\nP001,sagittal,dicom/WANG^XIUYING 0012345678/T1 SAG\n")
+    (manifest / "lesions.csv").write_text(
+        "lesion_id,patient_id,label,mask\nP001-L1,P001,1,masks/WANG_mask.nii.gz\n")
+    sums = input_checksums(manifest)
+    assert set(sums) == {"series.csv", "lesions.csv", "series/P001/sagittal", "mask/P001",
+                         "other files (1)"}
+    assert "WANG" not in json.dumps(sums)
+    before = dict(sums)
+    (series / "IM1.dcm").write_bytes(b"changed")
+    after = input_checksums(manifest)
+    assert [k for k in sums if before[k] != after[k]] == ["series/P001/sagittal"]

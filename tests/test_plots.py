@@ -68,9 +68,30 @@ def test_roc_folds_has_one_line_per_fold_plus_pooled_and_reader_points(oof):
     m = stats.binary_metrics(r1.label, r1.probability)
     xy = [c for c in points if c.get_gid() == "reader:reader1"][0].get_offsets()[0]
     assert tuple(xy) == pytest.approx((1 - m["specificity"], m["sensitivity"]))
+    # the pooled curve ranks within folds (the fold models' scales differ), labelled so
+    ranked = stats.rank_within_folds(oof)
     pooled_auc = stats.binary_metrics(
+        *ranked[ranked.config == "multi-view+attention"][["label", "probability"]].T.to_numpy()
+    )["auc"]
+    assert f"pooled, ranked within folds (AUC {pooled_auc:.2f})" in labels
+    raw = plots.plot_roc_folds(oof, ranked=False)
+    raw_auc = stats.binary_metrics(
         *oof[oof.config == "multi-view+attention"][["label", "probability"]].T.to_numpy())["auc"]
-    assert f"pooled (AUC {pooled_auc:.2f})" in labels
+    assert f"pooled (AUC {raw_auc:.2f})" in _labelled_lines(raw)
+
+
+def test_reader_points_say_simulated_when_they_are(oof):
+    fig = plots.plot_roc_folds(oof, simulated_readers=True)
+    points = [c.get_label() for c in fig.axes[0].collections if isinstance(c, PathCollection)]
+    assert points == ["Simulated reader 1 (call)", "Simulated reader 2 (call)"]
+    fig = plots.plot_roc_comparison(oof)
+    points = [c for c in fig.axes[0].collections if isinstance(c, PathCollection)]
+    assert [c.get_label() for c in points] == ["Radiologist 1 (call)", "Radiologist 2 (call)"]
+    # the points are the calls' operating points, not ranks
+    r1 = oof[oof.config == "reader1"]
+    m = stats.binary_metrics(r1.label, r1.probability)
+    assert tuple(points[0].get_offsets()[0]) == pytest.approx(
+        (1 - m["specificity"], m["sensitivity"]))
 
 
 def test_roc_into_given_axes_returns_its_figure(oof):
@@ -158,6 +179,9 @@ def test_table2_numbers_equal_the_stats_functions(oof):
                                                                  m.accuracy_high)
         assert (r.f1, r.f1_low, r.f1_high) == (m.f1, m.f1_low, m.f1_high)
         assert (r.auc, r.auc_low, r.auc_high) == (m.auc, m.auc_low, m.auc_high)
+        assert (r.auc_ranked, r.auc_ranked_low, r.auc_ranked_high) == (
+            m.auc_ranked, m.auc_ranked_low, m.auc_ranked_high)
+        assert (r.auc_delong_low, r.auc_delong_high) == (m.auc_delong_low, m.auc_delong_high)
         assert r.auc_fold_mean == m.auc_fold_mean or np.isnan(r.auc_fold_mean)
     sag = t2[t2.config == "sagittal+attention"].iloc[0]
     assert (sag.paper_accuracy, sag.paper_auc, sag.paper_auc_sd, sag.paper_f1) == (
@@ -169,17 +193,28 @@ def test_table2_numbers_equal_the_stats_functions(oof):
     assert t2[t2.config == "reader2"].iloc[0].paper_accuracy == 0.6912
     assert np.isnan(t2[t2.config == "extra-view"].iloc[0].paper_accuracy)
     sub = oof[(oof.method == "magn") & (oof.config == "sagittal")]
-    assert t2.iloc[0].auc_low == pytest.approx(stats.delong_ci(sub.label, sub.probability)[1])
+    assert t2.iloc[0].auc_delong_low == pytest.approx(
+        stats.delong_ci(sub.label, sub.probability)[1])
     shown = plots.format_table2(t2)
     assert shown.loc[1, "Attention"] == "✓" and shown.loc[0, "Attention"] == "–"
     assert shown.loc[1, "Paper AUC"] == "0.75 ± 0.07"
     assert shown.loc[5, "Configuration"] == "Radiologist 1"
+    assert shown.loc[5, "Section"] == "Radiologist assessment"
     assert shown.loc[0, "ACC"] == (f"{t2.accuracy[0]:.2f} (95 % CI {t2.accuracy_low[0]:.2f}–"
                                    f"{t2.accuracy_high[0]:.2f})")
-    # the paper's labels, as today: one mapping gives every display name
+    assert shown.loc[0, "AUC folds (mean ± SD)"] == (
+        f"{t2.auc_fold_mean[0]:.2f} ± {t2.auc_fold_sd[0]:.2f}")
+    ranked = "AUC pooled, ranked within folds"
+    assert shown.loc[0, ranked] == (f"{t2.auc_ranked[0]:.2f} (95 % CI {t2.auc_ranked_low[0]:.2f}–"
+                                    f"{t2.auc_ranked_high[0]:.2f})")
+    # the per-fold mean ± SD first, as the paper reports it; lesion-level DeLong secondary
     assert list(shown.columns) == [
-        "Section", "Configuration", "Attention", "ACC", "AUC folds (mean ± SD)",
-        "AUC pooled (DeLong)", "F1", "Paper ACC", "Paper AUC", "Paper F1"]
+        "Section", "Configuration", "Attention", "AUC folds (mean ± SD)", ranked,
+        "ACC", "F1", "AUC pooled, lesion-level DeLong", "Paper ACC", "Paper AUC", "Paper F1"]
+    simulated = plots.format_table2(t2, simulated_readers=True)
+    readers = simulated[t2.method == "reader"]
+    assert list(readers["Configuration"]) == ["Simulated reader 1", "Simulated reader 2"]
+    assert set(readers["Section"]) == {"Simulated readers (not radiologists)"}
 
 
 def test_cam_grid_three_views_with_and_without_guidance():

@@ -79,6 +79,10 @@ def test_reader_metrics_match_sklearn():
         score = readers.ordinal_score(sub.call, sub.confidence)
         assert row.auc_ordinal == pytest.approx(skm.roc_auc_score(y, score))
         assert row.auc_ordinal_low <= row.auc_ordinal <= row.auc_ordinal_high
+        # the AUC intervals resample patients, like every other interval
+        boot = stats.bootstrap_metrics(y, (score - 1) / 9, sub.patient_id, n_resamples=300)
+        assert (row.auc_ordinal_low, row.auc_ordinal_high) == pytest.approx(
+            tuple(boot.set_index("metric").loc["auc", ["ci_low", "ci_high"]]))
         assert row.accuracy_low <= row.accuracy <= row.accuracy_high
         assert row.n_patients == sub.patient_id.nunique()
 
@@ -122,6 +126,28 @@ def test_readers_vs_models_equals_stats_on_aligned_lesions():
     assert row.mcnemar_p == pytest.approx(mc.p_value)
     assert row.accuracy_reader == pytest.approx(reader_ok.mean())
     assert row.accuracy_model == pytest.approx(model_ok.mean())
+    # the AUC difference resamples patients (paired), model minus reader
+    diff = stats.bootstrap_auc_difference(y, model.probability.to_numpy(), score,
+                                          sub.patient_id.to_numpy(), n_resamples=2000, seed=0)
+    assert (row.auc_difference, row.auc_difference_low, row.auc_difference_high) == (
+        pytest.approx((diff["difference"], diff["ci_low"], diff["ci_high"])))
+    assert row.auc_difference == pytest.approx(row.auc_model - row.auc_reader)
+
+
+def test_readers_vs_models_holm_over_every_delong_and_mcnemar_test():
+    from statsmodels.stats.multitest import multipletests
+
+    lesions, reads, oof = make_study()
+    second = oof.assign(method="radiomics", config="multi-view",
+                        probability=oof.probability.to_numpy()[::-1])
+    cmp = readers.readers_vs_models(reads, lesions, pd.concat([oof, second]), n_resamples=200)
+    assert len(cmp) == 4  # 2 readers x 2 models: a family of 8 tests
+    family = np.r_[cmp.delong_p, cmp.mcnemar_p]
+    holm = multipletests(family, method="holm")[1]
+    np.testing.assert_allclose(np.r_[cmp.delong_p_holm, cmp.mcnemar_p_holm], holm)
+    assert (cmp.delong_p_holm >= cmp.delong_p).all() and (cmp.mcnemar_p_holm >= cmp.mcnemar_p).all()
+    # Holm by hand on the smallest p-value: times the family size
+    assert np.min(holm) == pytest.approx(min(1.0, 8 * np.min(family)))
 
 
 def test_bad_reads_are_reported_together():
@@ -170,3 +196,27 @@ def test_format_reader_metrics():
     assert text.loc[0, "ACC"] == "0.70 (95 % CI 0.60–0.80)" and text.loc[0, "lesions"] == 40
     assert list(text.columns) == ["reader", "lesions", "ACC", "F1", "sensitivity",
                                   "specificity", "AUC (call)", "AUC (call + confidence)"]
+
+
+def test_reader_label_says_simulated_for_simulated_readers():
+    assert readers.reader_label("reader2", simulated=True) == "Simulated reader 2"
+    assert readers.reader_label("reader2", simulated=False) == "Radiologist 2"
+    assert readers.reader_label("Dr X", simulated=False) == "Dr X"
+    assert readers.reader_label("Dr X", simulated=True) == "Simulated reader Dr X"
+
+
+def test_format_readers_vs_models_shows_holm_and_the_patient_interval():
+    lesions, reads, oof = make_study()
+    cmp = readers.readers_vs_models(reads, lesions, oof, n_resamples=200)
+    text = readers.format_readers_vs_models(cmp, simulated=True)
+    assert list(text["reader"]) == ["Simulated reader 1", "Simulated reader 2"]
+    row, src = text.iloc[0], cmp.iloc[0]
+    interval = "AUC difference, model − reader (patient bootstrap)"
+    assert row[interval] == (f"{src.auc_difference:+.2f} (95 % CI {src.auc_difference_low:+.2f} "
+                             f"to {src.auc_difference_high:+.2f})")
+    p = src.mcnemar_p_holm
+    assert row["McNemar p (Holm)"] == ("< 0.001" if p < 0.001 else f"{p:.3f}")
+    assert not any("_" in c for c in text.columns)
+    per_reader = readers.reader_metrics(reads, lesions, n_resamples=100)
+    shown = readers.format_reader_metrics(per_reader, simulated=True)
+    assert list(shown["reader"]) == ["Simulated reader 1", "Simulated reader 2"]

@@ -159,13 +159,29 @@ def test_plain_summary_reports_the_primary_comparison():
     text = plain_summary(metrics, pairwise, n_patients=n, n_lesions=n, n_mm=int(y.sum()),
                          embedded=True)
     magn = metrics[metrics["method"] == "magn"].iloc[0]
-    assert f"{magn['auc']:.2f} (95 % CI {magn['auc_low']:.2f}–{magn['auc_high']:.2f})" in text[2]
-    assert re.search(r"DeLong test, p (= \d\.\d{3}|< 0\.001)\)", text[2])
-    assert "radiologists classified" in text[2]
+    # per-fold mean ± SD first, then the rank-pooled AUC with its patient-bootstrap interval
+    ranked = (f"{magn['auc_ranked']:.2f} (95 % CI {magn['auc_ranked_low']:.2f}–"
+              f"{magn['auc_ranked_high']:.2f})")
+    assert (f"{magn['auc_fold_mean']:.2f} ± {magn['auc_fold_sd']:.2f} (mean ± SD over the "
+            f"folds); pooled over all lesions after ranking within each fold, {ranked} from "
+            "resampling patients") in text[2]
+    assert "simulated readers" in text[0]
+    assert re.search(r"lesion-level DeLong test, .* p (= \d\.\d{3}|< 0\.001)\)", text[2])
+    assert "The simulated readers (not radiologists" in text[2]
+    assert "radiologists classified" not in text[2].replace("simulated", "")
+    real = plain_summary(metrics, pairwise, n_patients=n, n_lesions=n, n_mm=20, embedded=False)
+    assert "The radiologists classified" in real[2] and "simulated" not in " ".join(real)
+    # with the paired patient bootstrap of the difference, that is what the summary states
+    diff = stats.compare_models(oof, ("magn", "multi-view+attention"),
+                                ("radiomics", "multi-view"), n_resamples=200)
+    with_diff = plain_summary(metrics, pairwise, n_patients=n, n_lesions=n, n_mm=20,
+                              embedded=True, difference=diff)
+    assert (f"differ by {diff['difference']:+.2f} (95 % CI {diff['ci_low']:+.2f} to "
+            f"{diff['ci_high']:+.2f}, resampling patients)") in with_diff[2]
+    assert "DeLong" not in with_diff[2]
     assert "20 myeloma, 40 metastasis" in text[1]
     assert "synthetic" in text[-1]
-    assert len(plain_summary(metrics, pairwise, n_patients=n, n_lesions=n, n_mm=20,
-                             embedded=False)) == 3
+    assert len(real) == 3
 
 
 # --------------------------------------------------------------------------------------------

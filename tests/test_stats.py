@@ -91,45 +91,52 @@ def _row(t1: pd.DataFrame, var: str, level: str = "") -> pd.Series:
     return t1[(t1["variable"] == var) & (t1["level"] == level)].iloc[0]
 
 
-def test_table1_normal_equal_variance_uses_student_t_like_scipy():
+def test_table1_age_is_declared_welch_like_statsmodels():
+    from statsmodels.stats.weightstats import ttest_ind as sm_ttest
+
     rng = np.random.default_rng(1234)
     df = _clinical(rng)
     t1 = stats.table1(df, continuous=["age"], categorical=[])
     r = _row(t1, "age")
     a = df.loc[df.label == 1, "age"]
     b = df.loc[df.label == 0, "age"]
-    assert sps.shapiro(a).pvalue >= 0.05 and sps.shapiro(b).pvalue >= 0.05
-    assert sps.levene(a, b, center="median").pvalue >= 0.05
-    assert r["test"] == "Student t-test"
-    assert r["p_value"] == pytest.approx(sps.ttest_ind(a, b).pvalue, rel=1e-12)
-    assert "Levene" in r["rule"] and "Shapiro-Wilk" in r["rule"]
+    assert r["test"] == "Welch t-test"
+    assert r["p_value"] == pytest.approx(sm_ttest(a, b, usevar="unequal")[1], rel=1e-10)
+    assert r["rule"].startswith("declared in advance: Welch t-test")
+    assert "Shapiro" not in r["rule"] and "Levene" not in r["rule"]
     assert r["MM"] == f"{a.mean():.2f} ± {a.std(ddof=1):.2f}"
     assert list(t1.columns[:4]) == ["variable", "level", "MM", "Metastasis"]
     assert t1.iloc[0]["MM"] == "60" and t1.iloc[0]["Metastasis"] == "90"
 
 
-def test_table1_unequal_variance_uses_welch_like_statsmodels():
-    from statsmodels.stats.weightstats import ttest_ind as sm_ttest
-
+def test_table1_test_does_not_depend_on_the_data():
+    """The two-stage rule (normality pre-test, then t or U) is gone: a declared Welch stays
+    Welch on skewed data and a declared Mann-Whitney stays so on normal data."""
     rng = np.random.default_rng(7)
-    df = pd.DataFrame({"label": np.r_[np.ones(80, int), np.zeros(80, int)],
-                       "x": np.r_[rng.normal(0, 1, 80), rng.normal(0.3, 4, 80)]})
-    r = _row(stats.table1(df, continuous=["x"], categorical=[]), "x")
-    assert r["test"] == "Welch t-test"
-    a, b = df.x[df.label == 1], df.x[df.label == 0]
-    assert r["p_value"] == pytest.approx(sm_ttest(a, b, usevar="unequal")[1], rel=1e-10)
-
-
-def test_table1_skewed_data_switches_to_mann_whitney():
-    rng = np.random.default_rng(1234)
-    df = _clinical(rng)
-    r = _row(stats.table1(df, continuous=["tumour_size_cm"], categorical=[]), "tumour_size_cm")
-    a = df.loc[df.label == 1, "tumour_size_cm"]
-    b = df.loc[df.label == 0, "tumour_size_cm"]
-    assert r["test"] == "Mann-Whitney U"
-    assert r["p_value"] == pytest.approx(
+    normal = pd.DataFrame({"label": np.r_[np.ones(80, int), np.zeros(80, int)],
+                           "tumour_size_cm": rng.normal(4, 1, 160),
+                           "age": rng.lognormal(3, 1.2, 160)})
+    t1 = stats.table1(normal, continuous=["age", "tumour_size_cm"], categorical=[])
+    assert _row(t1, "age")["test"] == "Welch t-test"  # skewed, still the declared test
+    size = _row(t1, "tumour_size_cm")
+    a, b = normal.tumour_size_cm[normal.label == 1], normal.tumour_size_cm[normal.label == 0]
+    assert size["test"] == "Mann-Whitney U"
+    assert size["p_value"] == pytest.approx(
         sps.mannwhitneyu(a, b, alternative="two-sided").pvalue, rel=1e-12)
-    assert r["MM"].startswith(f"{np.median(a):.2f} [")
+    assert size["MM"].startswith(f"{np.median(a):.2f} [")
+    # a caller's declaration wins and is named as such; an undeclared variable gets U
+    normal["x"] = rng.normal(size=160)
+    t2 = stats.table1(normal, continuous=["age", "x"], categorical=[],
+                      tests={"age": "mann-whitney"})
+    assert _row(t2, "age")["test"] == "Mann-Whitney U"
+    assert _row(t2, "age")["rule"] == "declared in advance by the caller: Mann-Whitney U"
+    assert _row(t2, "x")["test"] == "Mann-Whitney U" and "not declared" in _row(t2, "x")["rule"]
+    t3 = stats.table1(normal, continuous=["x"], categorical=[], tests={"x": "welch"})
+    assert _row(t3, "x")["p_value"] == pytest.approx(
+        sps.ttest_ind(normal.x[normal.label == 1], normal.x[normal.label == 0],
+                      equal_var=False).pvalue, rel=1e-12)
+    with pytest.raises(ValueError, match="welch"):
+        stats.table1(normal, continuous=["x"], categorical=[], tests={"x": "student"})
 
 
 def _counts_frame(var: str, table: dict[str, tuple[int, int]]) -> pd.DataFrame:
@@ -374,6 +381,82 @@ def test_bootstrap_resamples_patients_not_lesions():
     assert np.isfinite(bca[["ci_low", "ci_high"]].to_numpy()).all()
 
 
+def naive_obuchowski_var(y: np.ndarray, s: np.ndarray, pid: np.ndarray) -> float:
+    """Obuchowski (1997) straight from the definitions, O(M N): psi over all pairs."""
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    big_m, big_n = len(pos), len(neg)
+    psi = np.array([[1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0 for j in neg]
+                    for i in pos])
+    theta = psi.mean()
+    patients = sorted(set(pid))
+    v10 = {p: sum(psi[a].sum() / big_n for a, i in enumerate(pos) if pid[i] == p)
+           for p in patients}
+    v01 = {p: sum(psi[:, b].sum() / big_m for b, j in enumerate(neg) if pid[j] == p)
+           for p in patients}
+    m = {p: sum(pid[i] == p for i in pos) for p in patients}
+    n = {p: sum(pid[j] == p for j in neg) for p in patients}
+    i10 = sum(m[p] > 0 for p in patients)
+    i01 = sum(n[p] > 0 for p in patients)
+    n_pat = len(patients)
+    s10 = i10 / ((i10 - 1) * big_m) * sum((v10[p] - m[p] * theta) ** 2 for p in patients)
+    s01 = i01 / ((i01 - 1) * big_n) * sum((v01[p] - n[p] * theta) ** 2 for p in patients)
+    s11 = n_pat / (n_pat - 1) * sum((v10[p] - m[p] * theta) * (v01[p] - n[p] * theta)
+                                    for p in patients)
+    return s10 / big_m + s01 / big_n + 2 * s11 / (big_m * big_n)
+
+
+def test_obuchowski_is_delong_for_single_lesions_and_matches_the_definitions():
+    rng = np.random.default_rng(5)
+    n = 40
+    y = (np.arange(n) % 3 == 0).astype(int)
+    s = np.round(rng.normal(size=n) + y, 1)  # rounded: ties
+    pid = np.array([f"P{i}" for i in range(n)])
+    assert stats.obuchowski_ci(y, s, pid) == pytest.approx(stats.delong_ci(y, s))
+    # every lesion three times in its patient: the same interval as the single lesions
+    assert stats.obuchowski_ci(np.repeat(y, 3), np.repeat(s, 3), np.repeat(pid, 3)) == (
+        pytest.approx(stats.delong_ci(y, s)))
+    # patients holding lesions of both classes (the cross term) against the definitions
+    mixed = np.array([f"P{i // 3}" for i in range(n)])
+    auc, lo, hi = stats.obuchowski_ci(y, s, mixed)
+    half = sps.norm.ppf(0.975) * np.sqrt(naive_obuchowski_var(y, s, mixed))
+    assert (lo, hi) == pytest.approx((max(0, auc - half), min(1, auc + half)))
+    assert auc == pytest.approx(skm.roc_auc_score(y, s))
+    with pytest.raises(InputError, match="patients with lesions of each class"):
+        stats.obuchowski_ci(y, s, np.where(y == 1, "A", "B"))
+
+
+def test_patient_bootstrap_covers_the_auc_where_lesion_level_delong_does_not():
+    """Simulated coverage at nominal 0.95 on clustered lesions (1-3 per patient, latent ICC 0.7,
+    one class per patient, true AUC Phi(d / sqrt 2)): the patient bootstrap and Obuchowski's
+    clustered DeLong stay near nominal, the lesion-level DeLong interval is too narrow.
+    300 cohorts of 40 patients, ~3 s."""
+    d, icc, n_cohorts = 1.2, 0.7, 300
+    truth = sps.norm.cdf(d / np.sqrt(2))
+    covered_boot = covered_delong = covered_obuchowski = 0
+    for r in range(n_cohorts):
+        rng = np.random.default_rng(r)
+        y, z, pid = [], [], []
+        for p in range(40):
+            label, u = int(rng.random() < 0.35), rng.normal()
+            for _ in range(int(rng.integers(1, 4))):
+                y.append(label)
+                pid.append(f"P{p}")
+                z.append(d * label + np.sqrt(icc) * u + np.sqrt(1 - icc) * rng.normal())
+        y, prob = np.array(y), 1 / (1 + np.exp(-np.array(z)))
+        auc = stats.bootstrap_metrics(y, prob, pid, n_resamples=400, seed=r).set_index(
+            "metric").loc["auc"]
+        covered_boot += auc.ci_low <= truth <= auc.ci_high
+        _, lo, hi = stats.delong_ci(y, prob)
+        covered_delong += lo <= truth <= hi
+        _, lo, hi = stats.obuchowski_ci(y, prob, pid)
+        covered_obuchowski += lo <= truth <= hi
+    boot, delong = covered_boot / n_cohorts, covered_delong / n_cohorts
+    obuchowski = covered_obuchowski / n_cohorts
+    assert 0.88 <= boot <= 0.99, boot  # measured 0.913
+    assert 0.87 <= obuchowski <= 0.99, obuchowski  # measured 0.897 (Wald, 40 patients)
+    assert delong <= min(boot, obuchowski) - 0.05, (delong, boot)  # measured 0.817
+
+
 def test_metrics_table_fold_and_pooled_numbers():
     oof = make_oof()
     mt = stats.metrics_table(oof, n_resamples=300)
@@ -386,16 +469,77 @@ def test_metrics_table_fold_and_pooled_numbers():
     acc_fold = [skm.accuracy_score(f.label, f.probability >= 0.5) for _, f in sub.groupby("fold")]
     assert row.accuracy_fold_mean == pytest.approx(np.mean(acc_fold))
     assert row.auc == pytest.approx(skm.roc_auc_score(sub.label, sub.probability))
+    # the headline AUC interval resamples patients; DeLong (lesion level) is secondary
+    boot = stats.bootstrap_metrics(sub.label, sub.probability, sub.patient_id,
+                                   n_resamples=300).set_index("metric")
     assert (row.auc_low, row.auc_high) == pytest.approx(
+        (boot.loc["auc", "ci_low"], boot.loc["auc", "ci_high"]))
+    assert (row.auc_delong_low, row.auc_delong_high) == pytest.approx(
         stats.delong_ci(sub.label, sub.probability)[1:])
+    assert row.auc_ci_method.startswith("patient bootstrap")
+    assert (row.auc_obuchowski_low, row.auc_obuchowski_high) == pytest.approx(
+        stats.obuchowski_ci(sub.label, sub.probability, sub.patient_id)[1:])
     assert row.brier == pytest.approx(skm.brier_score_loss(sub.label, sub.probability))
     assert row.n_folds == 5 and row.n_patients == 40
-    boot = stats.bootstrap_metrics(sub.label, sub.probability, sub.patient_id, n_resamples=300)
-    assert row.f1_low == pytest.approx(boot.set_index("metric").loc["f1", "ci_low"])
+    assert row.f1_low == pytest.approx(boot.loc["f1", "ci_low"])
+    # pooled after ranking within folds: the AUC of the within-fold percentile ranks
+    ranks = sub.groupby("fold")["probability"].transform(
+        lambda p: (sps.rankdata(p) - 0.5) / len(p))
+    assert row.auc_ranked == pytest.approx(skm.roc_auc_score(sub.label, ranks))
+    assert row.auc_ranked_low <= row.auc_ranked <= row.auc_ranked_high
     # a reader (one pseudo-fold) gets pooled numbers only
     reader = sub.assign(method="reader", config="reader1", fold=-1)
     rt = stats.metrics_table(reader, n_resamples=200).iloc[0]
     assert np.isnan(rt.auc_fold_mean) and np.isnan(rt.auc_fold_sd) and np.isfinite(rt.auc)
+
+
+def test_rank_within_folds_removes_per_fold_calibration_and_keeps_fold_aucs():
+    oof = make_oof()
+    sub = oof[oof.config == "multi-view+attention"].reset_index(drop=True)
+    # the fold models disagree about the scale: a different monotone map per fold
+    shifted = sub.copy()
+    shifted["probability"] = [p ** (1 + 2 * f) for p, f in zip(sub.probability, sub.fold,
+                                                                  strict=True)]
+    raw_a = skm.roc_auc_score(sub.label, sub.probability)
+    raw_b = skm.roc_auc_score(shifted.label, shifted.probability)
+    assert abs(raw_a - raw_b) > 0.01  # raw pooling mixes the calibrations
+    ra, rb = stats.rank_within_folds(sub), stats.rank_within_folds(shifted)
+    np.testing.assert_allclose(ra.probability, rb.probability)
+    assert ((ra.probability > 0) & (ra.probability < 1)).all()
+    for _fold, part in sub.groupby("fold"):
+        assert skm.roc_auc_score(part.label, ra.probability[part.index]) == pytest.approx(
+            skm.roc_auc_score(part.label, part.probability))
+    # ties share their mean rank; the input is not modified
+    tied = sub.assign(probability=0.5)
+    assert (stats.rank_within_folds(tied).probability == 0.5).all()
+    assert (sub.probability != ra.probability).any()
+
+
+def test_paired_auc_statistic_equals_sklearn_on_the_gathered_resample():
+    oof = make_oof()
+    wide = oof.pivot(index="lesion_id", columns="config", values="probability")
+    meta = oof.drop_duplicates("lesion_id").set_index("lesion_id").loc[wide.index]
+    y = meta.label.to_numpy()
+    a, b = wide["multi-view+attention"].to_numpy(), wide["sagittal"].to_numpy()
+    code, patients = pd.factorize(meta.patient_id)
+    stat = stats._PairedAUCStatistic(y, a, b, code, len(patients))
+    draws = np.random.default_rng(2).integers(0, len(patients), size=(4, len(patients)))
+    values = stat(draws)
+    for k in range(4):
+        rows = np.concatenate([np.flatnonzero(code == j) for j in draws[k]])
+        ref_a = skm.roc_auc_score(y[rows], a[rows])
+        ref_b = skm.roc_auc_score(y[rows], b[rows])
+        assert values[:, k] == pytest.approx([ref_a, ref_b, ref_a - ref_b], abs=1e-12)
+    res = stats.bootstrap_auc_difference(y, a, b, meta.patient_id, n_resamples=400, seed=1)
+    assert res["difference"] == pytest.approx(skm.roc_auc_score(y, a) - skm.roc_auc_score(y, b))
+    assert res["ci_low"] <= res["difference"] <= res["ci_high"]
+    flipped = stats.bootstrap_auc_difference(y, b, a, meta.patient_id, n_resamples=400, seed=1)
+    assert (flipped["ci_low"], flipped["ci_high"]) == pytest.approx(
+        (-res["ci_high"], -res["ci_low"]))
+    same = stats.bootstrap_auc_difference(y, a, a, meta.patient_id, n_resamples=100)
+    assert same["ci_low"] == same["ci_high"] == 0.0
+    with pytest.raises(InputError, match="both classes"):
+        stats.bootstrap_auc_difference(np.zeros(4, int), a[:4], b[:4], ["P1"] * 4)
 
 
 def test_check_oof_reports_every_problem():
@@ -528,11 +672,39 @@ def test_format_metrics_text_matches_the_numbers():
     text = stats.format_metrics(table)
     row = table.iloc[0]
     assert text.loc[0, "model"] == stats.model_name("radiomics", "multi-view")
-    assert text.loc[0, "AUC"] == (
+    assert text.loc[0, "AUC pooled"] == (
         f"{row['auc']:.2f} (95 % CI {row['auc_low']:.2f}–{row['auc_high']:.2f})")
+    assert text.loc[0, "AUC pooled, lesion-level DeLong"] == (
+        f"{row['auc']:.2f} (95 % CI {row['auc_delong_low']:.2f}–{row['auc_delong_high']:.2f})")
+    assert text.loc[0, "AUC pooled, ranked within folds"].startswith(
+        f"{row['auc_ranked']:.2f} (95 % CI ")
     assert text.loc[0, "AUC folds (mean ± SD)"] == (
         f"{row['auc_fold_mean']:.2f} ± {row['auc_fold_sd']:.2f}")
     assert text.loc[0, "lesions"] == n
-    assert list(text.columns) == ["model", "lesions", "AUC", "AUC folds (mean ± SD)", "ACC",
-                                  "F1", "sensitivity", "specificity"]
+    # per-fold mean ± SD, as the paper reports it, comes first
+    assert list(text.columns) == ["model", "lesions", "AUC folds (mean ± SD)",
+                                  "AUC pooled, ranked within folds", "AUC pooled",
+                                  "AUC pooled, lesion-level DeLong", "ACC", "F1",
+                                  "sensitivity", "specificity"]
     assert text.loc[0, "ACC"].startswith(f"{row['accuracy']:.2f} (95 % CI ")
+
+
+def test_compare_models_on_ranks_and_raw():
+    oof = make_oof()
+    a, b = ("magn", "multi-view+attention"), ("radiomics", "multi-view")
+    res = stats.compare_models(oof, a, b, n_resamples=300, seed=2)
+    ranked = stats.rank_within_folds(oof)
+    sa = ranked[(ranked.method == a[0]) & (ranked.config == a[1])].set_index("lesion_id")
+    sb = ranked[(ranked.method == b[0]) & (ranked.config == b[1])].set_index("lesion_id")
+    sb = sb.loc[sa.index]
+    ref = stats.bootstrap_auc_difference(sa.label, sa.probability, sb.probability,
+                                         sa.patient_id, n_resamples=300, seed=2)
+    assert {k: res[k] for k in ref} == pytest.approx(ref)
+    assert res["delong_p"] == pytest.approx(
+        stats.delong_test(sa.label, sa.probability, sb.probability)[3])
+    assert res["model_a"] == "magn: multi-view+attention" and res["ranked"]
+    raw = stats.compare_models(oof, a, b, ranked=False, n_resamples=300)
+    sub = oof[(oof.method == a[0]) & (oof.config == a[1])]
+    assert raw["auc_a"] == pytest.approx(skm.roc_auc_score(sub.label, sub.probability))
+    with pytest.raises(InputError, match="no predictions"):
+        stats.compare_models(oof, a, ("magn", "nope"))

@@ -1,5 +1,6 @@
 """Tests for magn_lib.synthetic: DICOM validity, geometry against SimpleITK, the marker test,
-view consistency, determinism, planted identity, cohort counts and simulated readers."""
+view consistency, determinism, planted identity and cohort counts (simulated readers:
+test_synthetic_readers.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from magn_lib.synthetic import (
     PAPER_CLASS_COUNTS,
     _Knobs,
     _plan,
-    _simulate_readers,
     load_truth,
     make_cohort,
 )
@@ -297,21 +297,6 @@ def test_paper_counts_and_table1_from_the_plan():
     assert sum(p["label"] for p in demo) == 22
     counted = _plan(10, 1, _Knobs(class_counts={1: (4, 5), 0: (6, 9)}))
     assert sum(p["n_lesions"] for p in counted if p["label"] == 0) == 9
-
-
-def test_simulated_readers_match_the_papers_accuracy():
-    rng = np.random.default_rng(0)
-    n = 269
-    label = (np.arange(n) < 81).astype(int)
-    m = rng.normal(np.where(label == 1, -1.2, 1.2), 1.0)
-    lesions = pd.DataFrame({"lesion_id": [f"L{i}" for i in range(n)],
-                            "patient_id": [f"P{i}" for i in range(n)],
-                            "label": label, "metastasis_likeness": m})
-    reads = _simulate_readers(lesions, rng).merge(lesions[["lesion_id", "label"]])
-    for reader, target in (("reader1", 0.6544), ("reader2", 0.6912)):
-        r = reads[reads["reader"] == reader]
-        assert abs((r["call"] == r["label"]).mean() - target) < 0.02
-        assert set(r["confidence"]) <= {1, 2, 3, 4, 5} and set(r["call"]) <= {0, 1}
 
 
 def test_knob_errors(tmp_path):

@@ -9,7 +9,9 @@ vertebra's endplate) are rendered by sampling that same phantom at each series' 
 averaged over the slice profile, so the views are geometrically consistent the way a real exam
 is. The cohort imitates the study of Chen et al. 2022 (Front. Oncol. 12:981769): its three
 scanners (1.5 T Siemens, 1.5 T GE, 3.0 T Philips), its Table 1 (age, sex, vertebral site,
-tumour size by class), its class counts and its two radiologists' accuracy.
+tumour size by class) and its class counts; two simulated readers have the operating point
+(sensitivity, specificity) that the paper's two radiologists' accuracy and AUC imply, without
+looking at the realised cohort (``readers``).
 
 Coordinate frames: the phantom is defined in the DICOM patient frame (LPS, mm), which is what
 ImagePositionPatient and ImageOrientationPatient are written in; everything this module
