@@ -62,7 +62,7 @@ from magn_lib.calibration import Calibration, fit_calibration
 from magn_lib.config import Profile, resolve_path
 from magn_lib.cv import GridConfig, build_model, config_by_name, load_folds
 from magn_lib.errors import InputError
-from magn_lib.files import save, write_csv, write_text
+from magn_lib.files import default_dir_mode, save, write_csv, write_text
 from magn_lib.layout import BundlePaths, GridPaths, ReportPaths, WorkPaths
 from magn_lib.model import MAGN
 from magn_lib.repro import file_sha256, git_state
@@ -492,6 +492,7 @@ def export_bundle(
                                            allow_nan=False))
         write_text(staged.model_card, _model_card(meta))
         _write_checksums(staging)
+        staging.chmod(default_dir_mode())  # mkdtemp's 0700 would keep colleagues out
         if out.exists():
             shutil.rmtree(out)
         staging.replace(out)

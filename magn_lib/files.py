@@ -27,6 +27,7 @@ from typing import IO, Any
 __all__ = [
     "atomic_open",
     "atomic_path",
+    "default_dir_mode",
     "default_file_mode",
     "save",
     "write_bytes",
@@ -54,6 +55,11 @@ def _umask() -> int:
 def default_file_mode() -> int:
     """Permission bits a new file gets from ``open(path, "w")`` now: ``0o666 & ~umask``."""
     return 0o666 & ~_umask()
+
+
+def default_dir_mode() -> int:
+    """Permission bits a new folder gets from ``mkdir`` now: ``0o777 & ~umask``."""
+    return 0o777 & ~_umask()
 
 
 def _temporary(path: Path, suffix: str) -> tuple[int, Path]:

@@ -413,7 +413,8 @@ def write_front_page(
 def _table_html(csv_path: Path) -> str:
     import pandas as pd
 
-    frame = pd.read_csv(csv_path, keep_default_na=False)
+    # as text: the table was written for reading (a number keeps the digits it was given)
+    frame = pd.read_csv(csv_path, keep_default_na=False, dtype=str)
     return clinician_table(frame, index=False)._repr_html_()
 
 
@@ -532,8 +533,9 @@ nav.magn-nav a:hover{text-decoration:underline} nav.magn-nav .magn-here{color:#5
 # tables and figures of the notebook pages: fit a 1280 px window and an A4 page
 _PAGE_CSS = """
 table.magn-table{border-collapse:collapse;font-size:.85rem;margin:.4rem 0;max-width:100%}
+.jp-RenderedHTMLCommon table.magn-table th,.jp-RenderedHTMLCommon table.magn-table td,
 table.magn-table th,table.magn-table td{padding:.2rem .55rem;border-bottom:1px solid #eaeef2;
-text-align:left;vertical-align:top;overflow-wrap:anywhere}
+text-align:left;vertical-align:top;overflow-wrap:break-word}
 table.magn-table thead th{background:#f6f8fa} table.magn-table caption{caption-side:top;
 text-align:left;font-size:.85rem;color:#57606a;padding:.2rem 0}
 .jp-RenderedImage img,.jp-RenderedHTMLCommon img{max-width:100%;height:auto}

@@ -63,6 +63,12 @@ def test_every_writer_gives_the_umask_mode(tmp_path, umask, mask, expected):
     assert {p.name: oct(_mode(p)) for p in written} == {p.name: oct(expected) for p in written}
 
 
+def test_folder_mode_follows_the_umask(tmp_path, umask):
+    umask(0o027)
+    (tmp_path / "plain").mkdir()
+    assert files.default_dir_mode() == 0o750 == _mode(tmp_path / "plain")
+
+
 def test_explicit_permissions_win(tmp_path, umask):
     umask(0o022)
     key = files.write_text(tmp_path / "key.csv", "a\n", permissions=0o600)
