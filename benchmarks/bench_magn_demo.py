@@ -28,14 +28,14 @@ def _demo_inputs(tmp: Path) -> tuple[Path, Path]:
     from magn_lib.config import load_profile
     from magn_lib.crops import read_cache
     from magn_lib.cv import ensure_folds
-    from magn_lib.layout import default_run_paths
+    from magn_lib.layout import default_run_paths, run_paths
 
     paths = default_run_paths("demo")
     if paths.crop_cache.is_file() and paths.folds_csv.is_file():
         return paths.crop_cache, paths.folds_csv
     cfg = load_profile("demo")
     cache_path = profile_inputs("demo", tmp)
-    folds_csv = tmp / "folds.csv"
+    folds_csv = run_paths(tmp / "run").folds_csv
     ensure_folds(read_cache(cache_path).lesions(), folds_csv, n_splits=cfg.n_folds,
                  seed=cfg.seed)
     return cache_path, folds_csv

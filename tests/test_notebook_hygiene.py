@@ -7,6 +7,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from magn_lib.config import load_profile, notebook_parameters
+from magn_lib.layout import default_work_folder
 from magn_lib.pipeline import (
     RUN_PARAMETERS,
     declared_parameters,
@@ -95,7 +96,8 @@ def test_study_notebook_opened_by_hand_runs_demo(path):
     assert {k: v for k, v in namespace.items() if v is not None} == {}
     params = notebook_parameters(namespace)
     assert params.profile == load_profile("demo") and params.overrides == {}
-    assert (params.run_dir, params.work_dir) == ("reports/demo", "work/demo")
+    assert (params.run_dir, params.work_dir) == ("reports/demo",
+                                                 default_work_folder("reports/demo"))
     assert set(params.keys) == set(declared) - set(RUN_PARAMETERS)
 
 
