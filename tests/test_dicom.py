@@ -28,7 +28,7 @@ from magn_lib.dicom import (
     world_to_voxel,
 )
 from magn_lib.errors import InputError
-from tests.helpers import assert_matches_itk
+from tests.helpers import assert_matches_itk, edit_dicom
 
 PATIENT = "P042"
 
@@ -154,17 +154,6 @@ def write_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
-
-
-def edit(path: Path, **changes) -> None:
-    """Rewrite one file with attributes changed (None deletes)."""
-    ds = pydicom.dcmread(path)
-    for key, value in changes.items():
-        if value is None:
-            delattr(ds, key)
-        else:
-            setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
 
 
 def assert_names(err: pytest.ExceptionInfo, *, file: Path | str, problem: str) -> None:
@@ -319,7 +308,7 @@ def test_several_series_majority_is_read_and_intruders_reported(tmp_path):
 def test_error_inconsistent_orientation(tmp_path):
     folder = tmp_path / "s"
     paths = write_series(folder)
-    edit(paths[2], ImageOrientationPatient=[1, 0, 0, 0, 0.9950042, -0.0998334])
+    edit_dicom(paths[2], ImageOrientationPatient=[1, 0, 0, 0, 0.9950042, -0.0998334])
     assert_names(_raises(folder), file=folder, problem="inconsistent ImageOrientationPatient")
 
 
@@ -347,7 +336,7 @@ def test_error_sheared_stack(tmp_path):
     folder = tmp_path / "s"
     paths = write_series(folder)
     for k, path in enumerate(paths):  # origins slide along x: a gantry-tilt-like shear
-        edit(path, ImagePositionPatient=[-10.0 + 0.5 * k, 20.0, 35.0 + 3.0 * k])
+        edit_dicom(path, ImagePositionPatient=[-10.0 + 0.5 * k, 20.0, 35.0 + 3.0 * k])
     assert_names(_raises(folder), file=folder, problem="shifted within the slice plane")
 
 
@@ -379,14 +368,14 @@ def test_error_garbage_dicom_file_and_all_problems_at_once(tmp_path):
 def test_error_not_mr(tmp_path):
     folder = tmp_path / "s"
     paths = write_series(folder)
-    edit(paths[3], Modality="CT")
+    edit_dicom(paths[3], Modality="CT")
     assert_names(_raises(folder), file=paths[3], problem="modality is 'CT', expected MR")
 
 
 def test_error_missing_geometry(tmp_path):
     folder = tmp_path / "s"
     paths = write_series(folder)
-    edit(paths[2], ImagePositionPatient=None, PixelSpacing=None)
+    edit_dicom(paths[2], ImagePositionPatient=None, PixelSpacing=None)
     assert_names(_raises(folder), file=paths[2],
                  problem="missing geometry attribute.*PixelSpacing.*ImagePositionPatient")
 
@@ -394,7 +383,7 @@ def test_error_missing_geometry(tmp_path):
 def test_error_invalid_orientation(tmp_path):
     folder = tmp_path / "s"
     paths = write_series(folder)
-    edit(paths[0], ImageOrientationPatient=[1, 0, 0, 0.5, 0.5, 0])
+    edit_dicom(paths[0], ImageOrientationPatient=[1, 0, 0, 0.5, 0.5, 0])
     assert_names(_raises(folder), file=paths[0], problem="not two orthogonal unit vectors")
 
 
@@ -410,14 +399,14 @@ def test_error_differing_matrix(tmp_path):
 def test_error_differing_pixel_spacing(tmp_path):
     folder = tmp_path / "s"
     paths = write_series(folder)
-    edit(paths[1], PixelSpacing=[0.9, 0.7])
+    edit_dicom(paths[1], PixelSpacing=[0.9, 0.7])
     assert_names(_raises(folder), file=folder, problem=r"differ in PixelSpacing.*0\.9x0\.7 mm")
 
 
 def test_error_multiframe(tmp_path):
     folder = tmp_path / "s"
     paths = write_series(folder)
-    edit(paths[0], NumberOfFrames=2)
+    edit_dicom(paths[0], NumberOfFrames=2)
     assert_names(_raises(folder), file=paths[0], problem="multi-frame.*not supported")
 
 
@@ -439,7 +428,7 @@ def test_error_compressed_without_decoder(tmp_path):
 def test_error_colour_image(tmp_path):
     folder = tmp_path / "s"
     paths = write_series(folder)
-    edit(paths[1], SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0)
+    edit_dicom(paths[1], SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0)
     assert_names(_raises(folder), file=paths[1], problem="colour image")
 
 
@@ -599,7 +588,7 @@ def test_enhanced_mr_equals_the_classic_series(tmp_path):
 def test_burned_in_annotation_refused_unless_allowed(tmp_path):
     folder = tmp_path / "s"
     paths = write_series(folder)
-    edit(paths[3], BurnedInAnnotation="YES")
+    edit_dicom(paths[3], BurnedInAnnotation="YES")
     err = _raises(folder)
     assert_names(err, file=folder, problem=r"burned-in annotation: 1 of 5 image\(s\)")
     img = read_series(folder, allow_burned_in=True)
