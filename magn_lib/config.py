@@ -44,6 +44,7 @@ from magn_lib.layout import (  # re-exported: they used to live here
 __all__ = [
     "BACKBONES",
     "EXECUTORS",
+    "EXTERNAL_PRESETS",
     "GRID_CONFIG_NAMES",
     "PARAMETERS_MIMETYPE",
     "NETWORK_STRIDE",
@@ -79,6 +80,9 @@ GRID_CONFIG_NAMES: tuple[str, ...] = (
     "sagittal", "sagittal+attention", "axial", "axial+attention", "coronal",
     "coronal+attention", "multi-view", "multi-view+attention",
 )
+# the embedded second sites a profile's `external_cohort` may name (magn_lib.synthetic presets);
+# any other value of `external_cohort` is the manifest folder of an external cohort
+EXTERNAL_PRESETS: tuple[str, ...] = ("site_b",)
 # how the grid's (configuration, fold) trainings are run (magn_lib.executor)
 EXECUTORS: tuple[str, ...] = ("sequential", "ray")
 # a notebook's parameters besides the profile's: where the run reads and writes
@@ -145,6 +149,16 @@ class Profile:
     radiomics_keep: int = 15
     # statistics
     n_bootstrap: int = 2000
+    # external validation (notebook 07): null = none (the study has no notebook 07); an
+    # embedded site's preset name (EXTERNAL_PRESETS: generated like the embedded cohort, from
+    # the external_* keys below); or the manifest folder of an external cohort
+    external_cohort: str | None = "site_b"
+    external_n_patients: int = 24
+    external_seed: int = 2023
+    external_separability: float = 1.0
+    # share of the external patients (grouped by patient) on which a logistic recalibration is
+    # fitted, evaluated on the other patients only; null = no recalibration
+    external_recalibration_fraction: float | None = None
     # parallel workers for CPU-bound stages (-1 = one per core)
     n_jobs: int = -1
     # execution of the grid (magn_lib.executor): where and how many trainings run at once;
@@ -224,7 +238,33 @@ class Profile:
             raise ConfigError(f"lr_gamma: must be in (0, 1], got {self.lr_gamma}")
         if self.attention_weight < 0 or self.separability < 0:
             raise ConfigError("attention_weight and separability must not be negative")
+        self._check_external()
         self._check_execution()
+
+    def _check_external(self) -> None:
+        if self.external_cohort is not None and not self.external_cohort.strip():
+            raise ConfigError(
+                "external_cohort: empty; use null (no external validation), an embedded site "
+                f"({', '.join(EXTERNAL_PRESETS)}) or the manifest folder of an external cohort"
+            )
+        if self.external_n_patients < 2:
+            raise ConfigError("external_n_patients: the external site needs at least 2 "
+                              f"patients (one of each class), got {self.external_n_patients}")
+        if self.external_separability < 0:
+            raise ConfigError("external_separability: must not be negative, got "
+                              f"{self.external_separability}")
+        fraction = self.external_recalibration_fraction
+        if fraction is not None and not 0 < fraction < 1:
+            raise ConfigError(
+                f"external_recalibration_fraction: must be null or in (0, 1), got {fraction} "
+                "(the recalibration is fitted on that share of the external patients and "
+                "evaluated on the others)"
+            )
+
+    @property
+    def external_embedded(self) -> bool:
+        """``external_cohort`` names an embedded (simulated) site, not a manifest folder."""
+        return self.external_cohort in EXTERNAL_PRESETS
 
     def _check_execution(self) -> None:
         if self.executor not in EXECUTORS:
@@ -355,8 +395,9 @@ def resolve_path(path: str | Path) -> Path:
 
 def check_runnable(profile: Profile) -> None:
     """Check what a profile needs from this machine, before anything runs: the files it names
-    exist (``radiomics_settings``, a ``weights`` checkpoint) and the settings file is valid
-    YAML, the ``device`` is present, ``n_jobs`` does not ask for more workers than cores.
+    exist (``radiomics_settings``, a ``weights`` checkpoint, an ``external_cohort`` manifest
+    folder) and the settings file is valid YAML, the ``device`` is present, ``n_jobs`` does
+    not ask for more workers than cores.
 
     :class:`Profile` itself checks what holds on every machine (types, ranges the network and
     the data impose); this checks the rest, so that ``magn config`` still shows a GPU profile
@@ -377,6 +418,14 @@ def check_runnable(profile: Profile) -> None:
         raise ConfigError(
             f"weights: checkpoint {profile.weights} does not exist; give an existing .pth file, "
             "'imagenet' or null (train from scratch)"
+        )
+    external = profile.external_cohort
+    if external is not None and not profile.external_embedded \
+            and not resolve_path(external).is_dir():
+        raise ConfigError(
+            f"external_cohort: {external!r} is neither an embedded site "
+            f"({', '.join(EXTERNAL_PRESETS)}) nor an existing manifest folder (relative paths "
+            "are taken from the project root); use null for no external validation"
         )
     if profile.device.startswith("cuda"):
         import torch

@@ -19,6 +19,9 @@ paths::
         artifacts/folds.csv                        folds_csv             shared by every method
         artifacts/oof_<method>.csv                 oof(method)           out-of-fold predictions
         artifacts/front_page.json                  front_page
+        artifacts/front_page_external.json         front_page_external   notebook 07's part
+        external/                                  external_dir          notebook 07's
+                                                                         validation (ExternalPaths)
         artifacts/screens/<page>.png               screens_dir           test screenshots
     work/<run>-<8 hex>/                          WorkPaths             default_work_folder
         .magn-run.json  .lock                      work_marker  work_lock
@@ -36,6 +39,8 @@ paths::
                 model.pt  checkpoint.pt
                 task.log  progress.jsonl             (Ray executor only)
         radiomics/<kind>-<view>-<key>.pkl          radiomics_dir, feature_cache(...)
+        bundle/model.magn/                         study_bundle          the run's model
+                                                                         (BundlePaths), notebook 07
 
 :class:`RunPaths` is both (one run); :class:`WorkPaths` and :class:`ReportPaths` serve code that
 holds only one of the folders (a stage result knows its work folder, ``record_warning`` its
@@ -255,6 +260,12 @@ class WorkPaths:
         """Held by the study runner while a run uses the work folder."""
         return self.work_dir / ".lock"
 
+    @property
+    def study_bundle(self) -> Path:
+        """The run's own model bundle (:class:`BundlePaths`), exported by notebook 07 to
+        validate the frozen model on the external cohort."""
+        return self.work_dir / "bundle" / "model.magn"
+
     def progress_channel(self, notebook: str) -> Path:
         """The progress events a running notebook writes for the study runner (JSON lines)."""
         return self.work_dir / ".progress" / f"{notebook}.jsonl"
@@ -355,6 +366,18 @@ class ReportPaths:
     def front_page(self) -> Path:
         """What ``index.html`` shows above the notebook list (written by the last notebook)."""
         return self.artifacts_dir / "front_page.json"
+
+    @property
+    def front_page_external(self) -> Path:
+        """The external validation's part of ``index.html`` (written by notebook 07; shown only
+        while the study has notebook 07)."""
+        return self.artifacts_dir / "front_page_external.json"
+
+    @property
+    def external_dir(self) -> Path:
+        """The external validation of the run's frozen model (notebook 07), laid out by
+        ``ExternalPaths``."""
+        return self.report_dir / "external"
 
     @property
     def screens_dir(self) -> Path:

@@ -25,6 +25,12 @@ A notebook that raises stops the run: ``run_study`` reports the failing notebook
 the partial executed copy for debugging, publishes no HTML of it and removes ``index.html`` so
 that nothing claims the run succeeded.
 
+External validation: a notebook that declares the parameter ``external_cohort`` (notebook 07)
+validates the run's frozen model on a second cohort; it is part of the study only when the
+profile names one (:func:`left_out`). The external cohort is prepared by the runner like the
+main one (:func:`resolve_external_manifest`: the embedded simulated site generated on first use,
+or the manifest folder named), and its input checksums enter that notebook's fingerprint.
+
 Notebook hygiene (no outputs in git, a literal-only ``parameters`` cell first whose profile
 parameters are ``None``, no ``def`` or ``class``) is checked by :func:`notebook_problems`; what
 each study notebook needs from the notebooks before it is checked by :func:`require_upstream`.
@@ -94,12 +100,15 @@ __all__ = [
     "StudyResult",
     "discover_notebooks",
     "embedded_cohort_dir",
+    "external_cohort_dir",
     "file_sha256",
     "input_checksums",
+    "left_out",
     "notebook_problems",
     "record_warning",
     "reported_parameters",
     "require_upstream",
+    "resolve_external_manifest",
     "resolve_manifest",
     "run_study",
     "study_command",
@@ -113,6 +122,8 @@ RUN_STAMP = "magn_run"
 # parameters no notebook reads but `magn export` does, from the run record (the operating point
 # of an exported model): overriding them is recorded, and changes what the export fits
 EXPORT_PARAMETERS = frozenset({"target_sensitivity"})
+# the parameter by which a notebook declares that it validates on the external cohort
+EXTERNAL_PARAMETER = "external_cohort"
 _PROFILE_KEYS = frozenset(f.name for f in dataclasses.fields(Profile)) - {"profile"}
 
 
@@ -303,6 +314,7 @@ STUDY_OUTPUTS: dict[str, Callable[[RunPaths], tuple[Path, ...]]] = {
     "02_annotation_transfer": lambda p: (p.crop_cache,),
     "03_magn_training": lambda p: (p.folds_csv, p.oof("magn")),
     "04_radiomics": lambda p: (p.oof("radiomics"), p.oof("first-order")),
+    "07_external_validation": lambda p: (p.front_page_external,),
 }
 # the earlier notebooks whose results each study notebook reads
 STUDY_NEEDS: dict[str, tuple[str, ...]] = {
@@ -313,7 +325,30 @@ STUDY_NEEDS: dict[str, tuple[str, ...]] = {
     "05_radiologist_comparison": ("01_cohort_statistics", "03_magn_training", "04_radiomics"),
     "06_figures": ("01_cohort_statistics", "02_annotation_transfer", "03_magn_training",
                    "04_radiomics"),
+    "07_external_validation": ("01_cohort_statistics", "02_annotation_transfer",
+                               "03_magn_training", "04_radiomics"),
 }
+
+
+def left_out(declared: Mapping[str, Any] | Sequence[str], profile: Profile, *,
+             embedded: bool) -> str | None:
+    """Why a notebook declaring the parameters ``declared`` is not part of this study, or
+    ``None`` when it is.
+
+    A notebook that declares ``external_cohort`` validates the run's model on an external
+    cohort: it is left out when the profile names none (``external_cohort: null``), and when
+    the profile names an embedded simulated site while the study runs on a user's own cohort
+    (a model trained on patients says nothing when validated on simulated images).
+    """
+    if EXTERNAL_PARAMETER not in declared:
+        return None
+    if profile.external_cohort is None:
+        return "the profile names no external cohort (external_cohort: null)"
+    if profile.external_embedded and not embedded:
+        return (f"external_cohort {profile.external_cohort!r} is the embedded simulated site, "
+                "and a model trained on your own cohort is not validated on simulated images: "
+                "set external_cohort to your external cohort's manifest folder (or null)")
+    return None
 
 
 def study_command(
@@ -525,10 +560,20 @@ def _run_lock(paths: RunPaths) -> Iterator[None]:
 
 def _data_folders(manifest_dir: str | Path | None, profile: Profile) -> list[DataFolder]:
     """The folders holding a run's cohort data: the user's manifest and every folder it points
-    to, or the embedded cohort's whole folder (checked before it is generated)."""
+    to, or the embedded cohort's whole folder (checked before it is generated); and the same of
+    the external cohort the profile names."""
     if manifest_dir:
-        return data_folders(manifest_dir)
-    return [DataFolder(embedded_cohort_dir(profile).resolve(), "the embedded cohort's folder")]
+        folders = data_folders(manifest_dir)
+    else:
+        folders = [DataFolder(embedded_cohort_dir(profile).resolve(),
+                              "the embedded cohort's folder")]
+    external = profile.external_cohort
+    if external is not None and profile.external_embedded:
+        folders.append(DataFolder(external_cohort_dir(profile).resolve(),
+                                  "the embedded external site's folder"))
+    elif external is not None and resolve_path(external).is_dir():
+        folders += data_folders(resolve_path(external))
+    return folders
 
 
 def _check_kernel(kernel_name: str) -> None:
@@ -567,6 +612,49 @@ def _prepare_embedded_cohort(profile: Profile, *, progress: bool) -> Path:
         n_patients=profile.n_patients,
         seed=profile.seed,
         separability=profile.separability,
+        n_jobs=profile.n_jobs,
+        progress=progress,
+    )
+
+
+def external_cohort_dir(profile: Profile) -> Path:
+    """Where the embedded external site of a profile lives (``external_cohort`` a preset such
+    as ``site_b``): ``data/embedded/<preset>-<parameters>/``, beside the embedded cohort and
+    named, like it, by the parameters that determine it."""
+    from magn_lib.synthetic.cohort import PHANTOM_VERSION
+
+    if not profile.external_embedded:
+        raise ConfigError(f"external_cohort: {profile.external_cohort!r} is not an embedded site")
+    name = (f"{profile.external_cohort}-n{profile.external_n_patients}"
+            f"-seed{profile.external_seed}-sep{profile.external_separability:g}"
+            f"-phantom{PHANTOM_VERSION}")
+    return embedded_cohort_dir(profile).parent / name
+
+
+def resolve_external_manifest(profile: Profile, *, progress: bool = True) -> Path | None:
+    """The manifest folder of the profile's external cohort: the embedded simulated site
+    (generated on first use, :func:`external_cohort_dir`), the folder ``external_cohort``
+    names (relative paths from the project root), or ``None`` when it names none.
+
+    Raises:
+        ConfigError: ``external_cohort`` names a folder that does not exist.
+    """
+    external = profile.external_cohort
+    if external is None:
+        return None
+    if not profile.external_embedded:
+        folder = resolve_path(external)
+        if not folder.is_dir():
+            raise ConfigError(f"external_cohort: {folder} is not a folder")
+        return folder
+    from magn_lib.synthetic import make_cohort
+
+    return make_cohort(
+        external_cohort_dir(profile),
+        n_patients=profile.external_n_patients,
+        seed=profile.external_seed,
+        separability=profile.external_separability,
+        preset=external,
         n_jobs=profile.n_jobs,
         progress=progress,
     )
@@ -819,6 +907,20 @@ def _match_notebook(token: str, names: Sequence[str], option: str) -> int:
     )
 
 
+def _refuse_left_out(reasons: Mapping[str, str], only: Sequence[str] | str | None,
+                     start: str | None, stop: str | None) -> None:
+    """A selection naming a notebook that is not part of this study (:func:`left_out`) is a
+    usage error that says why, not "no such notebook"."""
+    tokens = [("--only", t) for item in ([only] if isinstance(only, str) else only or ())
+              for t in str(item).split(",")]
+    tokens += [(option, t) for option, t in (("--from", start), ("--to", stop)) if t]
+    for option, token in tokens:
+        token = token.strip().removesuffix(".ipynb")
+        for name, why in reasons.items():
+            if token in (name, name[:2]):
+                raise ConfigError(f"{option}: {name} is not part of this study: {why}")
+
+
 def _selection(names: Sequence[str], only: Sequence[str] | str | None, start: str | None,
                stop: str | None) -> list[bool]:
     """Which notebooks run: ``only`` (names or ``NN`` prefixes, a list or comma-separated),
@@ -927,6 +1029,11 @@ def run_study(
     notebooks = discover_notebooks(notebooks_dir)
     if not notebooks:
         raise ConfigError(f"notebooks_dir: no NN_name.ipynb notebooks in {notebooks_dir}")
+    declared_of = {p.stem: declared_parameters(p) for p in notebooks}
+    reasons = {p.stem: why for p in notebooks
+               if (why := left_out(declared_of[p.stem], cfg, embedded=manifest_dir is None))}
+    _refuse_left_out(reasons, only, start, stop)
+    notebooks = [p for p in notebooks if p.stem not in reasons]
     names = [p.stem for p in notebooks]
     selected = _selection(names, only, start, stop)
     _check_kernel(kernel_name)
@@ -944,6 +1051,16 @@ def run_study(
             manifest = _prepare_embedded_cohort(cfg, progress=console.tty)
         else:
             manifest = resolve_path(manifest_dir)
+        for name, why in reasons.items():
+            console.line(f"{name}: not part of this study: {why}")
+        external = external_inputs = None
+        if any(EXTERNAL_PARAMETER in declared_of[name] for name in names):
+            if cfg.external_embedded:
+                where = _display_path(external_cohort_dir(cfg))
+                console.line(f"external cohort: {where} (simulated site "
+                             f"{cfg.external_cohort}, generated on first use)")
+            external = resolve_external_manifest(cfg, progress=console.tty)
+            external_inputs = input_checksums(external)
         inputs = input_checksums(manifest)
         code = code_sha256()
         run_params = {
@@ -960,7 +1077,7 @@ def run_study(
         upstream = ""
         for path in notebooks:
             nb = nbformat.read(str(path), as_version=4)
-            declared = declared_parameters(path)
+            declared = declared_of[path.stem]
             run = NotebookRun(
                 name=path.stem,
                 title=notebook_title(nb),
@@ -980,6 +1097,8 @@ def run_study(
                 inputs=inputs,
                 code=code,
                 upstream=upstream,
+                **({"external_inputs": external_inputs}
+                   if EXTERNAL_PARAMETER in declared else {}),
             )
             upstream = run.fingerprint
             runs.append(run)
@@ -1096,8 +1215,14 @@ def run_study(
             "parameters": effective,
             "selection": [r.name for r, chosen in zip(runs, selected, strict=True) if chosen],
             "seeds": {"seed": cfg.seed},
-            "run": {**run_params, "embedded_cohort": embedded},
-            "inputs": {"manifest_files_sha256": inputs},
+            "run": {**run_params, "embedded_cohort": embedded,
+                    **({} if external is None else {
+                        "external_manifest_dir": _display_path(external),
+                        "external_embedded": cfg.external_embedded})},
+            "left_out": reasons,
+            "inputs": {"manifest_files_sha256": inputs,
+                       **({} if external_inputs is None else
+                          {"external_manifest_files_sha256": external_inputs})},
             "code_sha256": code,
             "notebooks": [asdict(r) for r in runs],
             "warnings": warnings,
@@ -1143,6 +1268,12 @@ def _adopt_reported(run: NotebookRun, record: dict[str, Any] | None) -> str | No
     return None
 
 
+def _has_external(record: Mapping[str, Any]) -> bool:
+    """The run validated on an external cohort (its front page shows that notebook's part; an
+    earlier run's part left in the folder is not shown)."""
+    return record["run"].get("external_manifest_dir") is not None
+
+
 def _provenance(cfg: Profile, record: Mapping[str, Any]) -> list[tuple[str, str]]:
     git = record["git"]
     commit = "not a git checkout" if git["commit"] is None else (
@@ -1154,6 +1285,12 @@ def _provenance(cfg: Profile, record: Mapping[str, Any]) -> list[tuple[str, str]
         "embedded synthetic cohort (demonstrates the method; says nothing about patients)"
         if record["run"]["embedded_cohort"] else f"manifest {record['run']['manifest_dir']}"
     )
+    external = record["run"].get("external_manifest_dir")
+    if external is not None:
+        cohort += "; external cohort: " + (
+            f"embedded simulated site {cfg.external_cohort} (demonstrates the method; says "
+            "nothing about patients)" if record["run"].get("external_embedded")
+            else f"manifest {external}")
     return [
         ("Profile", cfg.profile),
         ("Data", cohort),
@@ -1182,7 +1319,8 @@ def _report_page(cfg: Profile, runs: list[NotebookRun], record: Mapping[str, Any
     embedded = record["run"]["embedded_cohort"]
     return render_report(
         title=f"magn study report: {cfg.profile}", run=_run_label(paths, cfg.profile),
-        parts=parts, front_html=front_page_html(paths.report_dir, embedded=embedded),
+        parts=parts, front_html=front_page_html(paths.report_dir, embedded=embedded,
+                                                external=_has_external(record)),
         provenance=_provenance(cfg, record), intro_html=_INTRO)
 
 
@@ -1224,6 +1362,7 @@ def _index_page(
         header_html=header,
         intro_html=_INTRO + send,
         body_html=front_page_html(paths.report_dir,
-                                  embedded=record["run"]["embedded_cohort"]),
+                                  embedded=record["run"]["embedded_cohort"],
+                                  external=_has_external(record)),
         record_href=paths.relative(paths.run_manifest),
     )

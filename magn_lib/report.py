@@ -30,12 +30,15 @@ __all__ = [
     "GLOSSARY",
     "IndexEntry",
     "atomic_write_text",
+    "calibration_direction",
     "clinician_notebook",
+    "external_result_line",
     "front_page_html",
     "render_html",
     "plain_summary",
     "render_index",
     "save_table",
+    "write_external_front",
     "write_front_page",
 ]
 
@@ -318,7 +321,136 @@ def plain_summary(
     return paragraphs
 
 
-def _limitations(embedded: bool) -> list[str]:
+def calibration_direction(citl: float, low: float | None = None,
+                          high: float | None = None) -> str:
+    """How a model's probabilities miss on average, from its calibration-in-the-large.
+
+    Calibration-in-the-large is the intercept ``a`` of ``logit P(MM) = a + logit(p)`` (the
+    model's log-odds ``logit(p)`` as an offset): ``a > 0`` means myeloma is more frequent than
+    the model says (its probabilities are **too low**), ``a < 0`` less frequent (**too high**).
+
+    Returns:
+        ``"too high"``, ``"too low"`` or ``"about right"`` (``a == 0``); with a confidence
+        interval that includes 0 the caller should say the direction is not clear
+        (:func:`external_result_line` does).
+    """
+    if not np.isfinite(citl):
+        raise ValueError("calibration-in-the-large is not a finite number")
+    return "too low" if citl > 0 else "too high" if citl < 0 else "about right"
+
+
+def external_result_line(
+    *,
+    site: str,
+    auc: float,
+    auc_low: float | None,
+    auc_high: float | None,
+    internal_auc: float,
+    internal_low: float | None,
+    internal_high: float | None,
+    citl: float,
+    citl_low: float | None,
+    citl_high: float | None,
+    mean_predicted: float,
+    observed: float,
+    n_lesions: int,
+    n_patients: int,
+    model: str = "the model",
+) -> str:
+    """The front page's one plain-language line on the external validation.
+
+    "On simulated site B the model's AUC was 0.71 (95 % CI 0.60–0.82) on 40 lesions of 24
+    patients, against 0.86 (95 % CI 0.78–0.93) in site A's cross-validation; its probabilities
+    were too high by 0.85 on the log-odds scale (95 % CI 0.40–1.30): on average 52% predicted
+    against 30% of lesions being myeloma."
+
+    Every number is the caller's measurement; the direction comes from the sign of the
+    calibration-in-the-large ``citl`` (:func:`calibration_direction`), and an interval that
+    includes 0 is said to show no clear miscalibration.
+
+    Args:
+        site: how the reader should know the site ("simulated site B" for the embedded one).
+        auc, auc_low, auc_high: the external AUC and its 95 % CI.
+        internal_auc, internal_low, internal_high: the internal cross-validation estimate.
+        citl, citl_low, citl_high: calibration-in-the-large (log-odds) and its 95 % CI.
+        mean_predicted, observed: the mean predicted probability of myeloma and the share of
+            myeloma lesions at the external site (both in [0, 1]).
+        n_lesions, n_patients: what the external numbers rest on.
+        model: how to name the model.
+    """
+    direction = calibration_direction(citl)
+    has_ci = all(v is not None and np.isfinite(v) for v in (citl_low, citl_high))
+    unclear = has_ci and float(citl_low) <= 0 <= float(citl_high)
+    if direction == "about right":
+        calibration = "its probabilities were right on average"
+    else:
+        if not has_ci:
+            ci = ""
+        elif unclear:  # the interval spans both directions: give it signed
+            ci = (f" (95 % CI {float(citl_low):+.2f} to {float(citl_high):+.2f}, which "
+                  "includes no miscalibration)")
+        else:
+            low, high = sorted((abs(float(citl_low)), abs(float(citl_high))))
+            ci = f" (95 % CI {low:.2f}–{high:.2f})"
+        calibration = (f"its probabilities were {'on average ' if unclear else ''}{direction} "
+                       f"by {abs(float(citl)):.2f} on the log-odds scale{ci}")
+    calibration += (f": on average {mean_predicted:.0%} predicted against {observed:.0%} of "
+                    "lesions being myeloma")
+    return (f"On {site} {model}'s AUC was {format_interval(auc, auc_low, auc_high)} on "
+            f"{n_lesions} lesions of {n_patients} patients, against "
+            f"{format_interval(internal_auc, internal_low, internal_high)} in the internal "
+            f"cross-validation; {calibration}.")
+
+
+def write_external_front(
+    run_dir: str | Path,
+    *,
+    line: str,
+    site: str,
+    simulated: bool,
+    n_patients: int,
+    tables: Sequence[tuple[str, str | Path, str]] = (),
+    figures: Sequence[tuple[str, str | Path, str]] = (),
+) -> Path:
+    """Record the external validation's part of ``index.html`` (notebook 07 calls this; the
+    study runner shows it only while the study validates on an external cohort).
+
+    Args:
+        run_dir: the run's report folder.
+        line: the plain-language line (:func:`external_result_line`), shown in the summary.
+        site: the site's name as the line gives it ("simulated site B").
+        simulated: the external cohort is simulated (the embedded site).
+        n_patients: its number of patients (for the limitations).
+        tables, figures: ``(title, path, caption)`` as for :func:`write_front_page`.
+
+    Returns:
+        The written record (:attr:`ReportPaths.front_page_external`).
+    """
+    from magn_lib.config import resolve_path
+
+    run_dir = resolve_path(run_dir)
+    spec = {"line": line, "site": site, "simulated": bool(simulated),
+            "n_patients": int(n_patients),
+            "tables": [{"title": t, "csv": _inside(run_dir, p), "caption": c}
+                       for t, p, c in tables],
+            "figures": [{"title": t, "png": _inside(run_dir, p), "caption": c}
+                        for t, p, c in figures]}
+    out = ReportPaths(run_dir).front_page_external
+    atomic_write_text(out, json.dumps(spec, indent=2))
+    return out
+
+
+def _inside(run_dir: Path, path: str | Path) -> str:
+    """``path`` (a file of the run) relative to the run's report folder."""
+    from magn_lib.config import resolve_path
+
+    path = resolve_path(path) if not Path(path).is_absolute() else Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"front page item {path.name} does not exist")
+    return path.resolve().relative_to(run_dir.resolve()).as_posix()
+
+
+def _limitations(embedded: bool, external: Mapping[str, Any] | None = None) -> list[str]:
     items = []
     if embedded:
         items.append(
@@ -335,9 +467,15 @@ def _limitations(embedded: bool) -> list[str]:
     items += [
         "Lesions are classified from contrast-enhanced T1 images alone, as in the original "
         "study; no clinical, laboratory or other sequence information is used.",
-        "Performance comes from cross-validation within one cohort; no external, prospective "
-        "or multi-centre validation is included. Expect lower performance on other scanners "
-        "and populations.",
+        ("Performance comes from cross-validation within one cohort; no external, prospective "
+         "or multi-centre validation is included. Expect lower performance on other scanners "
+         "and populations." if external is None else
+         f"Besides cross-validation within one cohort, the frozen model was validated on one "
+         f"external {'simulated ' if external.get('simulated') else ''}site "
+         f"({html.escape(str(external['site']))}, {int(external['n_patients'])} patients"
+         + ("; a generated phantom, so this shows how the validation works, not how the model "
+            "transfers to patients" if external.get("simulated") else "")
+         + "); no prospective or broader multi-centre validation is included."),
         "Coronal and axial masks are transferred from the sagittal mask through the scanner's "
         "coordinates, not drawn; thick sagittal slices make their borders coarse.",
         "With a few dozen lesions per fold, fold-to-fold spread is large. Confidence intervals "
@@ -394,10 +532,7 @@ def write_front_page(
     run_dir = resolve_path(run_dir)
 
     def rel(path: str | Path) -> str:
-        path = resolve_path(path) if not Path(path).is_absolute() else Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"front page item {path.name} does not exist")
-        return path.resolve().relative_to(run_dir.resolve()).as_posix()
+        return _inside(run_dir, path)
 
     spec = {
         "summary": list(summary),
@@ -426,17 +561,28 @@ def _figure_html(png_path: Path, title: str, caption: str) -> str:
     )
 
 
-def front_page_html(run_dir: str | Path, *, embedded: bool) -> str:
+def front_page_html(run_dir: str | Path, *, embedded: bool, external: bool = False) -> str:
     """The clinician-facing part of ``index.html``: summary, tables, figures, limitations,
-    model card and glossary. Without a recorded front page only the fixed sections appear."""
+    model card and glossary. Without a recorded front page only the fixed sections appear.
+
+    With ``external`` (the study validated on an external cohort), the external validation's
+    record (:func:`write_external_front`) adds its line to the summary, its tables and figures
+    under "External validation", and the limitations and the model card say so; a record left
+    by an earlier run is not shown without ``external``."""
     run_dir = Path(run_dir)
     spec_path = ReportPaths(run_dir).front_page
     spec = json.loads(spec_path.read_text()) if spec_path.is_file() else {}
+    outside_path = ReportPaths(run_dir).front_page_external
+    outside = (json.loads(outside_path.read_text())
+               if external and outside_path.is_file() else None)
     esc = html.escape
     parts = []
-    if spec.get("summary"):
+    if spec.get("summary") or outside:
         parts.append("<h2>Summary</h2>")
-        parts += [f"<p>{esc(p)}</p>" for p in spec["summary"]]
+        parts += [f"<p>{esc(p)}</p>" for p in spec.get("summary", [])]
+        if outside:
+            parts.append(f'<p class="magn-external"><b>External validation.</b> '
+                         f"{esc(outside['line'])}</p>")
     for table in spec.get("tables", []):
         parts.append(f"<h2>{esc(table['title'])}</h2>")
         parts.append(_table_html(run_dir / table["csv"]))
@@ -446,10 +592,21 @@ def front_page_html(run_dir: str | Path, *, embedded: bool) -> str:
         parts.append("<h2>Key figures</h2>")
         parts += [_figure_html(run_dir / f["png"], f["title"], f.get("caption", ""))
                   for f in spec["figures"]]
+    if outside and (outside.get("tables") or outside.get("figures")):
+        parts.append(f"<h2>External validation ({esc(outside['site'])})</h2>")
+        for table in outside.get("tables", []):
+            parts.append(f"<h3>{esc(table['title'])}</h3>")
+            parts.append(_table_html(run_dir / table["csv"]))
+            if table.get("caption"):
+                parts.append(f'<p class="small">{esc(table["caption"])}</p>')
+        parts += [_figure_html(run_dir / f["png"], f["title"], f.get("caption", ""))
+                  for f in outside.get("figures", [])]
     parts.append("<h2>Limitations</h2><ul>")
-    parts += [f"<li>{item}</li>" for item in _limitations(embedded)]
+    parts += [f"<li>{item}</li>" for item in _limitations(embedded, outside)]
     parts.append("</ul><h2>Model card</h2><dl>")
     facts = [tuple(f) for f in spec.get("model_facts", [])]
+    if outside:
+        facts.append(("External validation", outside["line"]))
     parts += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in _model_card(facts)]
     parts.append("</dl>")
     return "\n".join(parts)

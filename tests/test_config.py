@@ -214,3 +214,36 @@ def test_tuning_statement_names_both_seeds_honestly():
     assert "optimistic" in demo.replace(tuning_seed=2022).tuning_statement()
     with pytest.raises(ConfigError, match="tuning_seed"):
         demo.replace(tuning_seed="eleven")
+
+
+def test_external_cohort_names_the_embedded_site_or_a_folder(tmp_path):
+    from magn_lib.config import EXTERNAL_PRESETS, check_runnable
+
+    smoke, demo, paper = (load_profile(p) for p in PROFILES)
+    assert smoke.external_cohort == demo.external_cohort == "site_b" in EXTERNAL_PRESETS
+    assert smoke.external_embedded and smoke.external_n_patients < demo.external_n_patients
+    assert paper.external_cohort is None and not paper.external_embedded
+    assert demo.external_seed != demo.seed  # site B shares no patient draw with site A
+    folder = load_profile("demo", external_cohort=str(tmp_path))
+    assert not folder.external_embedded
+    check_runnable(folder)  # an existing folder is accepted
+    with pytest.raises(ConfigError, match=r"^external_cohort: '.*missing' is neither an "
+                                          r"embedded site \(site_b\) nor an existing"):
+        check_runnable(load_profile("demo", external_cohort=str(tmp_path / "missing")))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"external_cohort": " "}, r"^external_cohort: empty"),
+        ({"external_n_patients": 1}, r"^external_n_patients: .* at least 2"),
+        ({"external_separability": -1.0}, r"^external_separability: must not be negative"),
+        ({"external_recalibration_fraction": 1.0}, r"^external_recalibration_fraction: .*"
+                                                   r"\(0, 1\)"),
+        ({"external_recalibration_fraction": 0}, r"^external_recalibration_fraction:"),
+    ],
+)
+def test_external_settings_out_of_range_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_profile("demo", **overrides)
+    assert load_profile("demo", external_recalibration_fraction=0.5)  # a valid share

@@ -33,11 +33,11 @@ FILE_NAMES = frozenset({
     "crops.npz", "folds.csv", "predictions.csv", "history.csv", "done.json", "started.json",
     "model.pt", "checkpoint.pt", "run_manifest.json", "warnings.json", "front_page.json",
     ".ingest.json", ".lock", "index.html", "qc.csv", "report.html", "report.pdf",
-    ".magn-run.json",
+    ".magn-run.json", "front_page_external.json",
 })
 FOLDER_NAMES = frozenset({
     "magn_cv", "nifti", "masks", "ingest", "transfer", "radiomics", "artifacts", "executed",
-    "html", "html-full", "screens",
+    "html", "html-full", "screens", "external", "bundle",
 })
 # the default parents of the report and work folders, under the project root
 PARENT_NAMES = frozenset({"reports", "work"})
@@ -204,6 +204,10 @@ def test_run_paths_name_every_file_of_a_run(tmp_path):
     assert paths.oof("magn") == report / "artifacts" / "oof_magn.csv"
     assert paths.folds_csv == report / "artifacts" / "folds.csv"
     assert paths.front_page.parent == paths.artifacts_dir
+    assert paths.front_page_external.parent == paths.artifacts_dir
+    assert paths.front_page_external != paths.front_page
+    assert paths.external_dir.parent == report  # shareable: predictions and metrics, no images
+    assert paths.study_bundle.is_relative_to(work)  # private: the run's trained weights
     assert {paths.run_manifest.parent, paths.index_html.parent, paths.warnings_file.parent,
             paths.lock_file.parent} == {report}
     assert paths.volume("P001", "axial") == work / "nifti" / "P001" / "axial.nii.gz"

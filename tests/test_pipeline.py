@@ -358,3 +358,56 @@ def test_input_checksums_keyed_by_study_ids_not_folder_names(tmp_path):
     (series / "IM1.dcm").write_bytes(b"changed")
     after = input_checksums(manifest)
     assert [k for k in sums if before[k] != after[k]] == ["series/P001/sagittal"]
+
+
+EXTERNAL = '''\
+print(f"external cohort: {params.profile.external_cohort}")
+'''
+
+
+@pytest.fixture
+def external_study(study):
+    """The fixture study plus a notebook that declares ``external_cohort`` (as notebook 07)."""
+    nbformat.write(
+        _notebook("External step", "Validates on the external cohort.",
+                  'profile = "demo"\nrun_dir = None\nexternal_cohort = None\n', EXTERNAL),
+        study["notebooks_dir"] / "03_external.ipynb",
+    )
+    return study
+
+
+def test_external_notebook_runs_only_when_the_profile_names_a_usable_cohort(
+        external_study, tmp_path):
+    study = external_study
+    # smoke names the embedded simulated site, but this study runs on a user's manifest:
+    # the external notebook is left out, and a selection naming it says why
+    terminal = io.StringIO()
+    result = run_study("smoke", **{**study, "progress": True}, stream=terminal)
+    assert result.complete and [r.name for r in result.notebooks] == ["01_first", "02_second"]
+    assert "03_external: not part of this study: external_cohort 'site_b' is the embedded " \
+           "simulated site" in terminal.getvalue()
+    record = json.loads((study["run_dir"] / "run_manifest.json").read_text())
+    assert set(record["left_out"]) == {"03_external"}
+    assert "external_manifest_dir" not in record["run"]
+    with pytest.raises(ConfigError, match=r"^--only: 03_external is not part of this study"):
+        run_study("smoke", only="03", **study)
+    none = tmp_path / "none.yaml"
+    none.write_text("profile: smoke\nexternal_cohort: null\n")
+    with pytest.raises(ConfigError, match=r"--from: 03_external .*\(external_cohort: null\)"):
+        run_study(none, start="03", **study)
+
+    # a manifest folder as the external cohort: the notebook runs, its inputs are recorded and
+    # enter its fingerprint only
+    site = tmp_path / "site_b_manifest"
+    site.mkdir()
+    (site / "lesions.csv").write_text("lesion_id,label\nB001-L1,0\n")
+    own = tmp_path / "own.yaml"
+    own.write_text(f"profile: smoke\nexternal_cohort: {site}\n")
+    result = run_study(own, **study)
+    assert result.complete and [r.status for r in result.notebooks] == ["executed"] * 3
+    record = json.loads((study["run_dir"] / "run_manifest.json").read_text())
+    assert record["left_out"] == {} and record["run"]["external_embedded"] is False
+    assert set(record["inputs"]["external_manifest_files_sha256"]) == {"lesions.csv"}
+    (site / "lesions.csv").write_text("lesion_id,label\nB001-L1,1\n")
+    again = run_study(own, **study)
+    assert [r.status for r in again.notebooks] == ["skipped", "skipped", "executed"]

@@ -324,3 +324,70 @@ def test_clinician_view_leaves_the_run_folders_out_of_the_parameters_table():
     page = render_html(nb, with_code=False)
     assert "Effective parameters" in page and "work/smoke" not in page
     assert "work/smoke" in render_html(nb, with_code=True)  # the analyst keeps it
+
+
+def test_calibration_direction_follows_the_sign_of_calibration_in_the_large():
+    from magn_lib.report import calibration_direction
+
+    # intercept > 0: myeloma more frequent than predicted -> the probabilities are too low
+    assert calibration_direction(0.7) == "too low"
+    assert calibration_direction(-0.7) == "too high"
+    assert calibration_direction(0.0) == "about right"
+    with pytest.raises(ValueError):
+        calibration_direction(float("nan"))
+
+
+def _line(**changes):
+    from magn_lib.report import external_result_line
+
+    values = dict(site="simulated site B", auc=0.712, auc_low=0.601, auc_high=0.823,
+                  internal_auc=0.861, internal_low=0.78, internal_high=0.93, citl=-0.853,
+                  citl_low=-1.3, citl_high=-0.4, mean_predicted=0.52, observed=0.3,
+                  n_lesions=40, n_patients=24)
+    return external_result_line(**{**values, **changes})
+
+
+def test_external_line_is_rendered_from_the_numbers_given():
+    line = _line()
+    assert line.startswith("On simulated site B the model's AUC was 0.71 (95 % CI 0.60–0.82) "
+                           "on 40 lesions of 24 patients, against 0.86 (95 % CI 0.78–0.93) in "
+                           "the internal cross-validation")
+    assert "its probabilities were too high by 0.85 on the log-odds scale (95 % CI 0.40–1.30)" \
+        in line and "on average 52% predicted against 30% of lesions being myeloma" in line
+    low = _line(citl=0.5, citl_low=0.1, citl_high=0.9, mean_predicted=0.2, observed=0.35)
+    assert "too low by 0.50 on the log-odds scale (95 % CI 0.10–0.90)" in low
+    unclear = _line(citl=0.2, citl_low=-0.3, citl_high=0.7)
+    assert ("on average too low by 0.20 on the log-odds scale (95 % CI -0.30 to +0.70, which "
+            "includes no miscalibration)") in unclear
+    assert "(95 % CI" not in _line(citl_low=None, citl_high=None).split("log-odds scale")[1][:3]
+
+
+def test_front_page_shows_the_external_part_only_for_a_study_that_has_it(tmp_path):
+    from magn_lib.layout import ReportPaths
+    from magn_lib.report import write_external_front
+
+    run = tmp_path / "run"
+    (run / "artifacts").mkdir(parents=True)
+    write_front_page(run, summary=["Internal result."])
+    pd.DataFrame({"Method": ["MAGN"], "AUC": ["0.71 (0.60–0.82)"]}).to_csv(
+        run / "artifacts" / "external.csv", index=False)
+    png = _figure(run / "artifacts" / "external_calibration.png")
+    line = _line()
+    record = write_external_front(
+        run, line=line, site="simulated site B", simulated=True, n_patients=24,
+        tables=[("Site B against site A", run / "artifacts" / "external.csv", "Frozen.")],
+        figures=[("Calibration on site B", png, "Below the diagonal: too high.")])
+    assert record == ReportPaths(run).front_page_external
+    body = front_page_html(run, embedded=True, external=True)
+    summary = body[body.index("<h2>Summary</h2>"):body.index("<h2>External validation")]
+    assert "Internal result." in summary and "simulated site B the model&#x27;s AUC" in summary
+    assert "External validation (simulated site B)" in body
+    assert body.count("data:image/png;base64,") == 1 and "Site B against site A" in body
+    assert "no external, prospective" not in body
+    assert "validated on one external simulated site (simulated site B, 24 patients" in body
+    assert body.count("0.71 (95 % CI 0.60–0.82)") == 2  # the summary and the model card
+    without = front_page_html(run, embedded=True)  # an earlier run's record is not shown
+    assert "simulated site B" not in without and "no external, prospective" in without
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        write_external_front(run, line=line, site="B", simulated=False, n_patients=2,
+                             figures=[("F", run / "missing.png", "")])
