@@ -378,6 +378,7 @@ def export_bundle(
     target_sensitivity: float | None = None,
     n_resamples: int | None = None,
     overwrite: bool = False,
+    record: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the bundle of one configuration of a finished study run (see the module doc).
 
@@ -392,6 +393,10 @@ def export_bundle(
         n_resamples: bootstrap resamples of the operating point's intervals (default the
             profile's ``n_bootstrap``).
         overwrite: replace an existing bundle at ``out``.
+        record: the run's record when the run is still going, so that it has no finished
+            ``run_manifest.json`` yet (a study notebook exporting its own run's model, notebook
+            07): ``{"parameters": the profile's values, "run": {"work_dir", "embedded_cohort"}}``;
+            default: read the finished run's ``run_manifest.json``.
 
     Returns:
         The bundle folder.
@@ -405,7 +410,7 @@ def export_bundle(
     if out.exists() and not overwrite:
         raise InputError("the bundle folder exists already", file=out,
                          hint="choose another --out or pass --overwrite")
-    record = _run_record(run_dir)
+    record = _run_record(run_dir) if record is None else dict(record)
     profile = _profile(record)
     work = WorkPaths(_work_dir(record, work_dir, run_dir))
     report = ReportPaths(run_dir)

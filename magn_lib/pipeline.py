@@ -100,6 +100,7 @@ __all__ = [
     "StudyResult",
     "discover_notebooks",
     "embedded_cohort_dir",
+    "export_run_bundle",
     "external_cohort_dir",
     "file_sha256",
     "input_checksums",
@@ -658,6 +659,25 @@ def resolve_external_manifest(profile: Profile, *, progress: bool = True) -> Pat
         n_jobs=profile.n_jobs,
         progress=progress,
     )
+
+
+def export_run_bundle(params: EffectiveParameters) -> Path:
+    """Export the running study's model to its work folder (:attr:`~magn_lib.layout.WorkPaths.
+    study_bundle`, replacing an earlier export) as ``magn export`` would once the run is
+    finished: the same configuration choice, calibration and operating point
+    (:func:`magn_lib.bundle.export_bundle`), from this run's effective parameters.
+
+    Returns:
+        The bundle folder.
+    """
+    from magn_lib.bundle import export_bundle
+
+    paths = run_paths(params.run_dir, params.work_dir)
+    record = {"parameters": params.profile.to_dict(),
+              "run": {"work_dir": str(paths.work_dir),
+                      "embedded_cohort": params.manifest_dir is None}}
+    return export_bundle(paths.report_dir, paths.study_bundle, work_dir=paths.work_dir,
+                         record=record, overwrite=True)
 
 
 def resolve_manifest(manifest_dir: str | Path | None, profile: Profile, *,

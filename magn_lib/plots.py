@@ -112,6 +112,13 @@ CAPTIONS: Mapping[str, str] = {
     "decision_curves": "Net benefit of acting on the model's call at each threshold "
     "probability, against treating all or none. A model helps only where its curve lies "
     "above both grey reference lines.",
+    "external_calibration": "The frozen models' predicted probability of myeloma at the "
+    "external site against the observed share, lesions grouped by predicted probability; the "
+    "dotted diagonal is perfect calibration. Points below it: the model overstates the chance "
+    "of myeloma there; above it: understates it. With few lesions each point is uncertain.",
+    "external_decision_curves": "Net benefit at the external site of acting on the frozen "
+    "models' probabilities at each threshold, against treating all or none. A model helps "
+    "there only where its curve lies above both grey reference lines.",
 }
 _SECTIONS = {"magn": "Attention guided network", "radiomics": "Radiomics model",
              "first-order": "Trivial baseline (first-order lesion intensity statistics)",
@@ -373,32 +380,46 @@ def plot_roc_comparison(
 # calibration and decision curves
 
 
-def plot_calibration(curves: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
+def plot_calibration(curves: pd.DataFrame, *, ax: Axes | None = None,
+                     names: Mapping[str, str] | None = None,
+                     title: str = "Calibration (pooled out-of-fold)") -> Figure:
     """Reliability diagram from ``stats.calibration_table`` (one line per model + diagonal).
+
+    Args:
+        curves: the table; a model is ``(method, config)``, or ``method`` alone when the table
+            has no ``config`` column (the external validation's, one frozen model per method).
+        names: display names of the models (by ``model_name(method, config)`` or method).
+        title: the axes' title.
 
     Returns:
         The Figure; each model's line is labelled with its Brier score.
     """
     fig, ax = _new_axes(ax)
     ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1, gid="perfect")
-    groups = list(curves.groupby(["method", "config"], sort=False))
-    for ((method, config), sub), style in zip(groups, curve_styles(len(groups)), strict=True):
+    by = [c for c in ("method", "config") if c in curves.columns]
+    groups = list(curves.groupby(by, sort=False))
+    for (key, sub), style in zip(groups, curve_styles(len(groups)), strict=True):
+        key = key if isinstance(key, tuple) else (key,)
+        name = stats.model_name(*key) if len(key) == 2 else str(key[0])
+        name = (names or {}).get(name, name)
         ax.plot(sub["mean_predicted"], sub["fraction_positive"], marker="o", **style,
-                label=f"{stats.model_name(method, config)} (Brier {sub['brier'].iloc[0]:.3f})")
+                label=f"{name} (Brier {sub['brier'].iloc[0]:.3f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("mean predicted probability of MM")
     ax.set_ylabel("observed fraction MM")
-    ax.set_title("Calibration (pooled out-of-fold)")
+    ax.set_title(title)
     ax.legend(loc="upper left", fontsize="x-small")
     return fig
 
 
 def plot_decision_curve(curves: pd.DataFrame, *, ax: Axes | None = None,
-                        y_min: float = -0.05) -> Figure:
+                        y_min: float = -0.05, names: Mapping[str, str] | None = None,
+                        title: str = "Decision curves (pooled out-of-fold)") -> Figure:
     """Net benefit against threshold probability from ``stats.decision_curve``.
 
-    "Treat all" and "treat none" are grey reference lines; one line per model.
+    "Treat all" and "treat none" are grey reference lines; one line per model (``names``:
+    display names by the table's ``model``).
 
     Returns:
         The Figure.
@@ -410,7 +431,8 @@ def plot_decision_curve(curves: pd.DataFrame, *, ax: Axes | None = None,
     models = [m for m, _ in groups if m not in styles]
     styles = {**dict(zip(models, curve_styles(len(models)), strict=True)), **styles}
     for model, sub in groups:
-        label = {"all": "treat all as MM", "none": "treat none"}.get(model, model)
+        label = {"all": "treat all as MM", "none": "treat none"}.get(
+            model, (names or {}).get(model, model))
         ax.plot(sub["threshold"], sub["net_benefit"], label=label, linewidth=1.6,
                 **styles[model])
     top = float(np.nanmax(curves["net_benefit"])) if len(curves) else 1.0
@@ -418,7 +440,7 @@ def plot_decision_curve(curves: pd.DataFrame, *, ax: Axes | None = None,
     ax.set_xlim(0, 1)
     ax.set_xlabel("threshold probability of MM")
     ax.set_ylabel("net benefit")
-    ax.set_title("Decision curves (pooled out-of-fold)")
+    ax.set_title(title)
     ax.legend(loc="upper right", fontsize="x-small")
     return fig
 

@@ -32,7 +32,13 @@ __all__ = [
     "atomic_write_text",
     "calibration_direction",
     "clinician_notebook",
+    "external_breakdown",
+    "external_comparison",
+    "external_line",
+    "external_recalibration",
     "external_result_line",
+    "external_site_label",
+    "external_warnings",
     "front_page_html",
     "render_html",
     "plain_summary",
@@ -360,7 +366,7 @@ def external_result_line(
     """The front page's one plain-language line on the external validation.
 
     "On simulated site B the model's AUC was 0.71 (95 % CI 0.60–0.82) on 40 lesions of 24
-    patients, against 0.86 (95 % CI 0.78–0.93) in site A's cross-validation; its probabilities
+    patients, against 0.86 (95 % CI 0.78–0.93) in the internal cross-validation; its probabilities
     were too high by 0.85 on the log-odds scale (95 % CI 0.40–1.30): on average 52% predicted
     against 30% of lesions being myeloma."
 
@@ -378,13 +384,16 @@ def external_result_line(
         n_lesions, n_patients: what the external numbers rest on.
         model: how to name the model.
     """
-    direction = calibration_direction(citl)
-    has_ci = all(v is not None and np.isfinite(v) for v in (citl_low, citl_high))
-    unclear = has_ci and float(citl_low) <= 0 <= float(citl_high)
-    if direction == "about right":
+    def finite(*values: float | None) -> bool:
+        return all(v is not None and np.isfinite(v) for v in values)
+
+    if not finite(citl):
+        calibration = "its calibration could not be estimated (too few lesions of a class)"
+    elif calibration_direction(citl) == "about right":
         calibration = "its probabilities were right on average"
     else:
-        if not has_ci:
+        unclear = finite(citl_low, citl_high) and float(citl_low) <= 0 <= float(citl_high)
+        if not finite(citl_low, citl_high):
             ci = ""
         elif unclear:  # the interval spans both directions: give it signed
             ci = (f" (95 % CI {float(citl_low):+.2f} to {float(citl_high):+.2f}, which "
@@ -392,14 +401,199 @@ def external_result_line(
         else:
             low, high = sorted((abs(float(citl_low)), abs(float(citl_high))))
             ci = f" (95 % CI {low:.2f}–{high:.2f})"
-        calibration = (f"its probabilities were {'on average ' if unclear else ''}{direction} "
-                       f"by {abs(float(citl)):.2f} on the log-odds scale{ci}")
-    calibration += (f": on average {mean_predicted:.0%} predicted against {observed:.0%} of "
-                    "lesions being myeloma")
-    return (f"On {site} {model}'s AUC was {format_interval(auc, auc_low, auc_high)} on "
-            f"{n_lesions} lesions of {n_patients} patients, against "
-            f"{format_interval(internal_auc, internal_low, internal_high)} in the internal "
-            f"cross-validation; {calibration}.")
+        calibration = (f"its probabilities were {'on average ' if unclear else ''}"
+                       f"{calibration_direction(citl)} by {abs(float(citl)):.2f} on the "
+                       f"log-odds scale{ci}")
+    if finite(mean_predicted, observed):
+        calibration += (f": on average {mean_predicted:.0%} predicted against {observed:.0%} "
+                        "of lesions being myeloma")
+    discrimination = (f"AUC was {format_interval(auc, auc_low, auc_high)}" if finite(auc)
+                      else "AUC could not be estimated (it needs 2 lesions of each class)")
+    internal = (format_interval(internal_auc, internal_low, internal_high)
+                if finite(internal_auc) else "not available")
+    return (f"On {site} {model}'s {discrimination} on {n_lesions} lesions of {n_patients} "
+            f"patients, against {internal} in the internal cross-validation; {calibration}.")
+
+
+# the external validation's tables (notebook 07), from the metrics of
+# :func:`magn_lib.external.validate_external` (``metrics.json``)
+
+def external_site_label(metrics: Mapping[str, Any], *, simulated: bool) -> str:
+    """How the pages name the external site: ``"simulated site B"`` for the embedded one;
+    ``"site <name>"`` when the manifest's ``site`` column holds one name; else ``"the external
+    cohort"`` (never a folder name, which may name a hospital or a patient)."""
+    sites = list(metrics.get("cohort", {}).get("sites", []))
+    name = sites[0] if len(sites) == 1 else None
+    if simulated:
+        return f"simulated site {name or 'B'}"
+    return f"site {name}" if name else "the external cohort"
+
+
+def external_model_label(method: str, metrics: Mapping[str, Any], *,
+                         simulated_readers: bool) -> str:
+    """A method of the external predictions as the pages name it: the frozen MAGN ensemble
+    and radiomics pipeline with their configurations, readers by
+    :func:`magn_lib.readers.reader_label`."""
+    from magn_lib.readers import reader_label
+
+    if method == "magn":
+        return f"MAGN ({metrics.get('bundle', {}).get('config', 'frozen')}, frozen)"
+    if method == "radiomics":
+        return f"Radiomics ({metrics.get('radiomics', {}).get('config') or 'frozen'}, frozen)"
+    return reader_label(method, simulated=simulated_readers)
+
+
+def _interval(entry: Mapping[str, Any] | None, *, decimals: int = 2, signed: bool = False
+              ) -> str:
+    """``{"estimate", "ci_low", "ci_high"}`` (JSON: ``None`` where not estimable) as text."""
+    from magn_lib.display import MISSING
+
+    if not entry or entry.get("estimate") is None:
+        return MISSING
+    value, low, high = (entry.get(k) for k in ("estimate", "ci_low", "ci_high"))
+    if signed:
+        text = f"{value:+.{decimals}f}"
+        return text if low is None or high is None else \
+            f"{text} (95 % CI {low:+.{decimals}f} to {high:+.{decimals}f})"
+    return format_interval(value, low if low is not None else float("nan"),
+                           high if high is not None else float("nan"), decimals=decimals)
+
+
+def external_comparison(metrics: Mapping[str, Any], *, simulated_readers: bool) -> Any:
+    """The external validation beside the internal estimate, one row per method.
+
+    Columns: ``Model``; ``Lesions (MM)``; the external AUC (DeLong, lesion level); the
+    internal cross-validation AUC as the paper reports it (mean ± SD over the folds) and
+    pooled after ranking within folds (patient bootstrap); ACC, F1, sensitivity, specificity
+    at the bundle's operating point (patient bootstrap); calibration-in-the-large and slope
+    (patient-clustered intervals); Brier score. Cells that cannot be estimated are ``–``.
+    """
+    import pandas as pd
+
+    from magn_lib.display import MISSING
+
+    rows = []
+    for method, entry in metrics.get("methods", {}).items():
+        internal = metrics.get("internal", {}).get(method)
+        calibration = entry.get("calibration") or {}
+        if internal:
+            sd = internal.get("auc_fold_sd")
+            folds = (MISSING if internal.get("auc_fold_mean") is None else
+                     f"{internal['auc_fold_mean']:.2f}" + (f" ± {sd:.2f}" if sd is not None
+                                                            else ""))
+            ranked = _interval(internal.get("auc_ranked_within_folds"))
+        else:
+            folds = ranked = MISSING
+        rows.append({
+            "Model": external_model_label(method, metrics, simulated_readers=simulated_readers),
+            "Lesions (MM)": f"{entry['n_lesions']} ({entry['n_mm']})",
+            "External AUC (DeLong)": _interval(entry.get("auc")),
+            "Internal AUC, folds (mean ± SD)": folds,
+            "Internal AUC, pooled ranked within folds": ranked,
+            **{name: _interval(entry.get(key)) for name, key in (
+                ("ACC", "accuracy"), ("F1", "f1"), ("Sensitivity", "sensitivity"),
+                ("Specificity", "specificity"))},
+            "Calibration-in-the-large": _interval(
+                calibration.get("calibration_in_the_large"), signed=True),
+            "Calibration slope": _interval(calibration.get("calibration_slope")),
+            "Brier score": MISSING if entry.get("brier") is None else f"{entry['brier']:.3f}",
+        })
+    return pd.DataFrame(rows)
+
+
+def external_warnings(metrics: Mapping[str, Any]) -> Any:
+    """The input checks that fired on the external cohort, counted by kind: ``Input check``,
+    ``Checks``, ``Lesions`` (a lesion may fire several), then the unreadable lesions."""
+    import pandas as pd
+
+    counts = metrics.get("warnings", {})
+    rows = [{"Input check": kind.replace("_", " "), "Checks": v["checks"],
+             "Lesions": v["lesions"]} for kind, v in counts.get("by_kind", {}).items()]
+    rows.append({"Input check": "unreadable (not scored)", "Checks": counts.get(
+        "n_unreadable", 0), "Lesions": counts.get("n_unreadable", 0)})
+    return pd.DataFrame(rows, columns=["Input check", "Checks", "Lesions"])
+
+
+_BREAKDOWN_VARIABLES = {"vendor": "Scanner vendor", "field_strength_t": "Field strength (T)",
+                        "slice_thickness_mm": "Sagittal slice thickness (mm)"}
+
+
+def external_breakdown(table: Any, metrics: Mapping[str, Any], *,
+                       simulated_readers: bool) -> Any:
+    """The per-acquisition breakdown (:func:`magn_lib.external.breakdown` rows) for reading:
+    ``Variable, Level, Model, Lesions (MM), AUC (DeLong), Accuracy, Mean predicted, Observed
+    MM``. Empty when the cohort has one level of every variable."""
+    import pandas as pd
+
+    rows = [{
+        "Variable": _BREAKDOWN_VARIABLES.get(r["variable"], r["variable"]),
+        "Level": str(r["level"]),
+        "Model": external_model_label(r["method"], metrics,
+                                      simulated_readers=simulated_readers),
+        "Lesions (MM)": f"{int(r['n_lesions'])} ({int(r['n_mm'])})",
+        "AUC (DeLong)": format_interval(r["auc"], r["auc_ci_low"], r["auc_ci_high"]),
+        "Accuracy": format_interval(r["accuracy"]),
+        "Mean predicted": format_interval(r["mean_probability"]),
+        "Observed MM": format_interval(r["observed_rate"]),
+    } for _, r in table.iterrows()]
+    return pd.DataFrame(rows, columns=["Variable", "Level", "Model", "Lesions (MM)",
+                                       "AUC (DeLong)", "Accuracy", "Mean predicted",
+                                       "Observed MM"])
+
+
+def external_recalibration(metrics: Mapping[str, Any]) -> Any | None:
+    """The optional recalibration, before and after, on the evaluation patients only (``None``
+    when it was not requested): ``Model, Fitted on, Evaluated on, `` then calibration-in-the-
+    large, slope, Brier score and accuracy before and after."""
+    import pandas as pd
+
+    result = metrics.get("recalibration") or {}
+    if not result.get("requested"):
+        return None
+    rows = []
+    for method, entry in result.get("methods", {}).items():
+        row = {"Model": external_model_label(method, metrics, simulated_readers=False),
+               "Fitted on (lesions)": entry.get("n_fit_lesions"),
+               "Evaluated on (lesions)": entry.get("n_evaluation_lesions")}
+        for when in ("before", "after"):
+            part = entry.get(when) or {}
+            row[f"Calibration-in-the-large, {when}"] = _interval(
+                part.get("calibration_in_the_large"), signed=True)
+            row[f"Calibration slope, {when}"] = _interval(part.get("calibration_slope"))
+            row[f"Brier score, {when}"] = ("–" if part.get("brier") is None
+                                           else f"{part['brier']:.3f}")
+            row[f"Accuracy, {when}"] = ("–" if part.get("accuracy") is None
+                                        else f"{part['accuracy']:.0%}")
+        if entry.get("note"):
+            row["Note"] = entry["note"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def external_line(metrics: Mapping[str, Any], *, site: str, method: str = "magn") -> str:
+    """:func:`external_result_line` from the validation's ``metrics.json``: the external AUC
+    (DeLong), the internal AUC pooled after ranking within folds (patient bootstrap; the
+    headline of Table 2), calibration-in-the-large and the mean predicted probability against
+    the observed share of myeloma lesions."""
+    entry = metrics["methods"][method]
+    internal = metrics.get("internal", {}).get(method) or {}
+    ranked = internal.get("auc_ranked_within_folds") or {}
+    calibration = entry.get("calibration") or {}
+    citl = calibration.get("calibration_in_the_large") or {}
+
+    def number(value: Any) -> float:
+        return float("nan") if value is None else float(value)
+
+    auc = entry.get("auc") or {}
+    return external_result_line(
+        site=site, auc=number(auc.get("estimate")), auc_low=auc.get("ci_low"),
+        auc_high=auc.get("ci_high"), internal_auc=number(ranked.get("estimate")),
+        internal_low=ranked.get("ci_low"), internal_high=ranked.get("ci_high"),
+        citl=number(citl.get("estimate")), citl_low=citl.get("ci_low"),
+        citl_high=citl.get("ci_high"), mean_predicted=number(calibration.get("mean_predicted")),
+        observed=number(calibration.get("observed_rate")), n_lesions=int(entry["n_lesions"]),
+        n_patients=int(entry["n_patients"]),
+        model="the model" if method == "magn" else f"the {method} model")
 
 
 def write_external_front(
