@@ -23,6 +23,7 @@ from magn_lib.pipeline import (
     STUDY_NEEDS,
     discover_notebooks,
     embedded_cohort_dir,
+    external_cohort_dir,
     reported_parameters,
 )
 from magn_lib.progress import PROGRESS_ENV
@@ -111,6 +112,7 @@ def smoke_run(checkout):
         work=root / default_work_folder(reports),
         paths=RunPaths(reports, root / default_work_folder(reports)),
         cohort=root / "data" / "embedded" / embedded_cohort_dir(load_profile("smoke")).name,
+        site_b=root / "data" / "embedded" / external_cohort_dir(load_profile("smoke")).name,
         manifest=json.loads((reports / "run_manifest.json").read_text()),
     )
 
@@ -144,7 +146,7 @@ def test_the_readme_study_command_runs_every_notebook(smoke_run):
     for stage in ("ingest: 12/12 patient", "transfer: ", "crops: ", "MAGN grid: 24/24 fold"):
         assert any(line.strip().startswith(stage) for line in terminal), stage
     # the last line: status, elapsed time, where the report is
-    assert re.fullmatch(r"magn study: done in \d+:\d\d \(6 executed\)\. "
+    assert re.fullmatch(r"magn study: done in \d+:\d\d \(7 executed\)\. "
                         r"Report: reports/smoke/index\.html", done.stdout.strip())
 
 
@@ -160,7 +162,7 @@ def test_pages_carry_no_progress_text(smoke_run):
     pages = [smoke_run.reports / "index.html",
              *sorted((smoke_run.reports / "html").glob("*.html")),
              *sorted((smoke_run.reports / "html-full").glob("*.html"))]
-    assert len(pages) == 13
+    assert len(pages) == 15
     for page in pages:
         found = PROGRESS_TEXT.search(page.read_text())
         assert found is None, f"{page.name}: {found and found.group(0)}"
@@ -200,11 +202,15 @@ STUDY_TABLES = {
     "confound_checks.csv",
     "decision_curves.csv",
     "delong_pairwise.csv",
+    "external_breakdown.csv",
+    "external_input_checks.csv",
+    "external_validation.csv",
     "exclusions.csv",
     "fold_metrics_magn.csv",
     "fold_metrics_radiomics.csv",
     "folds.csv",
     "front_page.json",
+    "front_page_external.json",
     "inclusion_flow.csv",
     "learning_curves_magn.csv",
     "metrics_first_order.csv",
@@ -235,6 +241,8 @@ STUDY_FIGURES = {
     "crops_coronal",
     "crops_sagittal",
     "decision_curves",
+    "external_calibration",
+    "external_decision_curves",
     "fig2_transfer_met",
     "fig2_transfer_mm",
     "fig4_roc",
@@ -281,8 +289,42 @@ def test_simulated_readers_are_called_simulated_on_every_page_that_shows_them(sm
 
 
 @study
+def test_the_front_page_shows_the_external_result(smoke_run):
+    """Notebook 07 validated the run's frozen model on the simulated site B: the front page's
+    line is the one rendered from the measured numbers, the direction of the calibration
+    follows the sign of calibration-in-the-large, and every page calls the site simulated."""
+    import html
+
+    from magn_lib.external import load_external
+    from magn_lib.report import external_line
+
+    outcome = load_external(smoke_run.paths.external_dir)
+    magn = outcome.metrics["methods"]["magn"]
+    assert magn["n_patients"] == load_profile("smoke").external_n_patients
+    line = external_line(outcome.metrics, site="simulated site B")
+    assert line.startswith("On simulated site B the model's AUC ")
+    citl = (magn["calibration"] or {}).get("calibration_in_the_large", {}).get("estimate")
+    if citl is not None and citl != 0:
+        assert ("too low" if citl > 0 else "too high") in line
+    for page in (smoke_run.paths.index_html, smoke_run.paths.report_html):
+        text = page.read_text()
+        assert f"<b>External validation.</b> {html.escape(line)}" in text, page.name
+        assert "External validation (simulated site B)" in text, page.name
+        assert "no external, prospective" not in text, page.name
+    clinician = smoke_run.paths.html("07_external_validation").read_text()
+    assert "simulated site B" in clinician and "says nothing about patients" in clinician
+    assert html.escape(line) in clinician
+    record = smoke_run.manifest
+    assert record["run"]["external_embedded"] is True and record["left_out"] == {}
+    assert record["inputs"]["external_manifest_files_sha256"]
+    assert smoke_run.paths.study_bundle.is_dir()  # the bundle stays private, in work/
+
+
+@study
 def test_no_identity_in_reports_or_work(smoke_run):
-    planted = {s for s in load_truth(smoke_run.cohort).planted_strings() if len(s) >= 4}
+    # the identities planted in both sites' DICOM headers (site B: the external cohort)
+    planted = {s for cohort in (smoke_run.cohort, smoke_run.site_b)
+               for s in load_truth(cohort).planted_strings() if len(s) >= 4}
     assert len(planted) > 10
     for folder in (smoke_run.root / "reports", smoke_run.root / "work"):
         for path in folder.rglob("*"):
@@ -342,7 +384,7 @@ def test_every_page_and_the_report_in_chromium(smoke_run, open_page, tmp_path):
     paths = smoke_run.paths
     clinician = [paths.index_html, *sorted(paths.html_dir.glob("*.html")), paths.report_html]
     analyst = sorted(paths.full_html_dir.glob("*.html"))
-    assert len(clinician) == 8 and len(analyst) == 6
+    assert len(clinician) == 9 and len(analyst) == 7
     traces = _machine_traces(smoke_run)
     paths.screens_dir.mkdir(parents=True, exist_ok=True)
     kept = {paths.index_html: "index", paths.html("03_magn_training"): "03_magn_training",
@@ -439,8 +481,8 @@ def test_report_pdf_is_printed_with_numbered_pages(smoke_run):
     assert pdf.read_bytes().startswith(b"%PDF-")
     pages = pypdf.PdfReader(pdf).pages
     n = len(pages)
-    # the front page and summary, six chapters (each starts a page), glossary, provenance
-    assert n >= 1 + 6 + 2
+    # the front page and summary, seven chapters (each starts a page), glossary, provenance
+    assert n >= 1 + 7 + 2
     assert [p.extract_text().splitlines()[0] for p in pages] == [
         f"Page {i} of {n}" for i in range(1, n + 1)]
     text = "\n".join(p.extract_text() for p in pages)
@@ -479,9 +521,9 @@ def test_second_run_skips_everything(smoke_run, checkout):
     again = checkout.run(readme_blocks()[0][0])
     assert again.returncode == 0, again.stderr[-2000:]
     assert [line for line in again.stderr.splitlines() if "skipped" in line] == [
-        f"[{i}/6] {n['name']}: unchanged, skipped"
+        f"[{i}/7] {n['name']}: unchanged, skipped"
         for i, n in enumerate(smoke_run.manifest["notebooks"], 1)]
-    assert again.stdout.strip().endswith("(6 skipped). Report: reports/smoke/index.html")
+    assert again.stdout.strip().endswith("(7 skipped). Report: reports/smoke/index.html")
 
 
 @study
@@ -521,17 +563,18 @@ def test_export_and_predict_reproduce_the_held_out_prediction(smoke_run, capsys,
 
 @study
 def test_the_readme_one_notebook_commands(smoke_run, checkout):
-    # last of the group: re-running 04 with an override leaves 05-06 out of date (no index)
+    # last of the group: re-running 04 with an override leaves 05-07 out of date (no index)
     _, only, by_hand = readme_blocks()[0]
     done = checkout.run(only)
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((smoke_run.reports / "run_manifest.json").read_text())
     assert [n["status"] for n in record["notebooks"]] == (
-        ["skipped"] * 3 + ["executed", "not run", "not run"])
+        ["skipped"] * 3 + ["executed", "not run", "not run", "not run"])
     assert record["overrides"] == {"radiomics_classifier": "random_forest"}
     assert not record["complete"]
     assert record["notebooks"][3]["sources"]["radiomics_classifier"] == "override"
-    assert "[6/6] 06_figures: out of date, not selected" in done.stderr
+    assert "[6/7] 06_figures: out of date, not selected" in done.stderr
+    assert "[7/7] 07_external_validation: out of date, not selected" in done.stderr
     assert "the report is not published" in done.stdout
     assert not (smoke_run.reports / "index.html").exists()
 
