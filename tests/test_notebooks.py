@@ -38,6 +38,12 @@ study = pytest.mark.xdist_group("smoke-study")
 CHECKOUT = ("magn_lib", "configs", "notebooks", "pyproject.toml", "README.md")
 # what tqdm, papermill or a widget would leave in a page: "42%|", "12/12 [00:03<",
 # "Executing", "HBox(children=", "IProgress"
+RAY_MARKER_ENV = "MAGN_TEST_RAY_IMPORTED"
+RAY_STAND_IN = f"""import os, traceback
+with open(os.environ["{RAY_MARKER_ENV}"], "a") as marker:
+    marker.write("".join(traceback.format_stack()) + "\\n")
+raise ImportError("Ray was imported by a sequential study")
+"""
 PROGRESS_TEXT = re.compile(r"\d+%\||\d+/\d+ \[\d+:\d\d|Executing:|HBox\(children=|IProgress")
 
 
@@ -78,14 +84,20 @@ def checkout(tmp_path_factory):
         else:
             shutil.copy2(source, root / name)
     env = {k: v for k, v in os.environ.items() if k not in ("MAGN_EMBEDDED_DIR", PROGRESS_ENV)}
-    env["PYTHONPATH"] = str(root)
+    # a stand-in `ray` ahead of the installed one: a sequential study must never import Ray
+    # (the executor imports it only for `executor: ray`); an import leaves the marker file
+    stand_in = tmp_path_factory.mktemp("no-ray")
+    (stand_in / "ray").mkdir()
+    (stand_in / "ray" / "__init__.py").write_text(RAY_STAND_IN)
+    env["PYTHONPATH"] = os.pathsep.join((str(stand_in), str(root)))
+    env[RAY_MARKER_ENV] = str(stand_in / "imported")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
 
     def run(command: str, *, timeout: float = 3000) -> subprocess.CompletedProcess:
         return subprocess.run(shlex.split(command), cwd=root, env=env, text=True,
                               capture_output=True, timeout=timeout)
 
-    return SimpleNamespace(root=root, run=run)
+    return SimpleNamespace(root=root, run=run, ray_marker=Path(env[RAY_MARKER_ENV]))
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +107,8 @@ def smoke_run(checkout):
     root = checkout.root
     reports = root / "reports" / "smoke"
     return SimpleNamespace(
-        done=done, root=root, reports=reports, work=root / default_work_folder(reports),
+        done=done, root=root, reports=reports, ray_marker=checkout.ray_marker,
+        work=root / default_work_folder(reports),
         paths=RunPaths(reports, root / default_work_folder(reports)),
         cohort=root / "data" / "embedded" / embedded_cohort_dir(load_profile("smoke")).name,
         manifest=json.loads((reports / "run_manifest.json").read_text()),
@@ -111,6 +124,7 @@ def test_the_readme_study_command_runs_every_notebook(smoke_run):
         assert (smoke_run.reports / "executed" / f"{name}.ipynb").is_file()
         assert (smoke_run.reports / "html" / f"{name}.html").is_file()
         assert (smoke_run.reports / "html-full" / f"{name}.html").is_file()
+    assert not smoke_run.ray_marker.exists(), smoke_run.ray_marker.read_text()[-3000:]
     manifest = smoke_run.manifest
     assert manifest["status"] == "succeeded" and manifest["complete"]
     assert manifest["run"]["embedded_cohort"]

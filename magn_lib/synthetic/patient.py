@@ -15,16 +15,14 @@ from magn_lib.synthetic.anatomy import Spine
 from magn_lib.synthetic.dicom_writer import uid, write_series
 from magn_lib.synthetic.geometry import LPS_TO_RAS
 from magn_lib.synthetic.identity import draw_identity
-from magn_lib.synthetic.lesions import draw_distractors, draw_patient_lesions
+from magn_lib.synthetic.lesions import LesionSpec, draw_distractors, draw_patient_lesions
 from magn_lib.synthetic.masks import label_image, max_diameter_cm, save_mask
 from magn_lib.synthetic.planning import Knobs
 from magn_lib.synthetic.prescription import prescribe
 from magn_lib.synthetic.render import Marrow, Phantom, render_series
-from magn_lib.synthetic.lesions import LesionSpec
 from magn_lib.synthetic.scanners import (
     VENDORS,
     CoilSensitivity,
-    SeriesSpec,
     Vendor,
     rician_noise,
     to_stored,
@@ -156,7 +154,8 @@ def generate_patient(plan: dict[str, Any], manifest_dir: Path, truth_dir: Path,
         })
     patient = {
         "patient_id": pid, "label": plan["label"], "age": plan["age"], "sex": plan["sex"],
-        "site": plan["site"], "centre": plan["centre"], "vendor": vendor.key, "manufacturer": vendor.manufacturer,
+        "site": plan["site"], "centre": plan["centre"], "vendor": vendor.key,
+        "manufacturer": vendor.manufacturer,
         "field_strength_t": vendor.field_t, "position": position,
         "index_vertebra": spine.levels[3], "curvature_per_mm": round(spine.kappa, 6),
         "tilt_deg": round(math.degrees(spine.phi0), 3),
