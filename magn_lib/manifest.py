@@ -2,7 +2,7 @@
 
 A manifest folder holds four CSV files (schema in ``data_manifest/README.md``)::
 
-    patients.csv   patient_id, age, sex[, site, ...]          one row per patient
+    patients.csv   patient_id, age, sex[, site, centre, ...]  one row per patient
     lesions.csv    lesion_id, patient_id, label, mask[, mask_label, vertebra, size_cm, ...]
     series.csv     patient_id, view, folder                    one row per patient and view
     readers.csv    lesion_id, reader, call, confidence[, patient_id]   optional; radiologists' reads
@@ -15,7 +15,8 @@ and an affine to world RAS+ mm (the convention of ``magn_lib.dicom.read_series``
 
 :func:`load_manifest` checks everything it can without reading pixel data of the DICOM
 series (headers only) and reports every problem at once as one :class:`InputError`, each line
-naming the patient, the file (and the CSV line) and what is wrong.
+naming the patient, the file (and the CSV line) and what is wrong. :func:`combine_manifests`
+writes one manifest of several cohorts (sites), for a leave-one-site-out cross-validation.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -46,6 +49,7 @@ __all__ = [
     "SEXES",
     "SITES",
     "Manifest",
+    "combine_manifests",
     "listed_inputs",
     "load_manifest",
     "mask_values_problem",
@@ -79,7 +83,9 @@ class Manifest:
     Attributes:
         root: the manifest folder.
         patients: ``patient_id`` (str), ``age`` (Float64, years), ``sex`` ("M"/"F"),
-            ``site`` (one of ``SITES`` or missing) and any extra columns (str).
+            ``site`` (vertebral site: one of ``SITES`` or missing), ``centre`` (the
+            hospital or site the patient was imaged at, str, missing when blank; only when
+            patients.csv has the column) and any extra columns (str).
         lesions: ``lesion_id``, ``patient_id`` (str), ``label`` (int64: 1 myeloma, 0
             metastasis), ``mask`` (str, path), ``mask_label`` (int64, default 1),
             ``size_cm`` (Float64, may be missing), ``vertebra`` (str) and extra columns.
@@ -330,11 +336,18 @@ def _check_patients(table: pd.DataFrame, errors: _Collector, root: Path) -> pd.D
                        file=file)
             site = None
         sites.append(site.lower() if site else None)
+        centre = row.get("centre", "") or None
+        if centre is not None and not _ID.match(centre):
+            errors.add(f"{where}: centre {centre!r} has characters other than letters, digits, "
+                       "'_', '-', '.'", patient=pid, file=file,
+                       hint="name the site by a short code such as A, B or site-2")
     out = table.copy()
     out["patient_id"] = out["patient_id"].astype("string")
     out["age"] = pd.array(ages, dtype="Float64")
     out["sex"] = pd.Categorical(sexes, categories=list(SEXES))
     out["site"] = pd.Categorical(sites, categories=list(SITES))
+    if "centre" in out:
+        out["centre"] = out["centre"].replace("", pd.NA).astype("string")
     return out
 
 
@@ -725,3 +738,91 @@ def load_manifest(path: str | PathLike[str], *, views: Sequence[str] = VIEWS) ->
                     lesions=lesions.drop(**drop).reset_index(drop=True),
                     series=series.drop(**drop).reset_index(drop=True),
                     readers=readers.drop(**drop).reset_index(drop=True), views=tuple(views))
+
+
+def combine_manifests(sources: Mapping[str, str | PathLike[str]], out_dir: str | PathLike[str]
+                      ) -> Path:
+    """Write one manifest of several cohorts (one per site), for a leave-one-site-out
+    cross-validation (``cv_scheme: leave-one-site-out``).
+
+    Every source is validated first (:func:`load_manifest`). The combined folder holds only the
+    four CSV files: its paths point at the sources' DICOM folders and masks (relative to
+    ``out_dir`` where possible), which are read, never copied or modified. Study ids are made
+    unique by prefixing the site's name: patient ``P001`` of site ``A`` becomes ``A-P001``, its
+    lesion ``P001-L1`` becomes ``A-P001-L1``; ``patients.csv`` gains (or has replaced) the
+    ``centre`` column, the site's name. ``readers.csv`` is combined when every site has reads
+    by the same reader names (else it is left out, with a warning).
+
+    Args:
+        sources: ``{site name: manifest folder}``, at least two; names of letters, digits,
+            ``_``, ``-``, ``.`` (e.g. ``{"A": ..., "B": ...}``).
+        out_dir: the new manifest folder; must not exist yet or be empty.
+
+    Returns:
+        ``out_dir`` (load it with :func:`load_manifest`).
+
+    Raises:
+        InputError: a source that does not validate (its problems, at once), fewer than two
+            sources, a bad site name, or an ``out_dir`` that holds files.
+    """
+    from magn_lib.files import write_csv
+
+    out = Path(out_dir)
+    if len(sources) < 2:
+        raise InputError(f"combine_manifests needs at least two sites, got {list(sources)}",
+                         hint="pass {site name: manifest folder} for each site")
+    bad = [name for name in sources if not isinstance(name, str) or not _ID.match(name)]
+    if bad:
+        raise InputError(f"site name(s) {bad} must be letters, digits, '_', '-', '.'",
+                         hint="name the sites by short codes such as A and B")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError("the combined manifest's folder exists and is not empty", file=out,
+                         hint="choose a new folder: nothing in an existing one is replaced")
+    tables: dict[str, list[pd.DataFrame]] = {"patients": [], "lesions": [], "series": [],
+                                             "readers": []}
+    out_abs = out.resolve()
+
+    def moved(root: Path, relative: str) -> str:
+        target = (root / relative).resolve()
+        try:
+            return Path(os.path.relpath(target, out_abs)).as_posix()
+        except ValueError:  # another drive (Windows): keep it absolute
+            return target.as_posix()
+
+    for name, folder in sources.items():
+        manifest = load_manifest(folder)
+        root = Path(folder)
+        # the files as written (text cells, spreadsheet habits undone), extra columns kept
+        raw = {table: _read_csv(root, f"{table}.csv", _Collector()).drop(columns="_line")
+               for table in ("patients", "lesions", "series")}
+        renamed = {pid: f"{name}-{pid}" for pid in manifest.patients["patient_id"]}
+        patients = raw["patients"].copy()
+        patients["patient_id"] = patients["patient_id"].map(renamed)
+        patients["centre"] = name
+        lesions = raw["lesions"].copy()
+        lesions["lesion_id"] = name + "-" + lesions["lesion_id"]
+        lesions["patient_id"] = lesions["patient_id"].map(renamed)
+        lesions["mask"] = [moved(root, m) for m in lesions["mask"]]
+        series = raw["series"].copy()
+        series["patient_id"] = series["patient_id"].map(renamed)
+        series["folder"] = [moved(root, f) for f in series["folder"]]
+        tables["patients"].append(patients)
+        tables["lesions"].append(lesions)
+        tables["series"].append(series)
+        reads = manifest.readers[["lesion_id", "patient_id", "reader", "call",
+                                  "confidence"]].astype(str)
+        reads["lesion_id"] = name + "-" + reads["lesion_id"]
+        reads["patient_id"] = reads["patient_id"].map(renamed)
+        tables["readers"].append(reads)
+    # one readers table only when every site's readers read under the same names (every
+    # reader must call every lesion); otherwise the comparison with readers is left out
+    reader_sets = {frozenset(r["reader"]) for r in tables["readers"]}
+    if len(reader_sets) != 1 or not next(iter(reader_sets)):
+        if any(not r.empty for r in tables["readers"]):
+            warnings.warn("combine_manifests: the sites' readers differ (or some site has "
+                          "none), so the combined manifest has no readers.csv", stacklevel=2)
+        del tables["readers"]
+    out.mkdir(parents=True, exist_ok=True)
+    for table, frames in tables.items():
+        write_csv(pd.concat(frames, ignore_index=True).fillna(""), out / f"{table}.csv")
+    return out

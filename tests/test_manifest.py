@@ -15,7 +15,13 @@ import pandas as pd
 import pytest
 
 from magn_lib.errors import InputError
-from magn_lib.manifest import GRID_TOLERANCE_MM, Manifest, load_manifest, sagittal_grid
+from magn_lib.manifest import (
+    GRID_TOLERANCE_MM,
+    Manifest,
+    combine_manifests,
+    load_manifest,
+    sagittal_grid,
+)
 from magn_lib.synthetic import load_truth
 from tests.helpers import SMALL_COHORT
 
@@ -314,3 +320,60 @@ def test_line_numbers_survive_blank_rows_and_semicolons(edit):
     e = _one(err)
     # the header is line 1, then a blank line and an empty row: the second patient is line 5
     assert "patients.csv line 5: age 'sixty' is not a number" in e.problem
+
+
+def test_centre_column_is_optional_typed_and_checked(edit, source):
+    assert "centre" in load_manifest(source).patients  # the embedded cohort names its site
+    without = load_manifest(edit(patients=lambda t: t.drop(columns="centre")))
+    assert "centre" not in without.patients
+    blank = load_manifest(edit(patients=lambda t: _set(t, 0, "centre", "")))
+    assert blank.patients["centre"].isna().tolist() == [True] + [False] * (N_PATIENTS - 1)
+    assert str(blank.patients["centre"].dtype) == "string"
+    with pytest.raises(InputError) as err:
+        load_manifest(edit(patients=lambda t: _set(t, 1, "centre", "site B!")))
+    problem = _one(err)
+    assert problem.patient == "P002" and "centre 'site B!'" in str(problem)
+    assert "patients.csv line 3" in str(problem)
+
+
+def _state(folder: Path) -> dict[str, int]:
+    return {p.as_posix(): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_combine_manifests_makes_ids_unique_and_names_the_centre(source, tmp_path):
+    before = _state(source)
+    out = combine_manifests({"A": source, "B": source}, tmp_path / "both" / "manifest")
+    assert sorted(p.name for p in out.iterdir()) == sorted(TABLES)  # CSV files only
+    both = load_manifest(out)
+    alone = load_manifest(source)
+    ids = alone.patients["patient_id"].tolist()
+    assert both.patients["patient_id"].tolist() == [f"{c}-{p}" for c in "AB" for p in ids]
+    assert both.patients["centre"].tolist() == ["A"] * len(ids) + ["B"] * len(ids)
+    assert both.lesions["lesion_id"].is_unique and len(both.lesions) == 2 * len(alone.lesions)
+    assert set(both.lesions["lesion_id"]) == {f"{c}-{les}" for c in "AB"
+                                              for les in alone.lesions["lesion_id"]}
+    # the paths reach the very files of the source, relative to the combined folder
+    for row in both.series.itertuples():
+        original = alone.series_folder(row.patient_id.split("-", 1)[1], row.view)
+        assert not Path(row.folder).is_absolute()
+        assert both.path(row.folder).resolve() == original.resolve()
+    assert len(both.readers) == 2 * len(alone.readers)
+    assert set(both.readers["patient_id"]) == set(both.patients["patient_id"])
+    assert _state(source) == before  # the sources are only read
+
+
+def test_combine_manifests_refuses_what_it_cannot_do(source, tmp_path):
+    with pytest.raises(InputError, match="at least two sites"):
+        combine_manifests({"A": source}, tmp_path / "one")
+    with pytest.raises(InputError, match="site name"):
+        combine_manifests({"A": source, "site B": source}, tmp_path / "bad")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty"):
+        combine_manifests({"A": source, "B": source}, tmp_path / "full")
+    assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
+    broken = tmp_path / "broken"
+    shutil.copytree(source, broken, ignore=shutil.ignore_patterns("dicom", "masks"))
+    with pytest.raises(InputError):
+        combine_manifests({"A": source, "B": broken}, tmp_path / "never")
+    assert not (tmp_path / "never").exists()  # nothing half-written

@@ -76,7 +76,7 @@ def test_layout_and_manifest_tables(cohort, truth):
         assert (manifest / name).is_file()
     patients = pd.read_csv(manifest / "patients.csv", dtype={"patient_id": str})
     lesions = pd.read_csv(manifest / "lesions.csv")
-    assert list(patients.columns) == ["patient_id", "age", "sex", "site"]
+    assert list(patients.columns) == ["patient_id", "age", "sex", "site", "centre"]
     assert patients["patient_id"].tolist() == [f"P{i:03d}" for i in range(1, N_PATIENTS + 1)]
     assert lesions.groupby("patient_id").size().between(1, 3).all()
     assert set(lesions["label"]) <= {0, 1}

@@ -11,7 +11,10 @@ is. The cohort imitates the study of Chen et al. 2022 (Front. Oncol. 12:981769):
 scanners (1.5 T Siemens, 1.5 T GE, 3.0 T Philips), its Table 1 (age, sex, vertebral site,
 tumour size by class) and its class counts; two simulated readers have the operating point
 (sensitivity, specificity) that the paper's two radiologists' accuracy and AUC imply, without
-looking at the realised cohort (``readers``).
+looking at the realised cohort (``readers``). That is site A; ``preset="site_b"`` writes a
+second, simulated hospital that differs in its scanners (3.0 T Siemens, 3.0 T Canon, 1.5 T GE),
+field contrast, protocol, stored scaling, patient positions, prevalence and lesion sizes (the
+package's ``README.md`` tabulates both sites); the manifest's ``centre`` column names the site.
 
 Coordinate frames: the phantom is defined in the DICOM patient frame (LPS, mm), which is what
 ImagePositionPatient and ImageOrientationPatient are written in; everything this module

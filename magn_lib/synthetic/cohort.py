@@ -40,8 +40,11 @@ def make_cohort(out_dir: str | PathLike[str], *, n_patients: int, seed: int, **k
                 instead of by class. Default: all at separability 0; else size, lesions
                 per patient and site (what the images show), age and sex by class as in the
                 paper's Table 1 (lesions per patient by class when ``class_counts`` is given).
-            preset ("null"): ``separability=0, label_independent="all"``; explicit knobs
-                override it.
+            preset ("null" | "site_b"): a named set of knobs; explicit knobs override it.
+                "null": ``separability=0, label_independent="all"``. "site_b": the second
+                embedded site (``planning.SITE_B``; table "knob | site A | site B" in the
+                package's README.md), which differs from site A (the default knobs) in every
+                site knob below.
             distractors (bool, default True): label-independent marrow variation, the
                 basivertebral vein and unmasked lesion-like foci of either class and
                 haemangioma-like foci in other vertebrae.
@@ -51,6 +54,24 @@ def make_cohort(out_dir: str | PathLike[str], *, n_patients: int, seed: int, **k
                 patient positions (``POSITIONS``) over the patients instead of drawing them.
             marker_ras ((x, y, z) world RAS+ mm): plant a bright point there in every patient
                 (each stack is shifted, never rotated, to contain it).
+            site_name (str, default "A"): the manifest's ``centre`` column (patients.csv).
+            vendor_weights ({VENDORS key: weight}): the site's scanner mix, drawn per patient
+                (default site A's ``scanners.VENDOR_WEIGHTS``: the paper's three scanners).
+                Field strength, noise, fat suppression, stored bits and DICOM habits follow
+                the scanner.
+            field_contrast (float, default 0): every lesion's enhancement is multiplied by
+                ``1 + field_contrast * (field strength - 1.5 T)`` (0: the same at any field).
+            slice_thickness_mm, slice_gap_mm, pixel_mm (float, default None: each scanner's
+                protocol): the site's protocol for every series of every scanner (rows and
+                columns follow the pixel size, so each series keeps its field of view).
+            intensity_scale (float, default 1): factor on the scanners' stored-integer target
+                (the stored 99.5th percentile; the scanner's bit depth still caps it).
+            position_weights ({POSITIONS value: weight}): patient positions drawn per patient
+                (default site A's ``scanners.POSITION_WEIGHTS``).
+            myeloma_fraction (float in (0, 1), default None: the paper's 79 of 217): share of
+                patients with myeloma (lesions per patient of each class: the paper's).
+            lesion_size_scale (float, default 1): factor on the mean and SD of the nominal
+                lesion diameter.
             noise (bool, default True): Rician noise; n_jobs (int, default -1): parallel
                 patients (joblib; results do not depend on it); progress (bool): tqdm bar;
                 overwrite (bool): replace an existing cohort in ``out_dir``.
@@ -102,7 +123,8 @@ def make_cohort(out_dir: str | PathLike[str], *, n_patients: int, seed: int, **k
     cohort_rng = np.random.default_rng(np.random.SeedSequence([seed, 7331]))
     readers = simulate_readers(lesions, cohort_rng)
     # the pipeline's manifest (data_manifest schema)
-    write_csv(patients[["patient_id", "age", "sex", "site"]], manifest_dir / "patients.csv")
+    write_csv(patients[["patient_id", "age", "sex", "site", "centre"]],
+              manifest_dir / "patients.csv")
     lesions_out = lesions[["lesion_id", "patient_id", "label"]].copy()
     lesions_out["mask"] = [next(r["mask"] for r in results if r["patient"]["patient_id"] == p)
                            for p in lesions["patient_id"]]
@@ -132,8 +154,9 @@ def _recipe_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
         if key in ("progress", "n_jobs", "overwrite"):
             continue
         value = knobs[key]
-        if isinstance(value, Mapping):
-            value = {str(k): list(v) for k, v in sorted(value.items())}
+        if isinstance(value, Mapping):  # class_counts {label: (p, l)}, {name: weight}
+            value = {str(k): list(v) if isinstance(v, tuple | list) else v
+                     for k, v in sorted(value.items())}
         elif isinstance(value, tuple | list) or hasattr(value, "tolist"):
             value = [float(x) if key == "marker_ras" else x for x in np.asarray(value).tolist()]
         out[key] = value

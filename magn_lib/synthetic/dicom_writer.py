@@ -1,5 +1,5 @@
-"""DICOM writing: one MR image storage file per slice, the way the three scanners and the
-hospital's PACS export them.
+"""DICOM writing: one MR image storage file per slice, the way each site's scanners and its
+PACS export them.
 
 A series is one template dataset holding every tag that is the same on all its slices
 (identity, protocol, orientation, grid, windowing, private blocks); the slice loop sets only
@@ -16,7 +16,7 @@ import numpy as np
 
 from magn_lib.files import atomic_open
 from magn_lib.synthetic.geometry import SliceStack
-from magn_lib.synthetic.scanners import Vendor, instance_order
+from magn_lib.synthetic.scanners import HOSPITALS, Vendor, instance_order
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -93,7 +93,7 @@ def series_template(*, g: SliceStack, slope: float, intercept: float, window_cen
     ds.MagneticFieldStrength = f"{vendor.field_t:g}"
     ds.SpacingBetweenSlices = f"{g.spacing:g}"
     ds.SoftwareVersions = vendor.software
-    ds.FlipAngle = "90" if vendor.key != "philips" else "80"
+    ds.FlipAngle = vendor.flip_angle
     ds.PatientPosition = position
     ds.StudyInstanceUID = uids["study"]
     ds.SeriesInstanceUID = series_uid
@@ -120,14 +120,13 @@ def series_template(*, g: SliceStack, slope: float, intercept: float, window_cen
         ds.RescaleSlope = f"{slope:.6g}"
         ds.RescaleType = "US"
     # the site's PACS copies identity into its own private block; vendors add theirs
-    pacs = ds.private_block(0x0011, "LAKESIDE PACS EXPORT 1.0", create=True)
+    pacs = ds.private_block(0x0011, HOSPITALS[vendor.hospital].pacs_creator, create=True)
     pacs.add_new(0x10, "LO", ident["PatientID"])
     pacs.add_new(0x11, "PN", ident["PatientName"])
     pacs.add_new(0x12, "LO", ident["AccessionNumber"])
     pacs.add_new(0x13, "DA", ident["PatientBirthDate"])
-    block = ds.private_block(0x0019 if vendor.key != "philips" else 0x2005,
-                             vendor.private_creator, create=True)
-    if vendor.key == "philips":
+    block = ds.private_block(vendor.private_group, vendor.private_creator, create=True)
+    if vendor.rescale == "philips":
         block.add_new(0x0E, "FL", float(slope))  # Philips private scale slope
     else:
         block.add_new(0x10, "LO", f"{vendor.model} {view}")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from magn_lib.synthetic.scanners import Vendor
+from magn_lib.synthetic.scanners import HOSPITALS, Vendor
 
 __all__ = ["draw_identity"]
 
@@ -26,6 +26,7 @@ _NAME_GIVEN = (
 def draw_identity(rng: np.random.Generator, plan: dict[str, Any], vendor: Vendor
                   ) -> dict[str, str]:
     """DICOM keyword -> value of the identity planted in one patient's headers."""
+    hospital = HOSPITALS[vendor.hospital]
     surname = _NAME_SURNAMES[rng.integers(len(_NAME_SURNAMES))]
     given = _NAME_GIVEN[rng.integers(len(_NAME_GIVEN))]
     referring = (f"{_NAME_SURNAMES[rng.integers(len(_NAME_SURNAMES))]}^"
@@ -39,9 +40,10 @@ def draw_identity(rng: np.random.Generator, plan: dict[str, Any], vendor: Vendor
         "PatientBirthDate": birth.strftime("%Y%m%d"),
         "AccessionNumber": f"MR{study:%y%m%d}{rng.integers(10**5, 10**6)}",
         "InstitutionName": vendor.institution,
-        "InstitutionAddress": f"{rng.integers(100, 999)} Lakeside Road, East District",
+        "InstitutionAddress": f"{rng.integers(100, 999)} {hospital.street}",
         "ReferringPhysicianName": referring,
         "StudyDate": study.strftime("%Y%m%d"),
         "OtherPatientIDs": f"IP{rng.integers(10**6, 10**7)}",
-        "PatientTelephoneNumbers": f"+86 21 {rng.integers(1000, 9999)} {rng.integers(1000, 9999)}",
+        "PatientTelephoneNumbers": (f"+86 {hospital.phone_area} {rng.integers(1000, 9999)} "
+                                    f"{rng.integers(1000, 9999)}"),
     }

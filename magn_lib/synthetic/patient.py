@@ -3,6 +3,7 @@ masks and the rows the cohort's tables record about them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -14,14 +15,20 @@ from magn_lib.synthetic.anatomy import Spine
 from magn_lib.synthetic.dicom_writer import uid, write_series
 from magn_lib.synthetic.geometry import LPS_TO_RAS
 from magn_lib.synthetic.identity import draw_identity
-from magn_lib.synthetic.lesions import draw_distractors, draw_patient_lesions
+from magn_lib.synthetic.lesions import LesionSpec, draw_distractors, draw_patient_lesions
 from magn_lib.synthetic.masks import label_image, max_diameter_cm, save_mask
 from magn_lib.synthetic.planning import Knobs
 from magn_lib.synthetic.prescription import prescribe
 from magn_lib.synthetic.render import Marrow, Phantom, render_series
-from magn_lib.synthetic.scanners import VENDORS, CoilSensitivity, rician_noise, to_stored
+from magn_lib.synthetic.scanners import (
+    VENDORS,
+    CoilSensitivity,
+    Vendor,
+    rician_noise,
+    to_stored,
+)
 
-__all__ = ["VIEWS", "generate_patient"]
+__all__ = ["VIEWS", "field_gain", "generate_patient", "site_vendor"]
 
 VIEWS = ("sagittal", "coronal", "axial")
 
@@ -33,6 +40,41 @@ def _series_folder(patient_id: str, series_no: int, description: str) -> Path:
     return Path(str(folder).replace(" ", "_").replace("+", "plus"))
 
 
+def site_vendor(vendor: Vendor, knobs: Knobs) -> Vendor:
+    """The scanner as the site runs it: its protocols with the site's slice thickness, gap and
+    in-plane pixel size where the knobs set them (rows and columns follow the pixel size so
+    that each series keeps its field of view), its stored-integer target times
+    ``intensity_scale``. The scanner itself when no knob departs from the default."""
+    thickness, gap, pixel = knobs.slice_thickness_mm, knobs.slice_gap_mm, knobs.pixel_mm
+    if thickness is None and gap is None and pixel is None and knobs.intensity_scale == 1.0:
+        return vendor
+    series = {}
+    for view, spec in vendor.series.items():
+        rows, cols = spec.rows, spec.cols
+        if pixel is not None:
+            rows = max(16, round(spec.rows * spec.pixel / pixel))
+            cols = max(16, round(spec.cols * spec.pixel / pixel))
+        series[view] = dataclasses.replace(
+            spec, thickness=spec.thickness if thickness is None else thickness,
+            gap=spec.gap if gap is None else gap, pixel=spec.pixel if pixel is None else pixel,
+            rows=rows, cols=cols)
+    return dataclasses.replace(vendor, series=series,
+                               stored_target=vendor.stored_target * knobs.intensity_scale)
+
+
+def field_gain(field_t: float, field_contrast: float) -> float:
+    """Factor on every lesion's enhancement at field strength ``field_t`` (T):
+    ``1 + field_contrast * (field_t - 1.5)`` (1 at 1.5 T; > 1 at 3 T for a positive gain, as
+    gadolinium-enhanced lesions stand out more against fat-suppressed marrow at 3 T)."""
+    return 1.0 + field_contrast * (field_t - 1.5)
+
+
+def _enhanced(lesions: tuple[LesionSpec, ...], gain: float) -> tuple[LesionSpec, ...]:
+    if gain == 1.0:
+        return lesions
+    return tuple(dataclasses.replace(les, enhancement=les.enhancement * gain) for les in lesions)
+
+
 def generate_patient(plan: dict[str, Any], manifest_dir: Path, truth_dir: Path,
                      knobs: Knobs) -> dict[str, Any]:
     """Write one patient's series and masks; return its table rows.
@@ -41,7 +83,7 @@ def generate_patient(plan: dict[str, Any], manifest_dir: Path, truth_dir: Path,
     depend on the others or on the number of workers.
     """
     rng = np.random.default_rng(plan["seed_seq"])
-    vendor = VENDORS[plan["vendor"]]
+    vendor = site_vendor(VENDORS[plan["vendor"]], knobs)
     pid = plan["patient_id"]
     position = plan["position"]
     spine = Spine.draw(plan["site"], rng)
@@ -56,6 +98,10 @@ def generate_patient(plan: dict[str, Any], manifest_dir: Path, truth_dir: Path,
     distractors = (tuple(draw_distractors(spine, rng, taken={les.k for les in lesions},
                                           separability=knobs.separability, patient_id=pid))
                    if knobs.distractors else ())
+    # the field's contrast acts on every lesion alike, whatever its class (and on the
+    # unmasked distractors), after all draws: the patient's random stream is the same
+    gain = field_gain(vendor.field_t, knobs.field_contrast)
+    lesions, distractors = _enhanced(lesions, gain), _enhanced(distractors, gain)
     ph = Phantom(spine=spine, lesions=lesions, fat_residual=vendor.fat_residual, coil=coil,
                  marker_lps=marker_lps, marrow=marrow, distractors=distractors)
     stacks = prescribe(spine, lesions, vendor, position, rng, marker_lps=marker_lps)
@@ -108,7 +154,8 @@ def generate_patient(plan: dict[str, Any], manifest_dir: Path, truth_dir: Path,
         })
     patient = {
         "patient_id": pid, "label": plan["label"], "age": plan["age"], "sex": plan["sex"],
-        "site": plan["site"], "vendor": vendor.key, "manufacturer": vendor.manufacturer,
+        "site": plan["site"], "centre": plan["centre"], "vendor": vendor.key,
+        "manufacturer": vendor.manufacturer,
         "field_strength_t": vendor.field_t, "position": position,
         "index_vertebra": spine.levels[3], "curvature_per_mm": round(spine.kappa, 6),
         "tilt_deg": round(math.degrees(spine.phi0), 3),

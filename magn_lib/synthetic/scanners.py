@@ -1,9 +1,12 @@
-"""The three scanners of the paper and the habits of each that a DICOM reader must survive.
+"""The scanners of the embedded sites and the habits of each that a DICOM reader must survive.
 
-Everything here depends on the scanner or the patient's position on its table, never on the
-patient's disease: slice prescriptions (pixel size, thickness, gap), in-plane axis conventions
-(patient- or magnet-oriented), receive-coil sensitivity, Rician noise, the stored integer range
-and rescale habit, and instance numbering.
+Site A (the paper's hospital, "Lakeside") has the paper's three scanners (1.5 T Siemens, 1.5 T
+GE, 3.0 T Philips); site B ("Riverside", the ``site_b`` preset of
+:func:`~magn_lib.synthetic.make_cohort`) has three others (3.0 T Siemens, 3.0 T Canon, 1.5 T GE).
+Everything here depends on the scanner, its hospital or the patient's position on its table,
+never on the patient's disease: slice prescriptions (pixel size, thickness, gap), in-plane axis
+conventions (patient- or magnet-oriented), receive-coil sensitivity, Rician noise, the stored
+integer range and rescale habit, instance numbering, and the hospital's PACS export.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
+    "HOSPITALS",
     "POSITIONS",
     "POSITION_MATRIX",
     "POSITION_WEIGHTS",
     "VENDORS",
     "VENDOR_WEIGHTS",
     "CoilSensitivity",
+    "Hospital",
     "SeriesSpec",
     "Vendor",
     "inplane_axes",
@@ -55,8 +60,26 @@ class SeriesSpec:
 
 
 @dataclass(frozen=True)
+class Hospital:
+    """What a hospital's exports share whatever the scanner: its address (planted identity)
+    and the private block its PACS adds to every file."""
+
+    street: str  # "<number> <street>" is the planted InstitutionAddress
+    phone_area: str  # "+86 <area> ..." of the planted PatientTelephoneNumbers
+    pacs_creator: str  # private creator of the PACS block (group 0x0011) holding identity
+
+
+HOSPITALS: dict[str, Hospital] = {
+    "lakeside": Hospital(street="Lakeside Road, East District", phone_area="21",
+                         pacs_creator="LAKESIDE PACS EXPORT 1.0"),
+    "riverside": Hospital(street="Riverside Avenue, North District", phone_area="25",
+                          pacs_creator="RIVERSIDE RIS-PACS 3.2"),
+}
+
+
+@dataclass(frozen=True)
 class Vendor:
-    """One scanner of the paper's three, with the habits that matter to a reader."""
+    """One scanner of an embedded site, with the habits that matter to a reader."""
 
     key: str
     manufacturer: str
@@ -75,6 +98,9 @@ class Vendor:
     file_pattern: str
     private_creator: str
     series: dict[str, SeriesSpec] = field(default_factory=dict)
+    hospital: str = "lakeside"  # key of HOSPITALS
+    flip_angle: str = "90"
+    private_group: int = 0x0019  # group of the vendor's private block
 
 
 VENDORS: dict[str, Vendor] = {
@@ -107,14 +133,55 @@ VENDORS: dict[str, Vendor] = {
         software="3.2.3\\3.2.3.1", station="PHILIPS-7KQ2M9", institution="LAKESIDE UH MR3T",
         patient_oriented=False, noise=0.020, fat_residual=0.08, bits_stored=12,
         stored_target=1500.0, rescale="philips", numbering="random", file_pattern="IM_{n:04d}",
-        private_creator="Philips MR Imaging DD 001",
+        private_creator="Philips MR Imaging DD 001", flip_angle="80", private_group=0x2005,
         series={
             "sagittal": SeriesSpec(3.5, 0.35, 0.70, 240, 240, 550.0, 8.0, "T1W_TSE_SPIR_SAG+C"),
             "coronal": SeriesSpec(3.5, 0.35, 0.9, 192, 192, 550.0, 8.0, "T1W_TSE_SPIR_COR+C"),
             "axial": SeriesSpec(3.5, 0.5, 0.82, 176, 176, 600.0, 8.0, "T1W_TSE_SPIR_TRA+C"),
         },
     ),
+    # site B (Riverside): scanners site A lacks
+    "siemens_3t": Vendor(
+        key="siemens_3t", manufacturer="SIEMENS", model="Skyra", field_t=3.0,
+        software="syngo MR E11", station="AWP66052", institution="RIVERSIDE GENERAL HOSPITAL",
+        patient_oriented=True, noise=0.017, fat_residual=0.06, bits_stored=12,
+        stored_target=1400.0, rescale="absent", numbering="interleaved",
+        file_pattern="MR.{n:06d}.dcm", private_creator="SIEMENS CSA HEADER",
+        hospital="riverside",
+        series={
+            "sagittal": SeriesSpec(3.0, 0.3, 0.625, 320, 320, 650.0, 9.0, "t1_tse_sag_fs_post"),
+            "coronal": SeriesSpec(3.0, 0.3, 0.78, 256, 256, 650.0, 9.0, "t1_tse_cor_fs_post"),
+            "axial": SeriesSpec(3.5, 0.35, 0.7, 224, 224, 700.0, 9.0, "t1_tse_tra_fs_post"),
+        },
+    ),
+    "canon": Vendor(
+        key="canon", manufacturer="CANON_MEC", model="Vantage Titan 3T", field_t=3.0,
+        software="V6.0*R004", station="CMSRVTITAN", institution="Riverside General Hospital",
+        patient_oriented=False, noise=0.019, fat_residual=0.07, bits_stored=16,
+        stored_target=2600.0, rescale="unit", numbering="reversed",
+        file_pattern="{n:08d}", private_creator="TOSHIBA_MEC_MR3", hospital="riverside",
+        private_group=0x700D,
+        series={
+            "sagittal": SeriesSpec(3.0, 0.5, 0.65, 288, 288, 600.0, 10.0, "T1 SE FS SAG +C"),
+            "coronal": SeriesSpec(3.0, 0.5, 0.78, 256, 256, 600.0, 10.0, "T1 SE FS COR +C"),
+            "axial": SeriesSpec(4.0, 0.8, 0.72, 224, 224, 620.0, 10.0, "T1 SE FS AX +C"),
+        },
+    ),
+    "ge_explorer": Vendor(
+        key="ge_explorer", manufacturer="GE MEDICAL SYSTEMS", model="SIGNA Explorer",
+        field_t=1.5, software="26\\LX\\MR Software release:DV26.0_R03_1831.b",
+        station="RGHMR15", institution="RIVERSIDE GEN HOSP", patient_oriented=False,
+        noise=0.034, fat_residual=0.14, bits_stored=16, stored_target=2400.0, rescale="unit",
+        numbering="random", file_pattern="i{n:05d}.MRDC", private_creator="GEMS_PARM_01",
+        hospital="riverside",
+        series={
+            "sagittal": SeriesSpec(4.0, 1.0, 0.86, 224, 224, 500.0, 9.6, "Sag T1 FS post"),
+            "coronal": SeriesSpec(4.0, 1.0, 0.94, 192, 192, 500.0, 9.6, "Cor T1 FS post"),
+            "axial": SeriesSpec(4.0, 1.0, 0.86, 192, 192, 540.0, 10.2, "Ax T1 FS post"),
+        },
+    ),
 }
+#: site A's scanner mix (the paper's three scanners); site B's is in ``planning.PRESETS``
 VENDOR_WEIGHTS = {"siemens": 0.36, "ge": 0.34, "philips": 0.30}
 
 
