@@ -418,12 +418,21 @@ def external_result_line(
 # the external validation's tables (notebook 07), from the metrics of
 # :func:`magn_lib.external.validate_external` (``metrics.json``)
 
-def external_site_label(metrics: Mapping[str, Any], *, simulated: bool) -> str:
-    """How the pages name the external site: ``"simulated site B"`` for the embedded one;
-    ``"site <name>"`` when the manifest's ``site`` column holds one name; else ``"the external
-    cohort"`` (never a folder name, which may name a hospital or a patient)."""
-    sites = list(metrics.get("cohort", {}).get("sites", []))
-    name = sites[0] if len(sites) == 1 else None
+def external_site_label(centres: Sequence[str] = (), *, simulated: bool) -> str:
+    """How the pages name the external site.
+
+    Args:
+        centres: the distinct values of the external manifest's ``centre`` column (the
+            site's name; empty when the manifest has none).
+        simulated: the external cohort is the embedded simulated site.
+
+    Returns:
+        ``"simulated site B"`` for the embedded one (its ``centre``, else ``B``); ``"site
+        <name>"`` when the manifest names one centre; else ``"the external cohort"`` (never a
+        folder name, which may name a hospital or a patient).
+    """
+    names = sorted({str(c) for c in centres if c is not None and str(c).strip()})
+    name = names[0] if len(names) == 1 else None
     if simulated:
         return f"simulated site {name or 'B'}"
     return f"site {name}" if name else "the external cohort"
@@ -451,7 +460,7 @@ def _interval(entry: Mapping[str, Any] | None, *, decimals: int = 2, signed: boo
     if not entry or entry.get("estimate") is None:
         return MISSING
     value, low, high = (entry.get(k) for k in ("estimate", "ci_low", "ci_high"))
-    if signed:
+    if signed or (low is not None and low < 0):  # "-1.2–3.4" would read as a range of dashes
         text = f"{value:+.{decimals}f}"
         return text if low is None or high is None else \
             f"{text} (95 % CI {low:+.{decimals}f} to {high:+.{decimals}f})"

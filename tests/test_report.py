@@ -391,3 +391,89 @@ def test_front_page_shows_the_external_part_only_for_a_study_that_has_it(tmp_pat
     with pytest.raises(FileNotFoundError, match="missing.png"):
         write_external_front(run, line=line, site="B", simulated=False, n_patients=2,
                              figures=[("F", run / "missing.png", "")])
+
+
+def _external_metrics(shift: float):
+    """Metrics as ``validate_external`` writes them, of 40 lesions of 20 patients whose frozen
+    probabilities carry signal but are shifted by ``shift`` on the log-odds scale."""
+    import json
+
+    import numpy as np
+
+    from magn_lib.bundle import finite_json
+    from magn_lib.external import external_metrics, internal_estimate, recalibrate
+
+    rng = np.random.default_rng(3)
+    n = 40
+    label = (np.arange(n) % 10 < 3).astype(int)
+    logit = 1.5 * (label - 0.3) + rng.normal(0, 1, n) + np.log(0.3 / 0.7) + shift
+    table = pd.DataFrame({"lesion_id": [f"B{i:03d}-L1" for i in range(n)],
+                          "patient_id": [f"B{i // 2:03d}" for i in range(n)],
+                          "label": label, "probability": 1 / (1 + np.exp(-logit)),
+                          "method": "magn", "status": "ok", "threshold": 0.5})
+    table["call"] = (table["probability"] >= 0.5).astype(int)
+    oof = table.assign(fold=np.arange(n) % 4, probability=1 / (1 + np.exp(-(logit - shift))))
+    reader = table.assign(method="reader1", probability=np.where(label == 1, 7, 3),
+                          call=label)
+    metrics = {
+        "bundle": {"config": "multi-view+attention"},
+        "radiomics": {"included": False, "reason": "test"},
+        "methods": {"magn": external_metrics(table, 0.5, n_resamples=50, seed=1),
+                    "reader1": external_metrics(reader, 0.5, n_resamples=50, seed=1,
+                                                probabilistic=False)},
+        "internal": {"magn": internal_estimate(oof, n_resamples=50, seed=1)},
+        "warnings": {"n_lesions": n, "n_unreadable": 1, "n_lesions_with_a_warning": 3,
+                     "by_kind": {"field_strength": {"checks": 3, "lesions": 3}}},
+        "recalibration": {"requested": True, **recalibrate(table, 0.5, seed=1)},
+    }
+    return json.loads(json.dumps(finite_json(metrics))), table  # as read from metrics.json
+
+
+def test_external_line_and_tables_from_the_validation_metrics():
+    from magn_lib.report import (
+        external_comparison,
+        external_line,
+        external_recalibration,
+        external_result_line,
+        external_site_label,
+        external_warnings,
+    )
+
+    assert external_site_label(["B"], simulated=True) == "simulated site B"
+    assert external_site_label([], simulated=True) == "simulated site B"
+    assert external_site_label(["North"], simulated=False) == "site North"
+    assert external_site_label(["N", "S"], simulated=False) == "the external cohort"
+
+    too_high, table = _external_metrics(shift=2.0)
+    magn = too_high["methods"]["magn"]
+    citl = magn["calibration"]["calibration_in_the_large"]
+    assert citl["estimate"] < 0 and citl["ci_high"] < 0  # shifted up: too high
+    line = external_line(too_high, site="simulated site B")
+    internal = too_high["internal"]["magn"]["auc_ranked_within_folds"]
+    assert line == external_result_line(
+        site="simulated site B", auc=magn["auc"]["estimate"], auc_low=magn["auc"]["ci_low"],
+        auc_high=magn["auc"]["ci_high"], internal_auc=internal["estimate"],
+        internal_low=internal["ci_low"], internal_high=internal["ci_high"],
+        citl=citl["estimate"], citl_low=citl["ci_low"], citl_high=citl["ci_high"],
+        mean_predicted=table["probability"].mean(), observed=table["label"].mean(),
+        n_lesions=40, n_patients=20)
+    assert "its probabilities were too high by" in line
+    assert f"{table['probability'].mean():.0%} predicted against 30% of lesions" in line
+    too_low, _ = _external_metrics(shift=-2.0)
+    assert "its probabilities were too low by" in external_line(too_low, site="site B")
+
+    comparison = external_comparison(too_high, simulated_readers=True)
+    assert list(comparison["Model"]) == ["MAGN (multi-view+attention, frozen)",
+                                         "Simulated reader 1"]
+    assert not [c for c in comparison.columns if "_" in c]
+    row = comparison.iloc[0]
+    assert row["Lesions (MM)"] == "40 (12)" and row["Calibration-in-the-large"].startswith("-")
+    assert comparison.iloc[1]["Calibration slope"] == "–"  # readers: scores, no calibration
+    assert comparison.iloc[1]["Internal AUC, folds (mean ± SD)"] == "–"
+    warnings = external_warnings(too_high)
+    assert warnings.to_dict("records") == [
+        {"Input check": "field strength", "Checks": 3, "Lesions": 3},
+        {"Input check": "unreadable (not scored)", "Checks": 1, "Lesions": 1}]
+    recalibrated = external_recalibration(too_high)
+    assert recalibrated is not None and recalibrated.iloc[0]["Evaluated on (lesions)"] < 40
+    assert external_recalibration({**too_high, "recalibration": {"requested": False}}) is None
