@@ -74,6 +74,7 @@ def test_wrong_type_is_named(tmp_path, text, key):
         ({"radiomics_keep": 40}, "radiomics_keep"),
         ({"lr_gamma": 1.5}, "lr_gamma"),
         ({"device": "tpu"}, "device"),
+        ({"cv_scheme": "leave-one-out"}, "cv_scheme"),
     ],
 )
 def test_out_of_range_values_are_named(overrides, key):
@@ -214,3 +215,10 @@ def test_tuning_statement_names_both_seeds_honestly():
     assert "optimistic" in demo.replace(tuning_seed=2022).tuning_statement()
     with pytest.raises(ConfigError, match="tuning_seed"):
         demo.replace(tuning_seed="eleven")
+
+
+def test_cv_scheme_names_its_choices():
+    assert Profile().cv_scheme == "patient-kfold"
+    assert load_profile("demo", cv_scheme="leave-one-site-out").cv_scheme == "leave-one-site-out"
+    with pytest.raises(ConfigError, match="patient-kfold.*leave-one-site-out"):
+        load_profile("demo", cv_scheme="site")
