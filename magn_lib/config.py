@@ -43,6 +43,7 @@ from magn_lib.layout import (  # re-exported: they used to live here
 
 __all__ = [
     "BACKBONES",
+    "CV_SCHEMES",
     "EXECUTORS",
     "EXTERNAL_PRESETS",
     "GRID_CONFIG_NAMES",
@@ -83,6 +84,9 @@ GRID_CONFIG_NAMES: tuple[str, ...] = (
 # the embedded second sites a profile's `external_cohort` may name (magn_lib.synthetic presets);
 # any other value of `external_cohort` is the manifest folder of an external cohort
 EXTERNAL_PRESETS: tuple[str, ...] = ("site_b",)
+# how the cross-validation's folds are made (magn_lib.cv.make_folds): patient-grouped
+# stratified k-fold, or one fold per site of the manifest's `centre` column
+CV_SCHEMES: tuple[str, ...] = ("patient-kfold", "leave-one-site-out")
 # how the grid's (configuration, fold) trainings are run (magn_lib.executor)
 EXECUTORS: tuple[str, ...] = ("sequential", "ray")
 # a notebook's parameters besides the profile's: where the run reads and writes
@@ -137,7 +141,9 @@ class Profile:
     # not part of any fold's fingerprint: keeping a model does not change what it computes
     keep_weights: list[str] = field(default_factory=lambda: ["multi-view",
                                                              "multi-view+attention"])
-    # validation
+    # validation: "patient-kfold" (n_folds folds, stratified by label, grouped by patient) or
+    # "leave-one-site-out" (one fold per centre of the manifest; n_folds is not used)
+    cv_scheme: str = "patient-kfold"
     n_folds: int = 5
     # operating point of an exported model (magn export): None = Youden's J on the out-of-fold
     # predictions; a number = the highest threshold whose out-of-fold sensitivity reaches it
@@ -226,6 +232,8 @@ class Profile:
                               f"{self.target_sensitivity}")
         if self.n_folds < 2:
             raise ConfigError(f"n_folds: cross-validation needs >= 2 folds, got {self.n_folds}")
+        if self.cv_scheme not in CV_SCHEMES:
+            raise ConfigError(f"cv_scheme: {self.cv_scheme!r} is not one of {CV_SCHEMES}")
         if self.radiomics_keep > self.radiomics_top_k:
             raise ConfigError(
                 f"radiomics_keep: {self.radiomics_keep} exceeds radiomics_top_k "

@@ -2,8 +2,11 @@
 
 Folds: ``make_folds`` assigns every lesion to one of ``n_splits`` test folds with scikit-learn's
 ``StratifiedGroupKFold`` (shuffled, seeded): stratified by label, grouped by patient, so no
-patient is in the training and test part of a fold at once. The folds are written once per run
-(``save_folds`` / ``ensure_folds``) and read by every method (MAGN configurations, radiomics).
+patient is in the training and test part of a fold at once (``scheme="patient-kfold"``, the
+paper's). With ``scheme="leave-one-site-out"`` the folds are the sites (the manifest's
+``centre``): every fold tests one site with models trained on the others. The folds are
+written once per run (``save_folds`` / ``ensure_folds``) and read by every method (MAGN
+configurations, radiomics, the trivial baselines).
 
 Grid: views ∈ {sagittal, axial, coronal, all three ("multi-view")} × attention guidance
 ∈ {off, on} = the 8 ``CONFIGS``. ``run_grid`` trains every configuration on every fold and
@@ -22,7 +25,7 @@ import json
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,7 +37,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from torch.utils.data import Dataset
 
 from magn_lib import stats
-from magn_lib.config import VIEWS, resolve_path
+from magn_lib.config import CV_SCHEMES, VIEWS, resolve_path
 from magn_lib.errors import ConfigError, InputError
 from magn_lib.files import save, write_csv, write_json
 from magn_lib.layout import GridPaths
@@ -46,6 +49,7 @@ from magn_lib.train import fit_fold, predict
 
 __all__ = [
     "CONFIGS",
+    "CV_SCHEMES",
     "PREDICTION_COLUMNS",
     "GridConfig",
     "GridResult",
@@ -60,11 +64,13 @@ __all__ = [
     "load_fold_model",
     "load_folds",
     "make_folds",
+    "patient_centres",
     "proposed_configs",
     "radiomics_comparator",
     "pooled_metrics",
     "run_grid",
     "save_folds",
+    "scheme_text",
 ]
 
 PREDICTION_COLUMNS: tuple[str, ...] = (
@@ -153,26 +159,103 @@ def _check_lesions(lesions: pd.DataFrame, *, source: str = "lesion table") -> pd
     return table
 
 
-def make_folds(lesions: pd.DataFrame, *, n_splits: int = 5, seed: int = 0) -> pd.DataFrame:
-    """Assign each lesion a test fold, stratified by label and grouped by patient.
+def patient_centres(patients: pd.DataFrame) -> pd.Series | None:
+    """``patient_id -> centre`` from a patients table (the manifest's, or the ingest stage's
+    copy of it), or ``None`` when it has no ``centre`` column."""
+    if "centre" not in patients:
+        return None
+    return pd.Series(patients["centre"].to_numpy(), index=patients["patient_id"].astype(str),
+                     name="centre")
 
-    Uses ``sklearn.model_selection.StratifiedGroupKFold(n_splits, shuffle=True,
+
+def scheme_text(scheme: str, n_folds: int) -> str:
+    """The cross-validation in words, for notebooks and reports: ``"5-fold cross-validation"``
+    or ``"leave-one-site-out cross-validation (one fold per site)"``."""
+    if scheme == "leave-one-site-out":
+        return "leave-one-site-out cross-validation (one fold per site)"
+    return f"{n_folds}-fold cross-validation"
+
+
+def _site_folds(table: pd.DataFrame, centres: Mapping[str, Any] | pd.Series | None,
+                source: str) -> pd.DataFrame:
+    """Fold ``k`` = the ``k``-th centre in sorted order; adds a ``centre`` column."""
+    hint = ("add a centre column to patients.csv (the site of each patient; "
+            "magn_lib.manifest.combine_manifests writes one for several manifests), or use "
+            "cv_scheme: patient-kfold")
+    if centres is None:
+        raise InputError(f"cv_scheme 'leave-one-site-out' needs each patient's centre, but "
+                         f"{source} has no centre column", hint=hint)
+    by_patient = pd.Series(centres) if not isinstance(centres, pd.Series) else centres
+    by_patient = by_patient.copy()
+    by_patient.index = by_patient.index.astype(str)
+    centre = table["patient_id"].map(by_patient)
+    blank = centre.isna() | (centre.astype(str).str.strip() == "")
+    if blank.any():
+        missing = sorted(table.loc[blank, "patient_id"].unique())
+        raise InputError(f"cv_scheme 'leave-one-site-out': {len(missing)} patient(s) without a "
+                         f"centre in {source}: {missing[:10]}", patient=missing[0], hint=hint)
+    centre = centre.astype(str)
+    names = sorted(centre.unique())
+    if len(names) < 2:
+        raise InputError(f"cv_scheme 'leave-one-site-out' needs patients of at least two "
+                         f"centres, but {source} names one only ({names[0]!r})",
+                         hint="add the other site's patients to the manifest "
+                              "(magn_lib.manifest.combine_manifests), or use cv_scheme: "
+                              "patient-kfold")
+    table["fold"] = centre.map({name: k for k, name in enumerate(names)}).astype(int)
+    table["centre"] = centre
+    return table
+
+
+def make_folds(lesions: pd.DataFrame, *, n_splits: int = 5, seed: int = 0,
+               scheme: str = "patient-kfold",
+               centres: Mapping[str, Any] | pd.Series | None = None,
+               source: str = "the manifest's patients.csv") -> pd.DataFrame:
+    """Assign each lesion a test fold: stratified by label and grouped by patient, or one fold
+    per site.
+
+    ``scheme="patient-kfold"`` (default, the paper's) uses
+    ``sklearn.model_selection.StratifiedGroupKFold(n_splits, shuffle=True,
     random_state=seed)`` with the patient as group, so all lesions of a patient share one fold.
+    ``scheme="leave-one-site-out"`` makes one fold per centre (fold ``k`` holds the patients of
+    the ``k``-th centre in sorted order; ``n_splits`` and ``seed`` are not used), so that every
+    model is tested on a site it was not trained on; a patient is in one centre, so the folds
+    are grouped by patient too. Not stratified: each site keeps its own prevalence.
 
     Args:
         lesions: one row per lesion with ``lesion_id``, ``patient_id`` and ``label``
-            (1 = MM, 0 = metastasis); other columns are ignored; not modified.
-        n_splits: number of folds (≥ 2).
-        seed: shuffling seed.
+            (1 = MM, 0 = metastasis), and for leave-one-site-out ``centre`` when ``centres``
+            is not given; other columns are ignored; not modified.
+        n_splits: number of folds (≥ 2) of the patient k-fold.
+        seed: shuffling seed of the patient k-fold.
+        scheme: one of ``CV_SCHEMES`` (the profile's ``cv_scheme``).
+        centres: ``patient_id -> centre`` (:func:`patient_centres` of the manifest's or the
+            ingest stage's patients table); default: the lesions' ``centre`` column.
+        source: what the centres come from, for error messages.
 
     Returns:
         DataFrame ``lesion_id`` (str), ``patient_id`` (str), ``label`` (int), ``fold``
-        (int in ``0 .. n_splits-1``), in the input's row order.
+        (int in ``0 .. n_folds-1``), in the input's row order; leave-one-site-out adds
+        ``centre`` (str), the site each fold holds.
 
     Raises:
+        ConfigError: an unknown scheme (naming ``cv_scheme`` and the choices), fewer than 2
+            folds.
         InputError: missing columns, duplicate lesion ids, labels other than 0/1, or a class
-            with fewer patients than folds (some fold could not hold it).
+            with fewer patients than folds (some fold could not hold it); for
+            leave-one-site-out, no centres, a patient without one, or a single centre (naming
+            ``source``).
     """
+    if scheme not in CV_SCHEMES:
+        raise ConfigError(f"cv_scheme: {scheme!r} is not one of {CV_SCHEMES}")
+    if scheme == "leave-one-site-out":
+        table = _check_lesions(lesions).reset_index(drop=True)
+        if centres is None and "centre" in lesions:
+            centres = dict(zip(lesions["patient_id"].astype(str), lesions["centre"],
+                               strict=True))
+        table = _site_folds(table, centres, source)
+        _warn_one_class_folds(table)
+        return table
     if n_splits < 2:
         raise ConfigError(f"n_splits: cross-validation needs at least 2 folds, got {n_splits}")
     table = _check_lesions(lesions).reset_index(drop=True)
@@ -191,53 +274,69 @@ def make_folds(lesions: pd.DataFrame, *, n_splits: int = 5, seed: int = 0) -> pd
     ):
         fold[test] = k
     table["fold"] = fold
-    lacking = [k for k in range(n_splits) if table.loc[table["fold"] == k, "label"].nunique() < 2]
-    if lacking:
-        warnings.warn(f"fold(s) {lacking} hold lesions of one class only; their AUC is undefined",
-                      RuntimeWarning, stacklevel=2)
+    _warn_one_class_folds(table)
     return table
 
 
+def _warn_one_class_folds(table: pd.DataFrame) -> None:
+    lacking = [int(k) for k in sorted(table["fold"].unique())
+               if table.loc[table["fold"] == k, "label"].nunique() < 2]
+    if lacking:
+        warnings.warn(f"fold(s) {lacking} hold lesions of one class only; their AUC is undefined",
+                      RuntimeWarning, stacklevel=3)
+
+
 def save_folds(folds: pd.DataFrame, path: str | Path) -> Path:
-    """Write the fold table as CSV (atomically); returns the path."""
-    return write_csv(folds[list(FOLD_COLUMNS)], path)
+    """Write the fold table as CSV (atomically; with its ``centre`` column when it has one);
+    returns the path."""
+    columns = [*FOLD_COLUMNS, *(["centre"] if "centre" in folds else [])]
+    return write_csv(folds[columns], path)
 
 
 def load_folds(path: str | Path) -> pd.DataFrame:
-    """Read a fold table written by :func:`save_folds` (ids as str, label and fold as int)."""
+    """Read a fold table written by :func:`save_folds` (ids as str, label and fold as int;
+    ``centre`` as str when the folds are sites)."""
     path = Path(path)
     if not path.is_file():
         raise InputError("fold table does not exist", file=path,
                          hint="run notebook 03_magn_training first (it writes the folds; "
                               "magn study --to 03)")
-    table = pd.read_csv(path, dtype={"lesion_id": str, "patient_id": str})
+    table = pd.read_csv(path, dtype={"lesion_id": str, "patient_id": str, "centre": str},
+                        keep_default_na=False)
     missing = [c for c in FOLD_COLUMNS if c not in table.columns]
     if missing:
         raise InputError(f"fold table lacks column(s) {missing}", file=path)
-    return table[list(FOLD_COLUMNS)].astype({"label": int, "fold": int})
+    columns = [*FOLD_COLUMNS, *(["centre"] if "centre" in table else [])]
+    return table[columns].astype({"label": int, "fold": int})
 
 
 def ensure_folds(lesions: pd.DataFrame, path: str | Path, *, n_splits: int = 5,
-                 seed: int = 0) -> pd.DataFrame:
+                 seed: int = 0, scheme: str = "patient-kfold",
+                 centres: Mapping[str, Any] | pd.Series | None = None,
+                 source: str = "the manifest's patients.csv") -> pd.DataFrame:
     """The run's folds, written once to ``path`` and read by every method.
 
     The folds are a function of everything they depend on — the lesions, their patients and
-    labels, the scheme (``n_splits``, stratified and grouped) and the ``seed`` — so they are
-    made with :func:`make_folds` and compared with the saved table: the saved one is kept when
-    it is the same assignment, else replaced (a re-run with another seed or number of folds,
-    or another cohort in the same run folder, never keeps the old folds).
+    labels, the scheme (``scheme``: patient k-fold with ``n_splits``, stratified and grouped,
+    or leave-one-site-out over ``centres``) and the ``seed`` — so they are made with
+    :func:`make_folds` (which documents the arguments) and compared with the saved table: the
+    saved one is kept when it is the same assignment, else replaced (a re-run with another
+    seed, scheme or number of folds, or another cohort in the same run folder, never keeps the
+    old folds).
     """
     path = Path(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        folds = make_folds(lesions, n_splits=n_splits, seed=seed)
+        folds = make_folds(lesions, n_splits=n_splits, seed=seed, scheme=scheme,
+                           centres=centres, source=source)
     if path.is_file():
         try:
             saved = load_folds(path)
         except (InputError, ValueError, pd.errors.ParserError):
             saved = None  # unreadable (a half-written file, say): written again below
-        key = ["lesion_id", "patient_id", "label", "fold"]
-        if saved is not None and saved[key].sort_values("lesion_id").reset_index(drop=True) \
+        key = [*FOLD_COLUMNS, *(["centre"] if "centre" in folds else [])]
+        if saved is not None and list(saved.columns) == key \
+                and saved[key].sort_values("lesion_id").reset_index(drop=True) \
                 .equals(folds[key].sort_values("lesion_id").reset_index(drop=True)):
             return saved  # (its warnings were given when it was made)
     for warning in caught:

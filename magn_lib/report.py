@@ -220,6 +220,7 @@ def plain_summary(
     n_mm: int,
     embedded: bool,
     n_folds: int = 5,
+    cv_scheme: str = "patient-kfold",
     primary: tuple[str, str] = ("magn", "multi-view+attention"),
     comparator: tuple[str, str] = ("radiomics", "multi-view"),
     difference: Mapping[str, Any] | None = None,
@@ -237,6 +238,7 @@ def plain_summary(
         n_patients, n_lesions, n_mm: the analysed cohort (``n_mm`` myeloma lesions).
         embedded: the cohort is the embedded synthetic one.
         n_folds: folds of the cross-validation.
+        cv_scheme: the profile's ``cv_scheme`` ("patient-kfold" or "leave-one-site-out").
         primary, comparator: ``(method, config)`` of the proposed model and the radiomics
             model it is compared with.
         difference: :func:`magn_lib.stats.compare_models` of ``primary`` against
@@ -270,6 +272,13 @@ def plain_summary(
         r = rows.get(model_name(*key))
         return "not available" if r is None else f"{r['accuracy']:.0%}"
 
+    validation = (
+        f"The models were trained and tested leave-one-site-out over {n_folds} sites: every "
+        "lesion was scored by a model trained on the other sites only, which had never seen "
+        "that patient or any patient of its site."
+        if cv_scheme == "leave-one-site-out" else
+        f"The models were trained and tested by {n_folds}-fold cross-validation: every "
+        "lesion was scored by a model that had never seen that patient.")
     paragraphs = [
         "Question: can a computer model tell spinal multiple myeloma from spinal metastasis of "
         "lung cancer on contrast-enhanced T1 MRI, and does it do better than a conventional "
@@ -279,8 +288,7 @@ def plain_summary(
         f"What was done: {n_lesions} lesions of {n_patients} patients ({n_mm} myeloma, "
         f"{n_lesions - n_mm} metastasis lesions) were analysed. Each lesion was outlined once "
         "on the sagittal images and the outline was carried over to the coronal and axial "
-        f"images. The models were trained and tested by {n_folds}-fold cross-validation: every "
-        "lesion was scored by a model that had never seen that patient.",
+        f"images. {validation}",
     ]
     primary_name, comparator_name = model_name(*primary), model_name(*comparator)
     views = primary[1].removesuffix("+attention")

@@ -186,3 +186,20 @@ def test_auc_summary_skips_one_class_folds():
     out = auc_summary(oof)
     assert out["auc_fold_mean"] == 1.0 and np.isnan(out["auc_fold_sd"])
     assert out["auc"] == pytest.approx(roc_auc_score(oof["label"], oof["probability"]))
+
+
+def test_first_order_baseline_follows_site_folds():
+    cache = tiny_cache(seed=2)
+    lesions = cache.lesions()
+    lesions["centre"] = np.where(lesions["patient_id"] < "P10", "A", "B")
+    folds = make_folds(lesions, scheme="leave-one-site-out")
+    oof = cross_validate_first_order(cache, folds, seed=0)
+    check_oof(oof)
+    assert (oof["fold"].to_numpy() == folds["fold"].to_numpy()).all()
+    # site A's lesions are scored by a model fitted on site B only: relabelling site A
+    # changes nothing predicted for it
+    relabelled = folds.assign(label=np.where(folds["centre"] == "A", 1 - folds["label"],
+                                             folds["label"]))
+    again = cross_validate_first_order(cache, relabelled, seed=0)
+    site_a = (folds["centre"] == "A").to_numpy()
+    assert np.allclose(again.loc[site_a, "probability"], oof.loc[site_a, "probability"])

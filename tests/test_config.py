@@ -74,6 +74,7 @@ def test_wrong_type_is_named(tmp_path, text, key):
         ({"radiomics_keep": 40}, "radiomics_keep"),
         ({"lr_gamma": 1.5}, "lr_gamma"),
         ({"device": "tpu"}, "device"),
+        ({"cv_scheme": "leave-one-out"}, "cv_scheme"),
     ],
 )
 def test_out_of_range_values_are_named(overrides, key):
@@ -247,3 +248,10 @@ def test_external_settings_out_of_range_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_profile("demo", **overrides)
     assert load_profile("demo", external_recalibration_fraction=0.5)  # a valid share
+
+
+def test_cv_scheme_names_its_choices():
+    assert Profile().cv_scheme == "patient-kfold"
+    assert load_profile("demo", cv_scheme="leave-one-site-out").cv_scheme == "leave-one-site-out"
+    with pytest.raises(ConfigError, match="patient-kfold.*leave-one-site-out"):
+        load_profile("demo", cv_scheme="site")

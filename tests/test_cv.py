@@ -19,9 +19,11 @@ from magn_lib.cv import (
     load_fold_model,
     load_folds,
     make_folds,
+    patient_centres,
     pooled_metrics,
     run_grid,
     save_folds,
+    scheme_text,
 )
 from magn_lib.errors import ConfigError, InputError
 from magn_lib.settings import GridSettings
@@ -94,6 +96,72 @@ def test_save_load_and_ensure_folds(tmp_path):
     pd.testing.assert_frame_equal(load_folds(path), new)
     with pytest.raises(InputError, match="does not exist"):
         load_folds(tmp_path / "nope.csv")
+
+
+def _two_sites(n_patients=30, seed=0):
+    """Lesions of patients of two centres: A (first two thirds) and B."""
+    lesions = _lesions(n_patients, seed)
+    number = lesions["patient_id"].str[1:].astype(int)
+    lesions["centre"] = np.where(number < 2 * n_patients // 3, "A", "B")
+    return lesions
+
+
+def test_leave_one_site_out_folds_are_the_sites():
+    lesions = _two_sites()
+    before = lesions.copy()
+    folds = make_folds(lesions, n_splits=5, seed=3, scheme="leave-one-site-out")
+    pd.testing.assert_frame_equal(lesions, before)  # input untouched
+    assert list(folds.columns) == ["lesion_id", "patient_id", "label", "fold", "centre"]
+    assert folds["lesion_id"].tolist() == lesions["lesion_id"].tolist()
+    # n_folds = number of sites, fold k = k-th site in sorted order, whatever n_splits and seed
+    assert (folds["fold"] == lesions["centre"].map({"A": 0, "B": 1})).all()
+    assert (folds["centre"] == lesions["centre"]).all()
+    pd.testing.assert_frame_equal(
+        folds, make_folds(lesions, n_splits=2, seed=0, scheme="leave-one-site-out"))
+    # centres may come from a patients table instead of the lesions
+    patients = lesions.drop_duplicates("patient_id")[["patient_id", "centre"]]
+    given = make_folds(lesions.drop(columns="centre"), scheme="leave-one-site-out",
+                       centres=patient_centres(patients))
+    pd.testing.assert_frame_equal(given, folds)
+    # no patient in the training and the test part of a fold
+    assert (folds.groupby("patient_id")["fold"].nunique() == 1).all()
+    # three sites, three folds
+    three = lesions.assign(centre=np.where(lesions["patient_id"] < "P010", "C", lesions["centre"]))
+    assert make_folds(three, scheme="leave-one-site-out")["fold"].nunique() == 3
+
+
+def test_leave_one_site_out_errors_name_the_manifest():
+    lesions = _two_sites()
+    with pytest.raises(ConfigError, match=r"^cv_scheme: 'by-site' is not one of"):
+        make_folds(lesions, scheme="by-site")
+    with pytest.raises(InputError, match="patients.csv has no centre column") as err:
+        make_folds(lesions.drop(columns="centre"), scheme="leave-one-site-out")
+    assert "patient-kfold" in err.value.hint
+    with pytest.raises(InputError, match="one only \\('A'\\)"):
+        make_folds(lesions.assign(centre="A"), scheme="leave-one-site-out")
+    blank = lesions.copy()
+    blank.loc[blank["patient_id"] == "P004", "centre"] = ""
+    with pytest.raises(InputError, match=r"1 patient\(s\) without a centre.*P004"):
+        make_folds(blank, scheme="leave-one-site-out", source="manifest my_sites")
+    with pytest.raises(InputError, match="manifest my_sites"):
+        make_folds(blank, scheme="leave-one-site-out", source="manifest my_sites")
+    assert patient_centres(pd.DataFrame({"patient_id": ["P1"]})) is None
+    assert scheme_text("patient-kfold", 5) == "5-fold cross-validation"
+    assert "one fold per site" in scheme_text("leave-one-site-out", 5)
+
+
+def test_ensure_folds_follows_the_scheme(tmp_path):
+    lesions = _two_sites()
+    path = tmp_path / "folds.csv"
+    sites = ensure_folds(lesions, path, n_splits=5, seed=0, scheme="leave-one-site-out")
+    pd.testing.assert_frame_equal(load_folds(path), sites)
+    assert ensure_folds(lesions, path, scheme="leave-one-site-out").equals(sites)
+    # another scheme replaces the saved folds (and drops the centre column)
+    kfold = ensure_folds(lesions, path, n_splits=5, seed=0)
+    pd.testing.assert_frame_equal(kfold, make_folds(lesions, n_splits=5, seed=0))
+    pd.testing.assert_frame_equal(load_folds(path), kfold)
+    again = ensure_folds(lesions, path, n_splits=5, seed=0, scheme="leave-one-site-out")
+    pd.testing.assert_frame_equal(again, sites)
 
 
 def test_configs():
@@ -187,6 +255,26 @@ def test_run_grid_outputs_and_resume(tmp_path, toy_crops):
         assert all(heat[v].shape == item["masks"][v].shape for v in heat)
         assert 0 <= item["probability"]["with guidance"] <= 1
     assert len(plot_learning_curves(curves).axes) == 2
+
+
+def test_run_grid_follows_site_folds(tmp_path, toy_crops):
+    lesions = _two_sites(n_patients=9, seed=1)
+    folds = make_folds(lesions, scheme="leave-one-site-out")
+    cohort = toy_crops(lesions.drop(columns="centre"), size=32)
+    seen = []
+
+    def factory(lesion_ids, *, train):
+        seen.append((train, set(lesions.set_index("lesion_id").loc[lesion_ids, "centre"])))
+        return cohort.subset(lesion_ids)
+
+    settings = GridSettings.from_profile(load_profile("smoke", epochs=1, batch_size=8,
+                                                      device="cpu"))
+    preds = run_grid(factory, folds, ["axial"], settings, tmp_path / "cv", progress=False
+                     ).predictions
+    # fold k trains on the other site only and tests its own site
+    assert seen == [(True, {"B"}), (False, {"A"}), (True, {"A"}), (False, {"B"})]
+    merged = preds.merge(folds, on="lesion_id", suffixes=("", "_site"))
+    assert len(merged) == len(lesions) and (merged["fold"] == merged["fold_site"]).all()
 
 
 def test_initialisation_warnings():

@@ -182,6 +182,10 @@ def test_plain_summary_reports_the_primary_comparison():
     assert "20 myeloma, 40 metastasis" in text[1]
     assert "synthetic" in text[-1]
     assert len(real) == 3
+    assert "5-fold cross-validation" in text[1]
+    sites = plain_summary(metrics, pairwise, n_patients=n, n_lesions=n, n_mm=20, embedded=True,
+                          n_folds=2, cv_scheme="leave-one-site-out")
+    assert "leave-one-site-out over 2 sites" in sites[1] and "fold cross" not in sites[1]
 
 
 # --------------------------------------------------------------------------------------------
