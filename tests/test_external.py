@@ -119,8 +119,9 @@ def test_outputs_metrics_and_the_internal_estimate(site):
     # every input check that fired is counted, by kind
     counted = sum(v["checks"] for v in result.metrics["warnings"]["by_kind"].values())
     assert counted == len(result.checks)
-    assert magn["n_input_warnings"].sum() == (result.checks["parameter"]
-                                              != "radiomics_refused").sum()
+    assert result.metrics["warnings"]["n_training_image"] == 0
+    assert magn["n_input_warnings"].sum() == (~result.checks["parameter"].isin(
+        ["radiomics_refused", "training_image"])).sum()
     curves = result.extra
     assert set(curves["decision_curve"]["model"]) >= {"magn", "radiomics", "all", "none"}
     assert set(curves["calibration_curve"]["method"]) == {"magn", "radiomics"}
@@ -143,7 +144,8 @@ def test_radiomics_pipeline_is_frozen_in_the_bundle(site):
 
 def test_a_bundle_without_radiomics_still_validates(site, tmp_path):
     """An older bundle (no radiomics entry, no radiomics files) loads and validates; the
-    radiomics are reported as not in the bundle."""
+    radiomics are reported as not in the bundle. Given the training cohort itself as the
+    "external" one, every lesion is flagged as a training patient's image."""
     from magn_lib.bundle import _write_checksums
 
     old = tmp_path / "old.magn"
@@ -156,12 +158,15 @@ def test_a_bundle_without_radiomics_still_validates(site, tmp_path):
     bundle = load_bundle(old)
     assert load_radiomics(bundle) is None
     assert "not in this bundle" in bundle.radiomics_meta["reason"]
-    code = cli.main(["validate", "--model", str(old), "--manifest", str(site.external),
+    code = cli.main(["validate", "--model", str(old), "--manifest", str(site.run.manifest),
                      "--out", str(tmp_path / "v"), "--n-resamples", "50", "--quiet",
                      "--jobs", "1"])
     assert code == cli.EXIT_OK
     result = load_external(tmp_path / "v")
     assert "radiomics" not in set(result.predictions["method"])
+    n_lesions = result.metrics["cohort"]["n_lesions"]
+    assert result.metrics["warnings"]["n_training_image"] == n_lesions
+    assert result.metrics["warnings"]["by_kind"]["training_image"]["lesions"] == n_lesions
     assert result.metrics["radiomics"] == {"included": False,
                                            "reason": bundle.radiomics_meta["reason"]}
 
