@@ -297,3 +297,32 @@ def test_breakdown_by_an_acquisition_variable():
     assert row["auc"] == pytest.approx(binary_metrics(part["label"], part["probability"])["auc"])
     with pytest.raises(InputError, match="no column"):
         breakdown(table, "scanner_colour")
+
+
+def test_an_unreadable_lesion_is_reported_and_the_others_scored(site, tmp_path, capsys):
+    broken = tmp_path / "manifest"
+    shutil.copytree(site.external, broken)
+    series = pd.read_csv(broken / "series.csv", dtype=str)
+    lesions = pd.read_csv(broken / "lesions.csv", dtype=str)
+    patient = lesions["patient_id"].iloc[0]
+    folder = broken / series[(series["patient_id"] == patient)
+                             & (series["view"] == "axial")]["folder"].iloc[0]
+    for path in sorted(folder.iterdir())[2:5:2]:  # two slices missing
+        path.unlink()
+    out = tmp_path / "v"
+    code = cli.main(["validate", "--model", str(site.bundle), "--manifest", str(broken),
+                     "--out", str(out), "--n-resamples", "50", "--quiet", "--jobs", "1"])
+    assert code == cli.EXIT_INPUT
+    assert "missing slice" in capsys.readouterr().err
+    result = load_external(out)
+    bad = set(lesions.loc[lesions["patient_id"] == patient, "lesion_id"])
+    table = result.predictions
+    frozen = table[table["method"].isin(FROZEN)]
+    assert (frozen.loc[frozen["lesion_id"].isin(bad), "status"] == "error").all()
+    assert frozen.loc[frozen["lesion_id"].isin(bad), "probability"].isna().all()
+    assert (frozen.loc[~frozen["lesion_id"].isin(bad), "status"] == "ok").all()
+    assert result.metrics["warnings"]["n_unreadable"] == len(bad)
+    magn = result.metrics["methods"]["magn"]
+    assert magn["n_lesions"] == len(lesions) - len(bad) and magn["n_unscored"] == len(bad)
+    assert set(result.checks.loc[result.checks["parameter"] == "unreadable",
+                                 "lesion_id"]) == bad
