@@ -758,8 +758,9 @@ def validate_external(
             "cohort": {"n_lesions": int(len(lesions)),
                        "n_patients": int(lesions["patient_id"].nunique()),
                        "n_mm": int(lesions["label"].sum()),
-                       # the hospital (manifest column "centre"; "site" is the vertebral site)
-                       "centres": sorted(manifest.patients["centre"].dropna().astype(str)
+                       # the hospitals: manifest column "centre" (its "site" column is the
+                       # vertebral site, not the hospital)
+                       "sites": sorted(manifest.patients["centre"].dropna().astype(str)
                                          .unique()) if "centre" in manifest.patients else [],
                        "readers": sorted(manifest.readers["reader"].unique())
                        if manifest.readers is not None and len(manifest.readers) else []},

@@ -62,6 +62,8 @@ def test_no_external_label_reaches_a_frozen_prediction(site, tmp_path):
     lesions = pd.read_csv(flipped / "lesions.csv", dtype=str)
     lesions["label"] = (1 - lesions["label"].astype(int)).astype(str)
     lesions.to_csv(flipped / "lesions.csv", index=False)
+    patients = pd.read_csv(flipped / "patients.csv", dtype=str)
+    patients.assign(centre="B").to_csv(flipped / "patients.csv", index=False)  # the hospital
     out = validate_external(site.bundle, flipped, tmp_path / "validation", n_resamples=100,
                             seed=3)
     first = load_external(site.out)
@@ -85,6 +87,7 @@ def test_no_external_label_reaches_a_frozen_prediction(site, tmp_path):
     # and the evaluation read them: the AUC turned round
     auc = [r.metrics["methods"]["magn"]["auc"]["estimate"] for r in (first, second)]
     assert auc[0] == pytest.approx(1 - auc[1])
+    assert (first.metrics["cohort"]["sites"], second.metrics["cohort"]["sites"]) == ([], ["B"])
 
 
 def test_outputs_metrics_and_the_internal_estimate(site):
