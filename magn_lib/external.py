@@ -699,8 +699,14 @@ def validate_external(
             acquisition[lesion_id] = {c: sagittal.get(c) for c in ACQUISITION_COLUMNS}
 
         say(f"scoring {len(lesions)} lesions with the frozen MAGN ensemble")
+        done = Counter()
+
+        def scored(lesion_id: str) -> None:
+            done["n"] += 1
+            say(f"lesion {lesion_id} scored ({done['n']} of {len(lesions)})")
+
         table = predict_manifest(bundle, manifest_dir, paths.cases_dir, report=False,
-                                 on_prepared=keep, on_lesion=lambda lesion: say(lesion))
+                                 on_prepared=keep, on_lesion=scored)
         magn, checks = _magn_rows(bundle, table, paths.cases_dir, lesions)
         for row in magn:
             row.update(acquisition.get(row["lesion_id"], dict.fromkeys(ACQUISITION_COLUMNS)))
