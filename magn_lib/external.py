@@ -487,6 +487,17 @@ def _magn_rows(bundle: Any, table: pd.DataFrame, cases: Path, lesions: pd.DataFr
             entry["probability"] = float(result["probability_mm"])
             entry["call"] = _CALLS.get(result["call"], pd.NA)
             entry["n_input_warnings"] = len(result["input_checks"])
+            matched = (result.get("in_sample") or {}).get("matched_by", [])
+            entry["in_sample"] = ("image" if "identical sagittal image" in matched
+                                  else "id" if matched else "")
+            if entry["in_sample"] == "image":  # a training patient's very image: a leak
+                checks.append({"lesion_id": lesion_id, "patient_id": patient_id,
+                               "view": "sagittal", "parameter": "training_image",
+                               "value": json.dumps(result["in_sample"]["patient_id"]),
+                               "training_range": "",
+                               "message": "the sagittal image is identical to training "
+                                          f"patient {result['in_sample']['patient_id']}'s: "
+                                          "this lesion is not external"})
             for check in result["input_checks"]:
                 checks.append({"lesion_id": lesion_id, "patient_id": patient_id,
                                "view": check["view"], "parameter": check["parameter"],
@@ -568,9 +579,14 @@ def _warning_counts(checks: pd.DataFrame, predictions: pd.DataFrame) -> dict[str
     lesion_checks = checks[checks["parameter"] != "unreadable"]
     by_kind = Counter(lesion_checks["parameter"])
     lesions_by_kind = lesion_checks.groupby("parameter")["lesion_id"].nunique()
+    in_sample = magn["in_sample"] if "in_sample" in magn else pd.Series(dtype=str)
     return {
         "n_lesions": int(len(magn)),
         "n_unreadable": int((magn["status"] != "ok").sum()),
+        # a lesion whose sagittal image is a training patient's is no external lesion; a study
+        # id that equals a training patient's only is another site's numbering
+        "n_training_image": int((in_sample == "image").sum()),
+        "n_training_id_only": int((in_sample == "id").sum()),
         "n_lesions_with_a_warning": int(lesion_checks["lesion_id"].nunique()),
         "by_kind": {k: {"checks": int(v), "lesions": int(lesions_by_kind[k])}
                     for k, v in sorted(by_kind.items())},
@@ -683,8 +699,14 @@ def validate_external(
             acquisition[lesion_id] = {c: sagittal.get(c) for c in ACQUISITION_COLUMNS}
 
         say(f"scoring {len(lesions)} lesions with the frozen MAGN ensemble")
+        done = Counter()
+
+        def scored(lesion_id: str) -> None:
+            done["n"] += 1
+            say(f"lesion {lesion_id} scored ({done['n']} of {len(lesions)})")
+
         table = predict_manifest(bundle, manifest_dir, paths.cases_dir, report=False,
-                                 on_prepared=keep, on_lesion=lambda lesion: say(lesion))
+                                 on_prepared=keep, on_lesion=scored)
         magn, checks = _magn_rows(bundle, table, paths.cases_dir, lesions)
         for row in magn:
             row.update(acquisition.get(row["lesion_id"], dict.fromkeys(ACQUISITION_COLUMNS)))
@@ -697,8 +719,9 @@ def validate_external(
             checks += refused
         rows += _reader_rows(manifest, magn)
         predictions = pd.DataFrame(rows)
-        predictions = predictions[list(PREDICTION_COLUMNS)]
         checks_table = pd.DataFrame(checks, columns=_CHECK_COLUMNS)
+        warning_counts = _warning_counts(checks_table, predictions)
+        predictions = predictions[list(PREDICTION_COLUMNS)]
 
         say("measuring discrimination and calibration")
         methods: dict[str, Any] = {}
@@ -741,13 +764,15 @@ def validate_external(
             "cohort": {"n_lesions": int(len(lesions)),
                        "n_patients": int(lesions["patient_id"].nunique()),
                        "n_mm": int(lesions["label"].sum()),
-                       "sites": sorted(manifest.patients["site"].dropna().astype(str).unique())
-                       if "site" in manifest.patients else [],
+                       # the hospitals: manifest column "centre" (its "site" column is the
+                       # vertebral site, not the hospital)
+                       "sites": sorted(manifest.patients["centre"].dropna().astype(str)
+                                         .unique()) if "centre" in manifest.patients else [],
                        "readers": sorted(manifest.readers["reader"].unique())
                        if manifest.readers is not None and len(manifest.readers) else []},
             "methods": methods,
             "internal": internal,
-            "warnings": _warning_counts(checks_table, predictions),
+            "warnings": warning_counts,
             "recalibration": recalibration,
             "breakdown_variables": sorted(set(by_variable["variable"])),
             "n_resamples": int(n_resamples), "seed": int(seed),

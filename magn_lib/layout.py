@@ -45,7 +45,9 @@ paths::
 :class:`RunPaths` is both (one run); :class:`WorkPaths` and :class:`ReportPaths` serve code that
 holds only one of the folders (a stage result knows its work folder, ``record_warning`` its
 report folder). The embedded cohort's own folder (DICOM, manifest, phantom truth) is not a run
-folder and is laid out by :mod:`magn_lib.synthetic`.
+folder and is laid out by :mod:`magn_lib.synthetic`. The folders of the commands outside a
+study are :class:`BundlePaths` (``magn export``), :class:`PredictionPaths` (``magn predict``)
+and :class:`ExternalPaths` (``magn validate``).
 """
 
 from __future__ import annotations

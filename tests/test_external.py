@@ -62,6 +62,8 @@ def test_no_external_label_reaches_a_frozen_prediction(site, tmp_path):
     lesions = pd.read_csv(flipped / "lesions.csv", dtype=str)
     lesions["label"] = (1 - lesions["label"].astype(int)).astype(str)
     lesions.to_csv(flipped / "lesions.csv", index=False)
+    patients = pd.read_csv(flipped / "patients.csv", dtype=str)
+    patients.assign(centre="B").to_csv(flipped / "patients.csv", index=False)  # the hospital
     out = validate_external(site.bundle, flipped, tmp_path / "validation", n_resamples=100,
                             seed=3)
     first = load_external(site.out)
@@ -85,6 +87,7 @@ def test_no_external_label_reaches_a_frozen_prediction(site, tmp_path):
     # and the evaluation read them: the AUC turned round
     auc = [r.metrics["methods"]["magn"]["auc"]["estimate"] for r in (first, second)]
     assert auc[0] == pytest.approx(1 - auc[1])
+    assert (first.metrics["cohort"]["sites"], second.metrics["cohort"]["sites"]) == ([], ["B"])
 
 
 def test_outputs_metrics_and_the_internal_estimate(site):
@@ -119,8 +122,9 @@ def test_outputs_metrics_and_the_internal_estimate(site):
     # every input check that fired is counted, by kind
     counted = sum(v["checks"] for v in result.metrics["warnings"]["by_kind"].values())
     assert counted == len(result.checks)
-    assert magn["n_input_warnings"].sum() == (result.checks["parameter"]
-                                              != "radiomics_refused").sum()
+    assert result.metrics["warnings"]["n_training_image"] == 0
+    assert magn["n_input_warnings"].sum() == (~result.checks["parameter"].isin(
+        ["radiomics_refused", "training_image"])).sum()
     curves = result.extra
     assert set(curves["decision_curve"]["model"]) >= {"magn", "radiomics", "all", "none"}
     assert set(curves["calibration_curve"]["method"]) == {"magn", "radiomics"}
@@ -143,7 +147,8 @@ def test_radiomics_pipeline_is_frozen_in_the_bundle(site):
 
 def test_a_bundle_without_radiomics_still_validates(site, tmp_path):
     """An older bundle (no radiomics entry, no radiomics files) loads and validates; the
-    radiomics are reported as not in the bundle."""
+    radiomics are reported as not in the bundle. Given the training cohort itself as the
+    "external" one, every lesion is flagged as a training patient's image."""
     from magn_lib.bundle import _write_checksums
 
     old = tmp_path / "old.magn"
@@ -156,12 +161,15 @@ def test_a_bundle_without_radiomics_still_validates(site, tmp_path):
     bundle = load_bundle(old)
     assert load_radiomics(bundle) is None
     assert "not in this bundle" in bundle.radiomics_meta["reason"]
-    code = cli.main(["validate", "--model", str(old), "--manifest", str(site.external),
+    code = cli.main(["validate", "--model", str(old), "--manifest", str(site.run.manifest),
                      "--out", str(tmp_path / "v"), "--n-resamples", "50", "--quiet",
                      "--jobs", "1"])
     assert code == cli.EXIT_OK
     result = load_external(tmp_path / "v")
     assert "radiomics" not in set(result.predictions["method"])
+    n_lesions = result.metrics["cohort"]["n_lesions"]
+    assert result.metrics["warnings"]["n_training_image"] == n_lesions
+    assert result.metrics["warnings"]["by_kind"]["training_image"]["lesions"] == n_lesions
     assert result.metrics["radiomics"] == {"included": False,
                                            "reason": bundle.radiomics_meta["reason"]}
 
@@ -292,3 +300,32 @@ def test_breakdown_by_an_acquisition_variable():
     assert row["auc"] == pytest.approx(binary_metrics(part["label"], part["probability"])["auc"])
     with pytest.raises(InputError, match="no column"):
         breakdown(table, "scanner_colour")
+
+
+def test_an_unreadable_lesion_is_reported_and_the_others_scored(site, tmp_path, capsys):
+    broken = tmp_path / "manifest"
+    shutil.copytree(site.external, broken)
+    series = pd.read_csv(broken / "series.csv", dtype=str)
+    lesions = pd.read_csv(broken / "lesions.csv", dtype=str)
+    patient = lesions["patient_id"].iloc[0]
+    folder = broken / series[(series["patient_id"] == patient)
+                             & (series["view"] == "axial")]["folder"].iloc[0]
+    for path in sorted(folder.iterdir())[2:5:2]:  # two slices missing
+        path.unlink()
+    out = tmp_path / "v"
+    code = cli.main(["validate", "--model", str(site.bundle), "--manifest", str(broken),
+                     "--out", str(out), "--n-resamples", "50", "--quiet", "--jobs", "1"])
+    assert code == cli.EXIT_INPUT
+    assert "missing slice" in capsys.readouterr().err
+    result = load_external(out)
+    bad = set(lesions.loc[lesions["patient_id"] == patient, "lesion_id"])
+    table = result.predictions
+    frozen = table[table["method"].isin(FROZEN)]
+    assert (frozen.loc[frozen["lesion_id"].isin(bad), "status"] == "error").all()
+    assert frozen.loc[frozen["lesion_id"].isin(bad), "probability"].isna().all()
+    assert (frozen.loc[~frozen["lesion_id"].isin(bad), "status"] == "ok").all()
+    assert result.metrics["warnings"]["n_unreadable"] == len(bad)
+    magn = result.metrics["methods"]["magn"]
+    assert magn["n_lesions"] == len(lesions) - len(bad) and magn["n_unscored"] == len(bad)
+    assert set(result.checks.loc[result.checks["parameter"] == "unreadable",
+                                 "lesion_id"]) == bad
