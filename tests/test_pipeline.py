@@ -411,3 +411,31 @@ def test_external_notebook_runs_only_when_the_profile_names_a_usable_cohort(
     (site / "lesions.csv").write_text("lesion_id,label\nB001-L1,1\n")
     again = run_study(own, **study)
     assert [r.status for r in again.notebooks] == ["skipped", "skipped", "executed"]
+
+
+def test_a_running_study_exports_its_own_model(tmp_path):
+    """Notebook 07 exports the run it belongs to while the run record still says "running":
+    the bundle is the one `magn export` writes once the run has finished."""
+    from magn_lib.bundle import export_bundle, load_bundle
+    from magn_lib.config import resolve_parameters
+    from magn_lib.errors import InputError
+    from magn_lib.pipeline import export_run_bundle
+    from tests.helpers import make_trained_run
+
+    run = make_trained_run(tmp_path, class_counts={1: (2, 2), 0: (2, 2)},
+                           shared_backbone=True)
+    finished = load_bundle(export_bundle(run.report, tmp_path / "finished.magn"))
+    record = json.loads(run.paths.run_manifest.read_text())
+    run.paths.run_manifest.write_text(json.dumps({**record, "status": "running"}))
+    with pytest.raises(InputError, match="did not succeed"):
+        export_bundle(run.report, tmp_path / "refused.magn")
+    overrides = {k: v for k, v in run.profile.to_dict().items() if k != "profile"}
+    params = resolve_parameters("smoke", overrides, run_dir=run.report, work_dir=run.work)
+    path = export_run_bundle(params)
+    assert path == run.paths.study_bundle
+    running = load_bundle(path)
+    assert running.config == finished.config
+    assert running.calibration.to_dict() == finished.calibration.to_dict()
+    assert running.meta["training_patients"] == finished.meta["training_patients"]
+    assert running.meta["run"]["embedded_cohort"] is True
+    assert export_run_bundle(params) == path  # an earlier export is replaced
