@@ -14,6 +14,11 @@ that every file in it can be read and checked with ordinary tools::
         oof.csv              the configuration's out-of-fold predictions (lesion_id,
                              patient_id, fold, label, probability): what calibration used
         model_card.md        the model card, for people
+        radiomics/           optional (bundles of runs with the radiomics baseline):
+            pipeline.joblib    the frozen radiomics pipeline (selection + classifier), refitted
+                               once on every lesion of the training cohort at export
+            settings.yaml      the pyradiomics settings its features were extracted with
+            oof.csv            its run's out-of-fold predictions (calibration, internal estimate)
         checksums.sha256     SHA-256 of every other file (``sha256sum -c`` format)
 
 What the bundle says about its model:
@@ -33,6 +38,16 @@ What the bundle says about its model:
 - **Training patients**: their study (pseudonymous) ids, the fold that held each out, and a
   SHA-256 of each sagittal volume's voxel values (so a training patient given under another id
   is recognised too). No DICOM identity is stored.
+- **Frozen radiomics pipeline** (``bundle.json``, ``radiomics``; :func:`load_radiomics`): the
+  run's radiomics comparator (:func:`magn_lib.cv.radiomics_comparator`) as one scikit-learn
+  pipeline (:func:`magn_lib.radiomics.make_radiomics_pipeline`: imputation, random-forest
+  selection and classifier, with the run's settings) fitted once on every lesion of the
+  training cohort, its Platt calibration and operating point fitted on the run's out-of-fold
+  radiomics predictions (the same rule as the network's), and the settings file, so that the
+  features of a new lesion are extracted exactly as in training. A bundle without it (an older
+  one, or a run without radiomics) loads as before; ``radiomics.included`` is then false and
+  ``radiomics.reason`` says why. The pipeline file is a pickle: load bundles you trust only
+  (the checksums catch damage, not intent).
 
 :func:`load_bundle` checks the format first (a bundle of another format version is refused,
 naming both versions) and then every checksum, before any weight is read.
@@ -74,10 +89,12 @@ __all__ = [
     "DISAGREEMENT_RANGE",
     "INTENSITY_PERCENTILES",
     "Bundle",
+    "FrozenRadiomics",
     "acquisition_ranges",
     "export_bundle",
     "finite_json",
     "load_bundle",
+    "load_radiomics",
     "volume_fingerprint",
 ]
 
@@ -202,6 +219,14 @@ class Bundle:
         """``{study patient id: the fold that held it out}``."""
         return {p["patient_id"]: int(p["fold"]) for p in self.meta["training_patients"]}
 
+    @property
+    def radiomics_meta(self) -> dict[str, Any]:
+        """``bundle.json``'s ``radiomics`` entry; ``{"included": False, "reason": ...}`` for a
+        bundle without the frozen radiomics pipeline (older bundles included)."""
+        return self.meta.get("radiomics") or {
+            "included": False, "reason": "not in this bundle (exported before bundles carried "
+                                         "the radiomics pipeline)"}
+
     def patient_of_volume(self, fingerprint: str) -> str | None:
         """The training patient whose sagittal volume has this :func:`volume_fingerprint`."""
         for p in self.meta["training_patients"]:
@@ -297,6 +322,16 @@ def _training_intensities(work: WorkPaths, patients: Sequence[str], views: Seque
     return pd.DataFrame(rows), fingerprints
 
 
+def _radiomics_card(meta: Mapping[str, Any]) -> str:
+    rad = meta.get("radiomics") or {}
+    if not rad.get("included"):
+        return f"not in this bundle ({rad.get('reason', 'no reason recorded')})."
+    return (f"the {rad['config']} radiomics pipeline ({rad['classifier'].replace('_', '-')}, "
+            f"{rad['keep']} of the top {rad['top_k']} features by random-forest importance) "
+            f"refitted once on all {rad['n_lesions']} training lesions; its pyradiomics "
+            "settings travel in `radiomics/settings.yaml`.")
+
+
 def _model_card(meta: Mapping[str, Any]) -> str:
     cal = meta["calibration"]
     op = cal["operating_point"]
@@ -354,10 +389,130 @@ def _model_card(meta: Mapping[str, Any]) -> str:
   {meta['disagreement_range']} or fall on both sides of the threshold.
 - **Inputs outside the training ranges** (pixel spacing, slice thickness, field strength,
   vendor, intensity scale; `bundle.json`, `training_ranges`) are flagged in every case report.
+- **Radiomics comparator:** {_radiomics_card(meta)}
 - **Limitations:** one re-implementation, a small training cohort, no external validation;
   a patient of the training cohort gets an in-sample warning (only the fold model that held
   the patient out is out of sample for them).
 """
+
+
+@dataclass
+class FrozenRadiomics:
+    """The bundle's frozen radiomics pipeline (see the module doc).
+
+    Attributes:
+        pipeline: the fitted scikit-learn ``Pipeline`` (``predict_proba`` of a feature table
+            whose columns are those it was fitted on).
+        calibration: Platt scaling and operating point fitted on ``oof``.
+        settings: the bundle's pyradiomics settings file.
+        config: ``"multi-view"`` or a view's name; ``views`` the views its features come from.
+        oof: the run's out-of-fold radiomics predictions of ``config``.
+        meta: ``bundle.json``'s ``radiomics`` entry.
+    """
+
+    pipeline: Any
+    calibration: Calibration
+    settings: Path
+    config: str
+    views: tuple[str, ...]
+    oof: pd.DataFrame = field(repr=False)
+    meta: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def feature_table(self, features_by_view: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+        """The pipeline's input from per-view feature tables (:func:`_radiomics_table`)."""
+        return _radiomics_table(self.config, self.views, features_by_view)
+
+    def predict(self, features_by_view: Mapping[str, pd.DataFrame]) -> pd.Series:
+        """Raw (uncalibrated) MM probability per lesion (index ``lesion_id``)."""
+        table = self.feature_table(features_by_view)
+        table = table.reindex(columns=list(self.pipeline.feature_names_in_))
+        classes = list(self.pipeline.classes_)
+        probability = self.pipeline.predict_proba(table)[:, classes.index(1)]
+        return pd.Series(probability, index=table.index, name="probability")
+
+
+def _radiomics_table(config: str, views: Sequence[str],
+                     features_by_view: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One lesion per row, as :func:`magn_lib.radiomics.cross_validate_radiomics` builds a
+    configuration's input: the multi-view one prefixes each column with ``<view>_``, a
+    single view keeps pyradiomics' names."""
+    from magn_lib.radiomics import MULTI_VIEW, combine_views
+
+    if config == MULTI_VIEW:
+        return combine_views({v: features_by_view[v] for v in views})
+    view = views[0]
+    return combine_views({view: features_by_view[view]}).rename(
+        columns=lambda c: c.removeprefix(f"{view}_"))
+
+
+def _radiomics_absent(reason: str) -> dict[str, Any]:
+    return {"included": False, "reason": reason}
+
+
+def _fit_frozen_radiomics(profile: Profile, work: WorkPaths, report: ReportPaths,
+                          folds: pd.DataFrame, views_cropped: Sequence[str],
+                          target: float | None, n_resamples: int
+                          ) -> tuple[dict[str, Any], Any, pd.DataFrame | None, Path | None]:
+    """``(meta, pipeline, oof, settings file)`` of the frozen radiomics pipeline, or
+    ``(meta with the reason, None, None, None)`` when the run cannot give one."""
+    from magn_lib.crops import read_cache
+    from magn_lib.cv import radiomics_comparator
+    from magn_lib.radiomics import extract_crop_features, make_radiomics_pipeline
+
+    config = radiomics_comparator(profile.views)
+    views = tuple(v for v in ("sagittal", "coronal", "axial") if v in profile.views)
+    oof_path = report.oof("radiomics")
+    if not oof_path.is_file():
+        return _radiomics_absent("the run has no out-of-fold radiomics predictions "
+                                 "(notebook 04 did not run)"), None, None, None
+    missing = [v for v in views if v not in views_cropped]
+    if missing:
+        return _radiomics_absent(f"its views {', '.join(missing)} are not read by the exported "
+                                 "configuration"), None, None, None
+    oof = pd.read_csv(oof_path, dtype={"lesion_id": str, "patient_id": str})
+    oof = oof[oof["config"] == config][["lesion_id", "patient_id", "fold", "label",
+                                        "probability"]].reset_index(drop=True)
+    if oof.empty:
+        return _radiomics_absent(f"the run has no out-of-fold radiomics predictions of "
+                                 f"{config}"), None, None, None
+    settings = resolve_path(profile.radiomics_settings)
+    if not work.crop_cache.is_file():
+        raise InputError("the run's crop cache is missing", file=work.crop_cache,
+                         hint="run notebook 02 again")
+    cache = read_cache(work.crop_cache)
+    features = {}
+    for view in views:  # the run's feature cache answers when the settings are unchanged
+        features[view], _ = extract_crop_features(
+            cache.image[view], cache.mask[view], cache.lesion_id, settings=settings,
+            present=cache.present[view], spacing=cache.spacing[view], view=view,
+            n_jobs=profile.n_jobs, cache_dir=work.radiomics_dir, progress=False)
+    lesions = folds[["lesion_id", "label"]].astype({"lesion_id": str})
+    table = _radiomics_table(config, views, features).loc[lesions["lesion_id"]]
+    pipeline = make_radiomics_pipeline(
+        classifier=profile.radiomics_classifier, top_k=profile.radiomics_top_k,
+        keep=profile.radiomics_keep, seed=profile.seed, n_jobs=1)
+    pipeline.fit(table, lesions["label"].to_numpy(dtype=int))
+    calibration = fit_calibration(oof, target_sensitivity=target, n_resamples=n_resamples,
+                                  seed=profile.seed)
+    import radiomics
+    import sklearn
+
+    meta = {
+        "included": True, "config": config, "views": list(views),
+        "classifier": profile.radiomics_classifier, "top_k": int(profile.radiomics_top_k),
+        "keep": int(profile.radiomics_keep), "seed": int(profile.seed),
+        "fitted_on": "every lesion of the training cohort, once, at export (selection and "
+                     "classifier inside one pipeline)",
+        "n_lesions": int(len(lesions)), "n_mm": int(lesions["label"].sum()),
+        "n_features_in": int(table.shape[1]),
+        "selected_features": list(pipeline["select"].selected_features_),
+        "settings_source": str(profile.radiomics_settings),
+        "settings_sha256": file_sha256(settings),
+        "calibration": calibration.to_dict(),
+        "scikit_learn_version": sklearn.__version__,
+        "pyradiomics_version": radiomics.__version__,
+    }
+    return meta, pipeline, oof, settings
 
 
 def _write_checksums(folder: Path) -> None:
@@ -437,6 +592,10 @@ def export_bundle(
     intensities, fingerprints = _training_intensities(work, patients, needed)
     fold_of = folds.groupby("patient_id")["fold"].first().astype(int).to_dict()
 
+    radiomics_meta, radiomics_pipeline, radiomics_oof, radiomics_settings = (
+        _fit_frozen_radiomics(profile, work, report, folds, grid_config.views, target,
+                              n_resamples or profile.n_bootstrap))
+
     network = replace(NetworkSettings.from_profile(profile), weights=None)
     method = ("fixed by the user" if config else "best pooled out-of-fold AUC among the "
               "multi-view configurations whose every fold model was kept")
@@ -472,6 +631,7 @@ def export_bundle(
         "intensity_percentiles": list(INTENSITY_PERCENTILES),
         "training_patients": [{"patient_id": p, "fold": int(fold_of[p]),
                                "sagittal_sha256": fingerprints.get(p)} for p in patients],
+        "radiomics": radiomics_meta,
         "profile": profile.to_dict(),
         "run": {"name": run_dir.name,
                 "embedded_cohort": bool(record.get("run", {}).get("embedded_cohort"))},
@@ -488,6 +648,13 @@ def export_bundle(
                      "init_report": dict(saved["init_report"])}
             save(staged.model(fold), lambda stream, state=state: torch.save(state, stream))
         write_csv(oof, staged.oof)
+        if radiomics_pipeline is not None:
+            import joblib
+
+            save(staged.radiomics_pipeline,
+                 lambda stream: joblib.dump(radiomics_pipeline, stream))
+            write_text(staged.radiomics_settings, radiomics_settings.read_text())
+            write_csv(radiomics_oof, staged.radiomics_oof)
         write_text(staged.meta, json.dumps(finite_json(meta), indent=2, default=str,
                                            allow_nan=False))
         write_text(staged.model_card, _model_card(meta))
@@ -584,3 +751,41 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     oof = pd.read_csv(root / _OOF, dtype={"lesion_id": str, "patient_id": str})
     return Bundle(root=root, meta=meta, config=config, network=network, models=models,
                   calibration=Calibration.from_dict(meta["calibration"]), oof=oof)
+
+
+def load_radiomics(bundle: Bundle) -> FrozenRadiomics | None:
+    """The bundle's frozen radiomics pipeline, or None when the bundle has none
+    (``bundle.radiomics_meta["reason"]`` says why). The files were checked against the
+    bundle's checksums by :func:`load_bundle`.
+
+    Raises:
+        InputError: the pipeline was pickled by another scikit-learn version (its predictions
+            could differ; both versions named), or its files are missing.
+    """
+    import warnings
+
+    import joblib
+    import sklearn
+
+    meta = bundle.radiomics_meta
+    if not meta.get("included"):
+        return None
+    paths = BundlePaths(bundle.root)
+    for path in (paths.radiomics_pipeline, paths.radiomics_settings, paths.radiomics_oof):
+        if not path.is_file():
+            raise InputError("a file of the bundle's radiomics pipeline is missing", file=path,
+                             hint="copy the whole bundle folder")
+    written = meta.get("scikit_learn_version")
+    if written and written != sklearn.__version__:
+        raise InputError(f"the radiomics pipeline was saved with scikit-learn {written}; this "
+                         f"environment has {sklearn.__version__}, whose predictions could "
+                         "differ", file=paths.radiomics_pipeline,
+                         hint=f"use scikit-learn=={written} (requirements.lock)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sklearn.exceptions.InconsistentVersionWarning)
+        pipeline = joblib.load(paths.radiomics_pipeline)
+    oof = pd.read_csv(paths.radiomics_oof, dtype={"lesion_id": str, "patient_id": str})
+    return FrozenRadiomics(pipeline=pipeline,
+                           calibration=Calibration.from_dict(meta["calibration"]),
+                           settings=paths.radiomics_settings, config=str(meta["config"]),
+                           views=tuple(meta["views"]), oof=oof, meta=dict(meta))

@@ -1,5 +1,5 @@
 """The ``magn`` command: ``magn study``, ``magn generate``, ``magn export``, ``magn predict``,
-``magn doctor``.
+``magn validate``, ``magn doctor``.
 
 Exit status (every subcommand): 0 done; 1 a notebook of the study failed or the disk filled;
 2 a usage or configuration error (bad option, profile or ``--set``, a notebook before
@@ -257,6 +257,45 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _interval_text(entry: dict | None) -> str:
+    if not entry or entry.get("estimate") is None:
+        return "not estimable"
+    low, high = entry.get("ci_low"), entry.get("ci_high")
+    if low is None or high is None:
+        return f"{entry['estimate']:.3f}"
+    return f"{entry['estimate']:.3f} (95 % CI {low:.3f}-{high:.3f})"
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from magn_lib.external import load_external, validate_external
+
+    def say(message: str) -> None:
+        if not args.quiet:
+            print(f"magn validate: {message}", file=sys.stderr)
+
+    out = validate_external(args.model, args.manifest, args.out, n_resamples=args.n_resamples,
+                            seed=args.seed, recalibration_fraction=args.recalibration_fraction,
+                            progress=None if args.quiet else say, n_jobs=args.jobs,
+                            overwrite=args.overwrite)
+    result = load_external(out)
+    for row in result.checks[result.checks["parameter"] == "unreadable"].itertuples():
+        print(f"magn validate: lesion {row.lesion_id}: input error: {row.message}",
+              file=sys.stderr)
+    for method, entry in result.metrics["methods"].items():
+        internal = result.metrics["internal"].get(method)
+        inside = (f"; internally (out of fold) {_interval_text(internal['auc_pooled'])}"
+                  if internal else "")
+        print(f"  {method}: external AUC {_interval_text(entry['auc'])}{inside}")
+    if not result.metrics["radiomics"]["included"]:
+        print(f"magn validate: radiomics: {result.metrics['radiomics']['reason']}",
+              file=sys.stderr)
+    n_bad = result.metrics["warnings"]["n_unreadable"]
+    print(f"magn validate: {result.metrics['cohort']['n_lesions'] - n_bad} of "
+          f"{result.metrics['cohort']['n_lesions']} lesions scored; results: "
+          f"{_shown_path(out)} (research use only; not a medical device)")
+    return EXIT_INPUT if n_bad else EXIT_OK
+
+
 def format_probability(p: float) -> str:
     from magn_lib.predict import format_probability as fmt
 
@@ -403,6 +442,39 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--pdf", action="store_true",
                       help="also print each case report to case_report.pdf (needs Chromium)")
     pred.set_defaults(func=_cmd_predict)
+
+    validate = sub.add_parser(
+        "validate", help="external validation: score another site's cohort with a model bundle",
+        description="Score every lesion of an external cohort (a data_manifest folder) with a "
+                    "model bundle, nothing refitted: the bundle's preprocessing, the frozen "
+                    "fold-model ensemble, the frozen radiomics pipeline and the readers' calls "
+                    "if the manifest has reads. Writes OUT/predictions.csv (one row per lesion "
+                    "and method), OUT/metrics.json (discrimination, calibration, the internal "
+                    "estimate beside it, input-check warnings counted), OUT/input_checks.csv, "
+                    "calibration and decision curves and a per-acquisition breakdown.",
+        epilog=EXIT_CODES_HELP, formatter_class=formatter,
+    )
+    validate.add_argument("--model", required=True,
+                          help="the bundle folder written by magn export")
+    validate.add_argument("--manifest", required=True,
+                          help="the external cohort's data_manifest folder")
+    validate.add_argument("--out", required=True,
+                          help="output folder, e.g. reports/site_b_validation")
+    validate.add_argument("--recalibration-fraction", type=float, default=None, metavar="F",
+                          help="also fit a logistic recalibration on this fraction of the "
+                               "external patients and evaluate it on the others (default: "
+                               "none)")
+    validate.add_argument("--n-resamples", type=int, default=2000,
+                          help="patient-bootstrap resamples (default 2000)")
+    validate.add_argument("--seed", type=int, default=2022,
+                          help="seed of the bootstrap and the recalibration split")
+    validate.add_argument("--jobs", type=int, default=-1,
+                          help="workers of the radiomics feature extraction (default: one per "
+                               "core)")
+    validate.add_argument("--overwrite", action="store_true",
+                          help="replace an existing output folder")
+    validate.add_argument("--quiet", action="store_true", help="no progress messages")
+    validate.set_defaults(func=_cmd_validate)
 
     config = sub.add_parser(
         "config", help="print a profile's resolved parameters (JSON)",

@@ -40,7 +40,9 @@ paths::
 :class:`RunPaths` is both (one run); :class:`WorkPaths` and :class:`ReportPaths` serve code that
 holds only one of the folders (a stage result knows its work folder, ``record_warning`` its
 report folder). The embedded cohort's own folder (DICOM, manifest, phantom truth) is not a run
-folder and is laid out by :mod:`magn_lib.synthetic`.
+folder and is laid out by :mod:`magn_lib.synthetic`. The folders of the commands outside a
+study are :class:`BundlePaths` (``magn export``), :class:`PredictionPaths` (``magn predict``)
+and :class:`ExternalPaths` (``magn validate``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from typing import ClassVar
 
 __all__ = [
     "BundlePaths",
+    "ExternalPaths",
     "PredictionPaths",
     "FoldPaths",
     "GridPaths",
@@ -436,6 +439,11 @@ class BundlePaths:
                  model_card.md      model_card
                  oof.csv            oof            the training run's out-of-fold predictions
                  models/fold<k>.pt  model(k)       one state dict per fold model
+                 radiomics/pipeline.joblib         radiomics_pipeline  optional: the frozen
+                                                   radiomics pipeline (refitted on all lesions)
+                 radiomics/settings.yaml           radiomics_settings  its pyradiomics settings
+                 radiomics/oof.csv                 radiomics_oof  its run's out-of-fold
+                                                   predictions (calibration, internal estimate)
     """
 
     root: Path
@@ -463,6 +471,22 @@ class BundlePaths:
     def model(self, fold: int) -> Path:
         return self.models_dir / f"fold{int(fold)}.pt"
 
+    @property
+    def radiomics_dir(self) -> Path:
+        return self.root / "radiomics"
+
+    @property
+    def radiomics_pipeline(self) -> Path:
+        return self.radiomics_dir / "pipeline.joblib"
+
+    @property
+    def radiomics_settings(self) -> Path:
+        return self.radiomics_dir / "settings.yaml"
+
+    @property
+    def radiomics_oof(self) -> Path:
+        return self.radiomics_dir / "oof.csv"
+
 
 @dataclass(frozen=True)
 class PredictionPaths:
@@ -487,3 +511,51 @@ class PredictionPaths:
 
     def case_report(self, lesion_id: str) -> Path:
         return self.case_dir(lesion_id) / "case_report.html"
+
+
+@dataclass(frozen=True)
+class ExternalPaths:
+    """Files ``magn validate`` writes under its ``--out`` folder (an external validation)::
+
+        <out>/predictions.csv          predictions       one row per lesion and method
+              metrics.json             metrics           discrimination, calibration, internal
+                                                         estimate, warnings, recalibration
+              input_checks.csv         input_checks      one row per input check that fired
+              calibration_curve.csv    calibration_curve reliability table per method
+              decision_curve.csv       decision_curve    net benefit per method and threshold
+              breakdown.csv            breakdown         metrics per acquisition variable level
+              cases/<lesion_id>/prediction.json  case(lesion_id)  MAGN's case output
+    """
+
+    root: Path
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def input_checks(self) -> Path:
+        return self.root / "input_checks.csv"
+
+    @property
+    def calibration_curve(self) -> Path:
+        return self.root / "calibration_curve.csv"
+
+    @property
+    def decision_curve(self) -> Path:
+        return self.root / "decision_curve.csv"
+
+    @property
+    def breakdown(self) -> Path:
+        return self.root / "breakdown.csv"
+
+    @property
+    def cases_dir(self) -> Path:
+        return self.root / "cases"
+
+    def case(self, lesion_id: str) -> Path:
+        return self.cases_dir / str(lesion_id) / "prediction.json"

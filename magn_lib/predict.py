@@ -42,7 +42,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -121,10 +121,16 @@ class CaseInput:
 
 @dataclass
 class _Prepared:
+    """One lesion read, checked and cropped: its crops by view, the input checks that fired,
+    the sagittal volume's fingerprint and each view's acquisition parameters (as the input
+    checks read them from the headers: ``pixel_spacing_mm``, ``slice_thickness_mm``,
+    ``slice_spacing_mm``, ``field_strength_t``, ``vendor``)."""
+
     case: CaseInput
     crops: dict[str, Crop]
     checks: list[dict[str, Any]]
     fingerprint: str
+    acquisition: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _check_id(value: str | None, what: str) -> None:
@@ -376,7 +382,7 @@ def _prepare(bundle: Bundle, case: CaseInput,
     folders = {v: Path(case.series[v]) for v in views}
     cache = {} if cache is None else cache
     try:
-        volumes, checks = {}, []
+        volumes, checks, acquisition = {}, [], {}
         for view in views:
             key = str(folders[view].absolute())
             if key not in cache:
@@ -385,6 +391,7 @@ def _prepare(bundle: Bundle, case: CaseInput,
                 cache[key] = (img, _acquisition(folders[view], img),
                               tuple(float(x) for x in np.percentile(data, INTENSITY_PERCENTILES)))
             volumes[view], meta, intensity = cache[key]
+            acquisition[view] = dict(meta)
             checks += _input_checks(view, meta, intensity, bundle.ranges.get(view, {}))
         sagittal = volumes["sagittal"]
         lesion = _on_grid(read_mask(case.mask), sagittal, label=case.mask_label,
@@ -405,7 +412,7 @@ def _prepare(bundle: Bundle, case: CaseInput,
         # identifying header values are looked up only now (one more header scan per series)
         raise _scrubbed(exc, _identity_values(list(folders.values()))) from None
     return _Prepared(case=case, crops=crops, checks=checks,
-                     fingerprint=volume_fingerprint(sagittal))
+                     fingerprint=volume_fingerprint(sagittal), acquisition=acquisition)
 
 
 def _score(bundle: Bundle, prepared: Sequence[_Prepared]) -> np.ndarray:
@@ -702,6 +709,7 @@ def predict_manifest(
     pdf: bool = False,
     on_lesion: Callable[[str], None] | None = None,
     timings: dict[str, float] | None = None,
+    on_prepared: Callable[[_Prepared], None] | None = None,
 ) -> pd.DataFrame:
     """Score every lesion of a manifest (:func:`magn_lib.manifest.load_manifest`); write each
     lesion's outputs under ``<out>/<lesion id>/`` and ``<out>/predictions.csv`` (one row per
@@ -709,7 +717,9 @@ def predict_manifest(
 
     A lesion that cannot be read gets a row with ``status = "error"`` and the reason (other
     lesions go on); lesions are scored together in batches of the training batch size.
-    ``timings`` (if given) receives the seconds spent preparing, scoring and reporting.
+    ``timings`` (if given) receives the seconds spent preparing, scoring and reporting;
+    ``on_prepared`` (if given) is called with each lesion read and cropped (its crops and
+    acquisition parameters, before scoring), e.g. to score the same crops with another model.
 
     Returns:
         The CSV's table.
@@ -750,11 +760,14 @@ def predict_manifest(
     with ThreadPoolExecutor(max_workers=1) as reader:
         for case, future in [(c, reader.submit(prepare, c)) for c in cases]:
             try:
-                batch.append(future.result())
+                item = future.result()
             except InputError as exc:
                 failed.append({"lesion_id": case.lesion_id, "patient_id": case.patient_id,
                                "status": "error", "error": exc.problem})
                 continue
+            if on_prepared is not None:
+                on_prepared(item)
+            batch.append(item)
             if len(batch) == bundle.batch_size:
                 prepared += batch
                 score(batch)

@@ -193,13 +193,16 @@ def build_crop_cache_of(root: Path, *, n_patients: int, seed: int, crop_size: in
 def make_trained_run(root: Path, *, class_counts: dict[int, tuple[int, int]] | None = None,
                      seed: int = 11, crop_size: int = 32, n_folds: int = 2,
                      configs: Sequence[str] = ("multi-view",), backbone: str = "resnet18",
-                     shared_backbone: bool = False, epochs: int = 1, batch_size: int = 4):
+                     shared_backbone: bool = False, epochs: int = 1, batch_size: int = 4,
+                     radiomics: bool = False, cohort_seed: int | None = None):
     """A finished study run, made with the library's stages instead of the notebooks (seconds):
     a simulated cohort under ``root/cohort`` (``class_counts``: ``{label: (patients,
     lesions)}``, default 2 MM patients with 2 lesions and 2 metastasis patients with 3), its
     ingest, mask transfer and crop cache, a tiny
     grid of ``configs`` trained on patient-grouped folds, and the report folder's files that
-    ``magn export`` reads (run record, folds, out-of-fold predictions).
+    ``magn export`` reads (run record, folds, out-of-fold predictions); with ``radiomics``
+    also the radiomics baseline's out-of-fold predictions (notebook 04's, on the same folds).
+    ``cohort_seed`` (default ``seed``) seeds the simulated cohort only.
 
     Returns:
         A namespace: ``manifest`` (folder), ``report`` and ``work`` (the run's folders),
@@ -227,7 +230,8 @@ def make_trained_run(root: Path, *, class_counts: dict[int, tuple[int, int]] | N
                            backbone=backbone, shared_backbone=shared_backbone,
                            n_bootstrap=200, device="cpu", augment=False,
                            keep_weights=list(configs))
-    manifest_dir = make_cohort(root / "cohort", n_patients=n_patients, seed=seed, n_jobs=1,
+    manifest_dir = make_cohort(root / "cohort", n_patients=n_patients,
+                               seed=seed if cohort_seed is None else cohort_seed, n_jobs=1,
                                progress=False, class_counts=class_counts)
     paths = RunPaths(report_dir=root / "reports" / "run", work_dir=root / "work" / "run")
     ingest = ingest_cohort(load_manifest(manifest_dir), paths.work_dir, progress=False)
@@ -241,6 +245,18 @@ def make_trained_run(root: Path, *, class_counts: dict[int, tuple[int, int]] | N
                                                                          track_test=False),
                     paths.grid_dir, progress=False)
     save_table(grid.predictions, paths.oof("magn"))
+    if radiomics:
+        from magn_lib.radiomics import cross_validate_radiomics, extract_crop_features
+
+        features = {view: extract_crop_features(
+            cache.image[view], cache.mask[view], cache.lesion_id,
+            settings=profile.radiomics_settings, present=cache.present[view],
+            spacing=cache.spacing[view], view=view, n_jobs=1, cache_dir=paths.radiomics_dir,
+            progress=False)[0] for view in VIEWS}
+        radiomics_oof, _ = cross_validate_radiomics(
+            features, folds, classifier=profile.radiomics_classifier,
+            top_k=profile.radiomics_top_k, keep=profile.radiomics_keep, seed=profile.seed)
+        save_table(radiomics_oof, paths.oof("radiomics"))
     paths.run_manifest.write_text(json.dumps({
         "status": "succeeded", "magn_version": "test", "git": {"commit": None, "dirty": None},
         "parameters": profile.to_dict(),

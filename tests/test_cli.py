@@ -114,7 +114,7 @@ def test_every_help_lists_its_choices():
     parser = cli.build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert set(subparsers.choices) == {"study", "generate", "deid-key", "export", "predict",
-                                       "config", "doctor"}
+                                       "validate", "config", "doctor"}
     for name, sub in subparsers.choices.items():
         text = " ".join(sub.format_help().split())
         for action in sub._actions:
