@@ -59,6 +59,7 @@ __all__ = [
     "configs_for",
     "ensure_folds",
     "fold_dir",
+    "folds_scheme",
     "fold_fingerprint",
     "initialisation_warnings",
     "load_fold_model",
@@ -166,6 +167,12 @@ def patient_centres(patients: pd.DataFrame) -> pd.Series | None:
         return None
     return pd.Series(patients["centre"].to_numpy(), index=patients["patient_id"].astype(str),
                      name="centre")
+
+
+def folds_scheme(folds: pd.DataFrame) -> str:
+    """The ``cv_scheme`` a fold table was made with (:func:`make_folds`): its ``centre``
+    column marks leave-one-site-out folds."""
+    return "leave-one-site-out" if "centre" in folds else "patient-kfold"
 
 
 def scheme_text(scheme: str, n_folds: int) -> str:

@@ -16,6 +16,7 @@ from magn_lib.cv import (
     binary_metrics,
     config_by_name,
     ensure_folds,
+    folds_scheme,
     load_fold_model,
     load_folds,
     make_folds,
@@ -146,6 +147,8 @@ def test_leave_one_site_out_errors_name_the_manifest():
     with pytest.raises(InputError, match="manifest my_sites"):
         make_folds(blank, scheme="leave-one-site-out", source="manifest my_sites")
     assert patient_centres(pd.DataFrame({"patient_id": ["P1"]})) is None
+    assert folds_scheme(make_folds(lesions, scheme="leave-one-site-out")) == "leave-one-site-out"
+    assert folds_scheme(make_folds(lesions, n_splits=2)) == "patient-kfold"
     assert scheme_text("patient-kfold", 5) == "5-fold cross-validation"
     assert "one fold per site" in scheme_text("leave-one-site-out", 5)
 
