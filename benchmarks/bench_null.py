@@ -73,7 +73,7 @@ def null_table(profile: str, n_permutations: int, out: Path) -> tuple[pd.DataFra
         make = dataset_factory(cache, views=cfg.views, augment=cfg.augment, seed=cfg.seed)
         return run_grid(make, folds, [CONFIG], settings, out / name, progress=False).predictions
 
-    seeds = permutation_seeds(n_permutations, exclude=(cfg.seed, cfg.tuning_seed))
+    seeds = permutation_seeds(n_permutations, exclude=(cfg.seed, *cfg.tuning_seeds))
     start = time.perf_counter()
     table = permutation_null(evaluate, cache.lesions(), seeds, n_folds=cfg.n_folds,
                              fold_seed=cfg.seed)
