@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.common import embedded_crop_cache
+
 CONFIG = "multi-view+attention"
 #: name -> profile overrides; the demo's other settings stay
 CANDIDATES: dict[str, dict[str, object]] = {
@@ -41,23 +43,10 @@ TIE = 0.01
 
 
 def crop_cache(seed: int, folder: Path) -> Path:
-    """The crop cache of the demo-sized embedded cohort of ``seed`` (built under ``folder``;
-    the cohort itself is generated into the embedded-cohort folder like any run's)."""
+    """The crop cache of the demo-sized embedded cohort of ``seed`` (built under ``folder``)."""
     from magn_lib.config import load_profile
-    from magn_lib.ingest import ingest_cohort
-    from magn_lib.layout import RunPaths
-    from magn_lib.manifest import load_manifest
-    from magn_lib.pipeline import resolve_manifest
-    from magn_lib.stages import build_crop_cache, transfer_cohort
 
-    cfg = load_profile("demo", seed=seed)
-    paths = RunPaths(report_dir=folder / "reports", work_dir=folder / "work")
-    manifest = load_manifest(resolve_manifest(None, cfg, progress=False), views=cfg.views)
-    ingest = ingest_cohort(manifest, paths.work_dir, n_jobs=cfg.n_jobs, progress=False)
-    transfer = transfer_cohort(ingest, progress=False)
-    build_crop_cache(ingest, transfer, paths.crop_cache, views=cfg.views,
-                     crop_size=cfg.crop_size, progress=False)
-    return paths.crop_cache
+    return embedded_crop_cache(load_profile("demo", seed=seed), folder)
 
 
 def evaluate(seed: int, candidate: str, cache_path: Path, out: Path) -> dict[str, object]:
