@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.common import Result
+from benchmarks.common import Result, embedded_crop_cache
 
 CONFIG = "multi-view+attention"
 
@@ -34,23 +34,12 @@ CONFIG = "multi-view+attention"
 def profile_inputs(profile: str, tmp: Path) -> Path:
     """The crop cache of ``profile``'s embedded cohort: a finished run's, or built in ``tmp``."""
     from magn_lib.config import load_profile
-    from magn_lib.ingest import ingest_cohort
-    from magn_lib.layout import RunPaths, default_run_paths
-    from magn_lib.manifest import load_manifest
-    from magn_lib.pipeline import resolve_manifest
-    from magn_lib.stages import build_crop_cache, transfer_cohort
+    from magn_lib.layout import default_run_paths
 
     paths = default_run_paths(profile)
     if paths.crop_cache.is_file():
         return paths.crop_cache
-    cfg = load_profile(profile)
-    paths = RunPaths(report_dir=tmp / "reports", work_dir=tmp / "work")
-    manifest = load_manifest(resolve_manifest(None, cfg, progress=False), views=cfg.views)
-    ingest = ingest_cohort(manifest, paths.work_dir, n_jobs=cfg.n_jobs, progress=False)
-    transfer = transfer_cohort(ingest, progress=False)
-    build_crop_cache(ingest, transfer, paths.crop_cache, views=cfg.views,
-                     crop_size=cfg.crop_size, progress=False)
-    return paths.crop_cache
+    return embedded_crop_cache(load_profile(profile), tmp)
 
 
 def null_table(profile: str, n_permutations: int, out: Path) -> tuple[pd.DataFrame, float]:
@@ -73,7 +62,7 @@ def null_table(profile: str, n_permutations: int, out: Path) -> tuple[pd.DataFra
         make = dataset_factory(cache, views=cfg.views, augment=cfg.augment, seed=cfg.seed)
         return run_grid(make, folds, [CONFIG], settings, out / name, progress=False).predictions
 
-    seeds = permutation_seeds(n_permutations, exclude=(cfg.seed, cfg.tuning_seed))
+    seeds = permutation_seeds(n_permutations, exclude=(cfg.seed, *cfg.tuning_seeds))
     start = time.perf_counter()
     table = permutation_null(evaluate, cache.lesions(), seeds, n_folds=cfg.n_folds,
                              fold_seed=cfg.seed)

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Result", "best_time"]
+__all__ = ["Result", "best_time", "embedded_crop_cache"]
 
 
 @dataclass
@@ -57,3 +57,25 @@ def best_time(fn: Callable[[], object], *, repeat: int = 5, number: int = 1) -> 
             fn()
         best = min(best, (time.perf_counter() - start) / number)
     return best
+
+
+def embedded_crop_cache(cfg, folder):
+    """The crop cache of the embedded cohort of profile ``cfg`` (a :class:`Profile`), built
+    under ``folder`` (ingest, transfer, crops: the study's own stages); the cohort itself is
+    generated into the embedded-cohort folder like any run's. Returns the cache's path."""
+    from pathlib import Path
+
+    from magn_lib.ingest import ingest_cohort
+    from magn_lib.layout import RunPaths
+    from magn_lib.manifest import load_manifest
+    from magn_lib.pipeline import resolve_manifest
+    from magn_lib.stages import build_crop_cache, transfer_cohort
+
+    folder = Path(folder)
+    paths = RunPaths(report_dir=folder / "reports", work_dir=folder / "work")
+    manifest = load_manifest(resolve_manifest(None, cfg, progress=False), views=cfg.views)
+    ingest = ingest_cohort(manifest, paths.work_dir, n_jobs=cfg.n_jobs, progress=False)
+    transfer = transfer_cohort(ingest, progress=False)
+    build_crop_cache(ingest, transfer, paths.crop_cache, views=cfg.views,
+                     crop_size=cfg.crop_size, progress=False)
+    return paths.crop_cache

@@ -111,9 +111,9 @@ class Profile:
 
     profile: str = "demo"
     seed: int = 2022
-    # the seed of the embedded cohort on which the profile's hyper-parameters were chosen
-    # (None: they were not chosen on a cohort held apart from the reported one)
-    tuning_seed: int | None = None
+    # the seed(s) of the embedded cohort(s) on which the profile's hyper-parameters were
+    # chosen (None: they were not chosen on a cohort held apart from the reported one)
+    tuning_seed: int | list[int] | None = field(default_factory=lambda: [11, 12])
     # embedded cohort (ignored when a user's manifest is given)
     n_patients: int = 60
     separability: float = 1.0
@@ -130,7 +130,7 @@ class Profile:
     # training
     epochs: int = 10
     batch_size: int = 16
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     lr_step_epochs: int = 5
     lr_gamma: float = 0.9
     class_weighting: bool = False
@@ -306,12 +306,24 @@ class Profile:
             return (f"Reporting seed {self.seed}. Hyper-parameters were not tuned on a cohort "
                     "held apart from the reported one (no tuning seed): they are the paper's, "
                     "or departures from it stated with the profile.")
-        if self.tuning_seed == self.seed:
+        seeds = self.tuning_seeds
+        if self.seed in seeds:
             return (f"Hyper-parameters were chosen on the reported cohort itself (tuning seed "
                     f"= reporting seed = {self.seed}): the results are optimistic.")
-        return (f"Hyper-parameters were chosen on the embedded cohort of seed "
-                f"{self.tuning_seed} (tuning seed); the results are reported on seed "
+        if len(seeds) == 1:
+            cohorts = f"the embedded cohort of seed {seeds[0]} (tuning seed)"
+        else:
+            listed = ", ".join(str(s) for s in seeds[:-1]) + f" and {seeds[-1]}"
+            cohorts = f"the embedded cohorts of seeds {listed} (tuning seeds)"
+        return (f"Hyper-parameters were chosen on {cohorts}; the results are reported on seed "
                 f"{self.seed} (reporting seed), which was not used to choose them.")
+
+    @property
+    def tuning_seeds(self) -> list[int]:
+        """The tuning seed(s) as a list (empty when there is none)."""
+        if self.tuning_seed is None:
+            return []
+        return list(self.tuning_seed) if isinstance(self.tuning_seed, list) else [self.tuning_seed]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain ``{name: value}`` (lists copied), as injected into notebooks."""

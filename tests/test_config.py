@@ -207,12 +207,16 @@ def test_parse_override_reads_yaml_values_and_names_bad_keys():
 
 def test_tuning_statement_names_both_seeds_honestly():
     demo = load_profile("demo")
-    assert demo.tuning_seed is None and "not tuned" in demo.tuning_statement()
     assert "2022" in demo.tuning_statement()
+    assert "not tuned" in demo.replace(tuning_seed=None).tuning_statement()
     held_apart = demo.replace(tuning_seed=11)
     text = held_apart.tuning_statement()
     assert "seed 11 (tuning seed)" in text and "seed 2022 (reporting seed)" in text
     assert "optimistic" in demo.replace(tuning_seed=2022).tuning_statement()
+    two = demo.replace(tuning_seed=[11, 12])
+    assert two.tuning_seeds == [11, 12]
+    assert "seeds 11 and 12 (tuning seeds)" in two.tuning_statement()
+    assert "optimistic" in demo.replace(tuning_seed=[11, 2022]).tuning_statement()
     with pytest.raises(ConfigError, match="tuning_seed"):
         demo.replace(tuning_seed="eleven")
 

@@ -189,7 +189,7 @@ def test_each_notebook_reports_the_profile_it_ran(smoke_run, checkout):
         assert not set(record["injected"]) - {"profile", "run_dir", "work_dir", "manifest_dir"}
     # the settings sentence of notebook 03 is this run's, not the paper's
     page = (smoke_run.reports / "html" / "03_magn_training.html").read_text()
-    assert "Training in this run:</strong> Adam, learning rate 0.0005" in page
+    assert "Training in this run:</strong> Adam, learning rate 0.001" in page
     assert "1 epoch, batch 8" in page and "3-fold cross-validation" in page
 
 

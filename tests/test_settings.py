@@ -81,7 +81,8 @@ def test_fold_settings_and_fingerprint():
     assert base == _fingerprint(replace(settings, train=replace(settings.train, device="cpu",
                                                                  num_workers=3)))
     changed = [
-        replace(settings, train=replace(settings.train, learning_rate=1e-3)),
+        replace(settings, train=replace(settings.train,
+                                        learning_rate=settings.train.learning_rate / 2)),
         replace(settings, train=replace(settings.train, augment=False)),
         replace(settings, network=replace(settings.network, pooling="avg")),
         replace(settings, track_test=False),
