@@ -370,6 +370,7 @@ def external_result_line(
     n_lesions: int,
     n_patients: int,
     model: str = "the model",
+    described: str | None = None,
 ) -> str:
     """The front page's one plain-language line on the external validation.
 
@@ -391,6 +392,8 @@ def external_result_line(
             myeloma lesions at the external site (both in [0, 1]).
         n_lesions, n_patients: what the external numbers rest on.
         model: how to name the model.
+        described: which model it is, in parentheses after the lesion count ("MAGN
+            multi-view, frozen").
     """
     def finite(*values: float | None) -> bool:
         return all(v is not None and np.isfinite(v) for v in values)
@@ -419,8 +422,10 @@ def external_result_line(
                       else "AUC could not be estimated (it needs 2 lesions of each class)")
     internal = (format_interval(internal_auc, internal_low, internal_high)
                 if finite(internal_auc) else "not available")
+    which = f" ({described})" if described else ""
     return (f"On {site} {model}'s {discrimination} on {n_lesions} lesions of {n_patients} "
-            f"patients, against {internal} in the internal cross-validation; {calibration}.")
+            f"patients{which}, against {internal} in the internal cross-validation; "
+            f"{calibration}.")
 
 
 # the external validation's tables (notebook 07), from the metrics of
@@ -610,7 +615,17 @@ def external_line(metrics: Mapping[str, Any], *, site: str, method: str = "magn"
         citl_high=citl.get("ci_high"), mean_predicted=number(calibration.get("mean_predicted")),
         observed=number(calibration.get("observed_rate")), n_lesions=int(entry["n_lesions"]),
         n_patients=int(entry["n_patients"]),
-        model="the model" if method == "magn" else f"the {method} model")
+        model="the model" if method == "magn" else f"the {method} model",
+        described=_described(method, metrics))
+
+
+def _described(method: str, metrics: Mapping[str, Any]) -> str | None:
+    """Which frozen model the line speaks of (the exported configuration)."""
+    config = (metrics.get("bundle", {}) if method == "magn"
+              else metrics.get("radiomics", {})).get("config")
+    if not config:
+        return None
+    return f"{'MAGN' if method == 'magn' else 'radiomics'} {config}, frozen at site A"
 
 
 def write_external_front(

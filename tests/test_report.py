@@ -460,8 +460,9 @@ def test_external_line_and_tables_from_the_validation_metrics():
         internal_low=internal["ci_low"], internal_high=internal["ci_high"],
         citl=citl["estimate"], citl_low=citl["ci_low"], citl_high=citl["ci_high"],
         mean_predicted=table["probability"].mean(), observed=table["label"].mean(),
-        n_lesions=40, n_patients=20)
+        n_lesions=40, n_patients=20, described="MAGN multi-view+attention, frozen at site A")
     assert "its probabilities were too high by" in line
+    assert "of 20 patients (MAGN multi-view+attention, frozen at site A), against" in line
     assert f"{table['probability'].mean():.0%} predicted against 30% of lesions" in line
     too_low, _ = _external_metrics(shift=-2.0)
     assert "its probabilities were too low by" in external_line(too_low, site="site B")
