@@ -70,6 +70,7 @@ _COLUMNS = {
 }
 #: The manifest folder's tables (readers.csv optional).
 MANIFEST_TABLES: tuple[str, ...] = tuple(_COLUMNS)
+_TABLE_FILE = {name.removesuffix(".csv"): name for name in MANIFEST_TABLES}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _YES_NO = {"": False, "no": False, "n": False, "false": False, "0": False,
            "yes": True, "y": True, "true": True, "1": True}
@@ -793,7 +794,7 @@ def combine_manifests(sources: Mapping[str, str | PathLike[str]], out_dir: str |
         manifest = load_manifest(folder)
         root = Path(folder)
         # the files as written (text cells, spreadsheet habits undone), extra columns kept
-        raw = {table: _read_csv(root, f"{table}.csv", _Collector()).drop(columns="_line")
+        raw = {table: _read_csv(root, _TABLE_FILE[table], _Collector()).drop(columns="_line")
                for table in ("patients", "lesions", "series")}
         renamed = {pid: f"{name}-{pid}" for pid in manifest.patients["patient_id"]}
         patients = raw["patients"].copy()
@@ -824,5 +825,5 @@ def combine_manifests(sources: Mapping[str, str | PathLike[str]], out_dir: str |
         del tables["readers"]
     out.mkdir(parents=True, exist_ok=True)
     for table, frames in tables.items():
-        write_csv(pd.concat(frames, ignore_index=True).fillna(""), out / f"{table}.csv")
+        write_csv(pd.concat(frames, ignore_index=True).fillna(""), out / _TABLE_FILE[table])
     return out
