@@ -675,9 +675,21 @@ def export_run_bundle(params: EffectiveParameters) -> Path:
     paths = run_paths(params.run_dir, params.work_dir)
     record = {"parameters": params.profile.to_dict(),
               "run": {"work_dir": str(paths.work_dir),
-                      "embedded_cohort": params.manifest_dir is None}}
+                      "embedded_cohort": is_simulated_cohort(params)}}
     return export_bundle(paths.report_dir, paths.study_bundle, work_dir=paths.work_dir,
                          record=record, overwrite=True)
+
+
+def is_simulated_cohort(params: EffectiveParameters) -> bool:
+    """Whether the run's (main) cohort is a generated phantom: the embedded cohort, or one
+    written by ``magn generate`` and given as a manifest (it carries the phantom's truth). The
+    runner passes the embedded cohort's manifest folder to the notebooks, so ``manifest_dir``
+    being set does not mean a user's own cohort."""
+    from magn_lib.stages import truth_masks
+
+    if params.manifest_dir is None:
+        return True
+    return truth_masks(resolve_manifest(params.manifest_dir, params.profile)) is not None
 
 
 def resolve_manifest(manifest_dir: str | Path | None, profile: Profile, *,

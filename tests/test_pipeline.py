@@ -439,3 +439,21 @@ def test_a_running_study_exports_its_own_model(tmp_path):
     assert running.meta["training_patients"] == finished.meta["training_patients"]
     assert running.meta["run"]["embedded_cohort"] is True
     assert export_run_bundle(params) == path  # an earlier export is replaced
+
+
+def test_a_generated_cohort_given_as_manifest_is_still_simulated(tmp_path):
+    """The runner hands the embedded cohort's manifest folder to the notebooks, so a
+    ``manifest_dir`` does not mean a user's own cohort: the phantom's truth decides."""
+    import shutil
+
+    from magn_lib.config import resolve_parameters
+    from magn_lib.pipeline import is_simulated_cohort
+    from magn_lib.synthetic import make_cohort
+
+    generated = make_cohort(tmp_path / "cohort", n_patients=2, seed=3, progress=False,
+                            n_jobs=1)
+    own = shutil.copytree(generated, tmp_path / "hospital" / "manifest")  # no phantom truth
+    for manifest, simulated in ((None, True), (generated, True), (own, False)):
+        params = resolve_parameters("smoke", {}, run_dir=tmp_path / "run",
+                                    manifest_dir=manifest)
+        assert is_simulated_cohort(params) is simulated, manifest
