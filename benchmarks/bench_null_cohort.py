@@ -8,9 +8,12 @@ with its *true* labels by the study's own code on patient-grouped folds made as 
 them: MAGN multi-view and multi-view + attention (:func:`magn_lib.cv.run_grid`), the
 radiomics comparator (:func:`magn_lib.radiomics.cross_validate_radiomics`, every view and
 multi-view), the trivial first-order baseline (:mod:`magn_lib.baseline`) and the simulated
-readers (ordinal AUC). Target for every method: the pooled AUC's patient-bootstrap 95 % CI
-(:func:`magn_lib.stats.metrics_table`; readers :func:`magn_lib.readers.reader_metrics`)
-contains 0.5. A method whose interval excludes 0.5 here reports a "finding" on no signal.
+readers (ordinal AUC). Target for every method that learns from the images: the pooled AUC's
+patient-bootstrap 95 % CI (:func:`magn_lib.stats.metrics_table`) contains 0.5; a method whose
+interval excludes 0.5 here reports a "finding" on no signal. The simulated readers are printed
+(:func:`magn_lib.readers.reader_metrics`) but not held to it: by their documented design
+(:mod:`magn_lib.synthetic.readers`) they read the true label with noise and see nothing of the
+images, so they stay informative on a null cohort.
 """
 
 from __future__ import annotations
@@ -79,13 +82,14 @@ def run() -> list[Result]:
         table = intervals(Path(tmp))
     seconds = time.perf_counter() - start
     print(table.round(3).to_string(index=False))
-    contains = (table["auc_low"] <= 0.5) & (table["auc_high"] >= 0.5)
+    learners = table[~table["method"].str.startswith("simulated reader")]
+    contains = (learners["auc_low"] <= 0.5) & (learners["auc_high"] >= 0.5)
     results = [Result(
         f"{row.method}: pooled AUC at separability 0 (true labels)", row.auc, "chance", 0.5,
         unit="", note=f"patient-bootstrap 95 % CI {row.auc_low:.3f}-{row.auc_high:.3f}")
         for row in table.itertuples()]
     results.append(Result(
-        "methods whose CI contains 0.5 on the null cohort", float(contains.sum()),
-        "every method", float(len(table)), unit="", target=1.0, higher_is_better=True,
-        note=f"{len(table)} methods in {seconds:.0f} s"))
+        "image-based methods whose CI contains 0.5 on the null cohort", float(contains.sum()),
+        "every one", float(len(learners)), unit="", target=1.0, higher_is_better=True,
+        note=f"{len(table)} rows in {seconds:.0f} s; the simulated readers read the labels"))
     return results
