@@ -2,12 +2,17 @@
 
 1. Ray's start-up: ``ray.init`` of a local Ray (2 CPUs, no dashboard) until a first task has
    answered, and the round trip of one more empty task once it runs.
-2. The MAGN grid (toy crops, 2 configurations x 2 folds, 2 epochs): sequential with 2 torch
-   threads vs the Ray executor with 2 tasks x 1 thread (start-up included and left out).
+2. The MAGN grid (toy crops, the multi-view pair x 2 folds) at two sizes -- a small one whose
+   tasks last about a second, and a larger one whose tasks last several seconds, as a demo
+   fold does -- sequential with 2 torch threads vs the Ray executor with 2 tasks x 1 thread
+   (start-up included and left out).
 3. The other embarrassingly parallel stages, per item as the library runs them: radiomics
    extraction per lesion (pyradiomics on 2D crops) and ingest per patient (DICOM -> NIfTI),
    each with its local joblib pool (2 workers, cold: process start included) vs the same
-   function as Ray tasks (start-up included). Where Ray costs more, the stage keeps its pool.
+   function as Ray tasks (start-up included); Grad-CAM fidelity per fold
+   (:func:`magn_lib.explain.grid_fidelity` on the larger grid), sequential as the training
+   notebook runs it vs one Ray task per fold. Where Ray costs more, the stage keeps its pool
+   (or stays sequential).
 4. The memory of one ``paper`` training (3 x ResNet50, 256 px, batch 16, Adam) measured on the
    CPU — parameters, gradients, Adam's two moments, and the activations autograd keeps for
    the backward pass (counted by a saved-tensors hook at batch 2 and 4, linear in the batch,
@@ -33,8 +38,10 @@ import torch
 from benchmarks.common import Result
 
 CPUS = 2
-GRID_CONFIGS = ["axial", "multi-view+attention"]
-GRID_CROP, GRID_PATIENTS, GRID_EPOCHS = 64, 16, 2
+# the multi-view pair: the configurations whose weights a grid keeps, so Grad-CAM can run
+GRID_CONFIGS = ["multi-view", "multi-view+attention"]
+# (patients, crop px, epochs): tasks of about a second, and of several seconds
+GRID_SIZES = ((16, 64, 2), (32, 128, 3))
 RADIOMICS_LESIONS, RADIOMICS_CROP = 16, 96
 INGEST_PATIENTS = 4
 # one training of the paper profile
@@ -53,27 +60,55 @@ def _load() -> str:
 
 # ------------------------------------------------------------------------------------ the grid
 
-def _grid(out: Path, executor: str):
+def _grid_inputs(n_patients: int, crop: int, epochs: int, executor: str):
+    """Folds, dataset factory and grid settings of a toy grid of ``n_patients`` (one lesion
+    each), ``crop`` px crops and ``epochs`` epochs."""
     from magn_lib.config import load_profile
-    from magn_lib.cv import make_folds, run_grid
+    from magn_lib.cv import make_folds
     from magn_lib.settings import ExecutorSettings, GridSettings
     from tests.helpers import ToyCrops
 
-    lesions = pd.DataFrame({"lesion_id": [f"P{p:02d}-L1" for p in range(GRID_PATIENTS)],
-                            "patient_id": [f"P{p:02d}" for p in range(GRID_PATIENTS)],
-                            "label": [p % 2 for p in range(GRID_PATIENTS)]})
+    lesions = pd.DataFrame({"lesion_id": [f"P{p:02d}-L1" for p in range(n_patients)],
+                            "patient_id": [f"P{p:02d}" for p in range(n_patients)],
+                            "label": [p % 2 for p in range(n_patients)]})
     folds = make_folds(lesions, n_splits=2, seed=0)
-    cohort = ToyCrops(lesions, size=GRID_CROP, seed=1)
+    cohort = ToyCrops(lesions, size=crop, seed=1)
 
     def factory(ids, *, train):
         return cohort.subset(ids)
 
-    settings = GridSettings.from_profile(load_profile("smoke", epochs=GRID_EPOCHS, batch_size=8,
+    settings = GridSettings.from_profile(load_profile("smoke", epochs=epochs, batch_size=8,
                                                       device="cpu"))
     settings = replace(settings, executor=ExecutorSettings(executor=executor, cpus_per_task=1))
+    return folds, factory, settings
+
+
+def _grid(out: Path, executor: str, size: tuple[int, int, int]):
+    """Seconds and out-of-fold predictions of the toy grid of ``size`` under ``executor``."""
+    from magn_lib.cv import run_grid
+
+    folds, factory, settings = _grid_inputs(*size, executor)
     start = time.perf_counter()
     result = run_grid(factory, folds, GRID_CONFIGS, settings, out, progress=False)
     return time.perf_counter() - start, result.predictions
+
+
+def _fidelity(grid_dir: Path, size: tuple[int, int, int], ray=None) -> tuple[float, int]:
+    """Seconds of :func:`magn_lib.explain.grid_fidelity` over the finished toy grid in
+    ``grid_dir`` -- in this process, or (``ray`` given) one Ray task per fold -- and the
+    number of folds."""
+    from magn_lib.explain import grid_fidelity
+
+    folds, factory, settings = _grid_inputs(*size, "sequential")
+    fold_ids = sorted(folds["fold"].unique().tolist())
+    start = time.perf_counter()
+    if ray is None:
+        grid_fidelity(grid_dir, folds, factory, settings.network)
+    else:
+        remote = ray.remote(num_cpus=1)(grid_fidelity)
+        ray.get([remote.remote(grid_dir, folds[folds["fold"] == k], factory, settings.network)
+                 for k in fold_ids])
+    return time.perf_counter() - start, len(fold_ids)
 
 
 # ----------------------------------------------------------------------- radiomics and ingest
@@ -235,7 +270,9 @@ def run() -> Iterator[Result]:
         tmp = Path(tmp)
         load_before = _load()
         torch.set_num_threads(CPUS)
-        sequential, seq_predictions = _grid(tmp / "seq", "sequential")
+        sequential = {size: _grid(tmp / f"seq-{i}", "sequential", size)
+                      for i, size in enumerate(GRID_SIZES)}
+        cam_serial, n_folds = _fidelity(tmp / f"seq-{len(GRID_SIZES) - 1}", GRID_SIZES[-1])
         torch.set_num_threads(torch_threads)
 
         rad_tasks = _radiomics_tasks()
@@ -267,26 +304,45 @@ def run() -> Iterator[Result]:
             start = time.perf_counter()
             ray.get(empty.remote())
             round_trip = time.perf_counter() - start
-            on_ray, ray_predictions = _grid(tmp / "ray", "ray")
+            on_ray = {size: _grid(tmp / f"ray-{i}", "ray", size)
+                      for i, size in enumerate(GRID_SIZES)}
+            cam_ray, _ = _fidelity(tmp / f"seq-{len(GRID_SIZES) - 1}", GRID_SIZES[-1], ray)
             rad_ray = _on_ray(ray, _crop_task, rad_tasks)
             ingest_ray = _on_ray(ray, _ingest_patient, _ingest_tasks(manifest, tmp / "ray"))
         finally:
             ray.shutdown()
         load_after = _load()
-    same = ray_predictions.equals(seq_predictions)
     yield Result(
         name="Ray start-up (local, 2 CPUs, until a first task answered)", value=startup,
         reference="one empty task once Ray runs", reference_value=round_trip,
         note=f"{load_before} before, {load_after} after",
     )
+    for size in GRID_SIZES:
+        n_patients, crop, epochs = size
+        seq_seconds, seq_predictions = sequential[size]
+        ray_seconds, ray_predictions = on_ray[size]
+        same = ray_predictions.equals(seq_predictions)
+        per_task = seq_seconds / (len(GRID_CONFIGS) * 2)
+        yield Result(
+            name=f"MAGN grid ({len(GRID_CONFIGS)} configurations x 2 folds, {n_patients} "
+                 f"patients, {crop} px, {epochs} epochs) on Ray, {CPUS} tasks x 1 thread, "
+                 "start-up included",
+            value=ray_seconds + startup, reference=f"sequential, {CPUS} torch threads",
+            reference_value=seq_seconds,
+            note=f"{per_task:.1f} s per task sequentially; without the start-up: "
+                 f"{ray_seconds:.1f} s (ratio {ray_seconds / seq_seconds:.3f}); predictions "
+                 f"equal to the sequential run's: {same} (they need not be: {CPUS} threads vs "
+                 "1 thread per task sum in another order)",
+        )
+    cam_ray_cold = cam_ray + startup
     yield Result(
-        name=f"MAGN grid ({len(GRID_CONFIGS)} configurations x 2 folds, {GRID_CROP} px, "
-             f"{GRID_EPOCHS} epochs) on Ray, {CPUS} tasks x 1 thread, start-up included",
-        value=on_ray + startup, reference=f"sequential, {CPUS} torch threads",
-        reference_value=sequential,
-        note=f"without the start-up: {on_ray:.1f} s (ratio {on_ray / sequential:.3f}); "
-             f"predictions equal to the sequential run's: {same} (they need not be: "
-             f"{CPUS} threads vs 1 thread per task sum in another order)",
+        name=f"Grad-CAM fidelity, {n_folds} folds of the larger grid, one Ray task per fold "
+             "(start-up included)",
+        value=cam_ray_cold, reference=f"sequential, {CPUS} torch threads, as notebook 03 runs it",
+        reference_value=cam_serial,
+        note=(f"{cam_serial / n_folds:.2f} s per fold sequentially; Ray without its start-up "
+              f"{cam_ray:.2f} s; the stage "
+              + ("stays sequential" if cam_ray_cold > cam_serial else "pays off on Ray")),
     )
     yield _stage_result("radiomics extraction", "lesion", rad_serial, rad_pool, rad_ray,
                         startup, len(rad_tasks))

@@ -371,6 +371,7 @@ def external_result_line(
     n_patients: int,
     model: str = "the model",
     described: str | None = None,
+    intervals: str | None = None,
 ) -> str:
     """The front page's one plain-language line on the external validation.
 
@@ -394,6 +395,8 @@ def external_result_line(
         model: how to name the model.
         described: which model it is, in parentheses after the lesion count ("MAGN
             multi-view, frozen").
+        intervals: how the AUC intervals were computed, in parentheses after the internal
+            estimate ("both AUC intervals: patient bootstrap").
     """
     def finite(*values: float | None) -> bool:
         return all(v is not None and np.isfinite(v) for v in values)
@@ -423,8 +426,9 @@ def external_result_line(
     internal = (format_interval(internal_auc, internal_low, internal_high)
                 if finite(internal_auc) else "not available")
     which = f" ({described})" if described else ""
+    how = f" ({intervals})" if intervals else ""
     return (f"On {site} {model}'s {discrimination} on {n_lesions} lesions of {n_patients} "
-            f"patients{which}, against {internal} in the internal cross-validation; "
+            f"patients{which}, against {internal} in the internal cross-validation{how}; "
             f"{calibration}.")
 
 
@@ -594,9 +598,11 @@ def external_recalibration(metrics: Mapping[str, Any]) -> Any | None:
 
 def external_line(metrics: Mapping[str, Any], *, site: str, method: str = "magn") -> str:
     """:func:`external_result_line` from the validation's ``metrics.json``: the external AUC
-    (DeLong), the internal AUC pooled after ranking within folds (patient bootstrap; the
-    headline of Table 2), calibration-in-the-large and the mean predicted probability against
-    the observed share of myeloma lesions."""
+    with its patient-bootstrap interval (lesions cluster in patients; the lesion-level DeLong
+    interval only where the bootstrap could not be taken, and then so named), the internal AUC
+    pooled after ranking within folds (patient bootstrap; the headline of Table 2),
+    calibration-in-the-large and the mean predicted probability against the observed share of
+    myeloma lesions."""
     entry = metrics["methods"][method]
     internal = metrics.get("internal", {}).get(method) or {}
     ranked = internal.get("auc_ranked_within_folds") or {}
@@ -607,9 +613,16 @@ def external_line(metrics: Mapping[str, Any], *, site: str, method: str = "magn"
         return float("nan") if value is None else float(value)
 
     auc = entry.get("auc") or {}
+    if auc.get("bootstrap"):
+        auc_low, auc_high = auc["bootstrap"]
+        intervals = "both AUC intervals: patient bootstrap"
+    else:
+        auc_low, auc_high = auc.get("ci_low"), auc.get("ci_high")
+        intervals = ("AUC intervals: external DeLong at lesion level, internal patient "
+                     "bootstrap" if auc_low is not None else None)
     return external_result_line(
-        site=site, auc=number(auc.get("estimate")), auc_low=auc.get("ci_low"),
-        auc_high=auc.get("ci_high"), internal_auc=number(ranked.get("estimate")),
+        site=site, auc=number(auc.get("estimate")), auc_low=auc_low,
+        auc_high=auc_high, intervals=intervals, internal_auc=number(ranked.get("estimate")),
         internal_low=ranked.get("ci_low"), internal_high=ranked.get("ci_high"),
         citl=number(citl.get("estimate")), citl_low=citl.get("ci_low"),
         citl_high=citl.get("ci_high"), mean_predicted=number(calibration.get("mean_predicted")),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -455,13 +456,20 @@ def test_external_line_and_tables_from_the_validation_metrics():
     line = external_line(too_high, site="simulated site B")
     internal = too_high["internal"]["magn"]["auc_ranked_within_folds"]
     assert line == external_result_line(
-        site="simulated site B", auc=magn["auc"]["estimate"], auc_low=magn["auc"]["ci_low"],
-        auc_high=magn["auc"]["ci_high"], internal_auc=internal["estimate"],
+        site="simulated site B", auc=magn["auc"]["estimate"],
+        auc_low=magn["auc"]["bootstrap"][0], auc_high=magn["auc"]["bootstrap"][1],
+        intervals="both AUC intervals: patient bootstrap", internal_auc=internal["estimate"],
         internal_low=internal["ci_low"], internal_high=internal["ci_high"],
         citl=citl["estimate"], citl_low=citl["ci_low"], citl_high=citl["ci_high"],
         mean_predicted=table["probability"].mean(), observed=table["label"].mean(),
         n_lesions=40, n_patients=20, described="MAGN multi-view+attention, frozen at site A")
     assert "its probabilities were too high by" in line
+    assert "in the internal cross-validation (both AUC intervals: patient bootstrap);" in line
+    # without a bootstrap interval the lesion-level DeLong one stands, named as such
+    delong = copy.deepcopy(too_high)
+    del delong["methods"]["magn"]["auc"]["bootstrap"]
+    assert "(AUC intervals: external DeLong at lesion level" in external_line(
+        delong, site="simulated site B")
     assert "of 20 patients (MAGN multi-view+attention, frozen at site A), against" in line
     assert f"{table['probability'].mean():.0%} predicted against 30% of lesions" in line
     too_low, _ = _external_metrics(shift=-2.0)
