@@ -16,13 +16,14 @@ KERNEL_SPEC := $(VENV)/share/jupyter/kernels/$(KERNEL)/kernel.json
 PROFILE     ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: setup check browser test lint study smoke bench lab lock clean-reports help
+.PHONY: setup check browser test lint study smoke bench bench-gpu lab lock clean-reports help
 
 help:
 	@echo "make setup   create $(VENV) with the pinned environment (idempotent)"
 	@echo "make test    lint + test suite (CPU, minutes)"
 	@echo "make study   run the whole study on the embedded cohort (PROFILE=$(PROFILE)) -> reports/$(PROFILE)/index.html"
 	@echo "make bench   timing and throughput measurements"
+	@echo "make bench-gpu  paper-profile training throughput on a CUDA GPU (1, 2, 4 per GPU)"
 	@echo "make lab     open the notebooks in JupyterLab"
 
 $(PY):
@@ -73,6 +74,9 @@ smoke: setup
 
 bench: setup
 	$(PY) -m benchmarks
+
+bench-gpu: setup
+	$(PY) -m benchmarks gpu
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
